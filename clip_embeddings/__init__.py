@@ -1,0 +1,40 @@
+"""clip-embeddings: OpenAI CLIP as a first-class embedding function for vector databases.
+
+Three names cover most uses::
+
+    import clip_embeddings as ce
+    model, preprocess = ce.load("ViT-B/32")        # openai/CLIP's API, our implementation
+    tokens = ce.tokenize(["a photo of a cat"])
+    ef = ce.ClipEF()                                # one embedding function for Chroma, Qdrant, LanceDB
+"""
+
+from .download import available_models
+from .errors import (
+    ClipError,
+    DownloadError,
+    ImageLoadError,
+    ModelLoadError,
+    ModelMismatchError,
+    TextTooLongError,
+)
+from .loading import load
+from .model import CLIP, build_model
+from .preprocess import Preprocess
+from .tokenizer import tokenize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLIP",
+    "ClipError",
+    "DownloadError",
+    "ImageLoadError",
+    "ModelLoadError",
+    "ModelMismatchError",
+    "Preprocess",
+    "TextTooLongError",
+    "available_models",
+    "build_model",
+    "load",
+    "tokenize",
+]

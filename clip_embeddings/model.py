@@ -1,0 +1,344 @@
+"""The CLIP architecture (Radford et al., 2021), built from a state dict's shapes alone.
+
+Parameter names follow OpenAI's published checkpoints exactly, so their state dicts load as they
+are. The computation is the original's, restated for speed where it cannot change a value:
+attention runs through ``scaled_dot_product_attention`` on batch-first tensors, the ResNet's
+attention pool computes only the query it returns, and the text tower stops at the last
+end-of-text token in the batch (causal attention means later positions never reach the pooled one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ModelLoadError
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck; strided blocks downsample with an average pool first (anti-aliasing)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.downsample = None
+        if stride > 1 or inplanes != planes * self.expansion:
+            # "-1" keeps the published key names: downsample.0 is the conv, downsample.1 the norm.
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride)),
+                ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, bias=False)),
+                ("1", nn.BatchNorm2d(planes * self.expansion)),
+            ]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.avgpool(out)))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causal: bool = False):
+    """Multi-head attention on batch-first [N, L, D] projections; returns [N, Lq, D]."""
+    n, lq, d = q.shape
+    split = lambda t: t.reshape(n, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=causal)
+    return out.transpose(1, 2).reshape(n, lq, d)
+
+
+class AttentionPool2d(nn.Module):
+    """Replaces global average pooling: the mean feature queries every spatial position."""
+
+    def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: int):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim**2 + 1, embed_dim) / embed_dim**0.5)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim)
+        self.num_heads = num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(2).transpose(1, 2)  # NCHW -> N(HW)C
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        x = x + self.positional_embedding.to(x.dtype)
+        # Only the mean token's output is used, so only its query is computed.
+        pooled = _attend(self.q_proj(x[:, :1]), self.k_proj(x), self.v_proj(x), self.num_heads)
+        return self.c_proj(pooled[:, 0])
+
+
+class ModifiedResNet(nn.Module):
+    """ResNet with a 3-conv stem, average-pool downsampling and an attention pool at the end."""
+
+    def __init__(self, layers: tuple[int, int, int, int], output_dim: int, heads: int,
+                 input_resolution: int = 224, width: int = 64):
+        super().__init__()
+        self.output_dim = output_dim
+        self.input_resolution = input_resolution
+        self.conv1 = nn.Conv2d(3, width // 2, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.conv3 = nn.Conv2d(width // 2, width, kernel_size=3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.avgpool = nn.AvgPool2d(2)
+
+        inplanes = width
+        stages = []
+        for i, blocks in enumerate(layers):
+            planes = width * 2**i
+            stage = [Bottleneck(inplanes, planes, stride=1 if i == 0 else 2)]
+            inplanes = planes * Bottleneck.expansion
+            stage += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.type(self.conv1.weight.dtype)
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = self.avgpool(F.relu(self.bn3(self.conv3(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.attnpool(x)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input dtype, as the original does for fp16."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """The sigmoid approximation of GELU that OpenAI's checkpoints were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class MultiheadAttention(nn.Module):
+    """Self-attention with nn.MultiheadAttention's parameter names and a fused QKV projection."""
+
+    def __init__(self, d_model: int, n_head: int):
+        super().__init__()
+        self.num_heads = n_head
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        return self.out_proj(_attend(q, k, v, self.num_heads, causal))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, d_model: int, n_head: int, quick_gelu: bool = True):
+        super().__init__()
+        self.attn = MultiheadAttention(d_model, n_head)
+        self.ln_1 = LayerNorm(d_model)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(d_model, d_model * 4)),
+            ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
+            ("c_proj", nn.Linear(d_model * 4, d_model)),
+        ]))
+        self.ln_2 = LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks on batch-first [N, L, D] tensors."""
+
+    def __init__(self, width: int, layers: int, heads: int, quick_gelu: bool = True):
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, causal)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
+                 output_dim: int, quick_gelu: bool = True):
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.output_dim = output_dim
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads, quick_gelu)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x).flatten(2).transpose(1, 2)  # [N, grid**2, width]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj
+
+
+class CLIP(nn.Module):
+    """Image and text encoders projected into one embedding space, plus the learned temperature."""
+
+    def __init__(self, embed_dim: int, image_resolution: int, vision_layers: int | tuple[int, ...],
+                 vision_width: int, vision_patch_size: int | None, context_length: int, vocab_size: int,
+                 transformer_width: int, transformer_heads: int, transformer_layers: int,
+                 quick_gelu: bool = True):
+        super().__init__()
+        self.context_length = context_length
+        if isinstance(vision_layers, (tuple, list)):
+            self.visual = ModifiedResNet(tuple(vision_layers), embed_dim, vision_width * 32 // 64,
+                                         image_resolution, vision_width)
+        else:
+            self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width, vision_layers,
+                                            vision_width // 64, embed_dim, quick_gelu)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, quick_gelu)
+        self.vocab_size = vocab_size
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(context_length, transformer_width))
+        self.ln_final = LayerNorm(transformer_width)
+        self.text_projection = nn.Parameter(transformer_width**-0.5 * torch.randn(transformer_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    @property
+    def embed_dim(self) -> int:
+        return self.text_projection.shape[1]
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Image features [N, embed_dim] (not normalised) for preprocessed images [N, 3, R, R]."""
+        return self.visual(image.type(self.dtype))
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Text features [N, embed_dim] (not normalised) for token ids [N, context_length]."""
+        eot = text.argmax(dim=-1)  # the end-of-text id is the largest id in the vocabulary
+        length = int(eot.max()) + 1 if text.shape[0] else 1
+        x = self.token_embedding(text[:, :length]).type(self.dtype)
+        x = x + self.positional_embedding[:length].type(self.dtype)
+        x = self.ln_final(self.transformer(x, causal=True))
+        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits_per_image, logits_per_text)``: scaled cosine similarities, as the original."""
+        image_features = F.normalize(self.encode_image(image), dim=-1)
+        text_features = F.normalize(self.encode_text(text), dim=-1)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+        return logits_per_image, logits_per_image.t()
+
+
+# Entries some checkpoints carry beside the weights; none of them is a parameter.
+_NON_PARAMETERS = ("input_resolution", "context_length", "vocab_size")
+
+_REQUIRED = ("text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight")
+
+
+def _count(state_dict: dict, prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+
+def input_resolution(state_dict: dict[str, torch.Tensor]) -> int:
+    """The image side length the vision tower was trained at, from its positional embedding."""
+    if "visual.proj" in state_dict:
+        grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        return state_dict["visual.conv1.weight"].shape[-1] * grid
+    grid = round((state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+    return grid * 32  # the ResNet downsamples by 32 before the attention pool
+
+
+def build_model(state_dict: dict[str, torch.Tensor], *, quick_gelu: bool = True) -> CLIP:
+    """Build a CLIP model whose every hyper-parameter is read off the state dict's shapes.
+
+    Works for all nine OpenAI checkpoints (ResNet and ViT). The model is fp32 and in eval mode;
+    casting to half precision is the caller's choice.
+
+    Example:
+        >>> from clip_embeddings.weights import read_state_dict  # doctest: +SKIP
+        >>> model = build_model(read_state_dict("ViT-B-32.pt"))  # doctest: +SKIP
+        >>> model.visual.input_resolution  # doctest: +SKIP
+        224
+    """
+    missing = [k for k in _REQUIRED if k not in state_dict]
+    vit = "visual.proj" in state_dict
+    if not vit and "visual.attnpool.positional_embedding" not in state_dict:
+        missing.append("visual.proj or visual.attnpool.positional_embedding")
+    if missing:
+        sample = ", ".join(list(state_dict)[:5]) or "nothing"
+        raise ModelLoadError(
+            f"not a CLIP state dict: missing {', '.join(missing)} (it has {len(state_dict)} entries, e.g. {sample}). "
+            "Accepted: OpenAI CLIP checkpoints, open_clip checkpoints of OpenAI-style models, Hugging Face CLIP folders."
+        )
+
+    image_resolution = input_resolution(state_dict)
+    if vit:
+        vision_width, _, vision_patch_size, _ = state_dict["visual.conv1.weight"].shape
+        vision_layers = _count(state_dict, "visual.transformer.resblocks.")
+    else:
+        vision_layers = tuple(_count(state_dict, f"visual.layer{i}.") for i in (1, 2, 3, 4))
+        vision_width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
+        vision_patch_size = None
+
+    transformer_width = state_dict["ln_final.weight"].shape[0]
+    model = CLIP(
+        embed_dim=state_dict["text_projection"].shape[1],
+        image_resolution=image_resolution,
+        vision_layers=vision_layers,
+        vision_width=vision_width,
+        vision_patch_size=vision_patch_size,
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+        transformer_width=transformer_width,
+        transformer_heads=transformer_width // 64,
+        transformer_layers=_count(state_dict, "transformer.resblocks."),
+        quick_gelu=quick_gelu,
+    )
+    weights = {k: v for k, v in state_dict.items() if k not in _NON_PARAMETERS}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"the state dict does not fit the CLIP architecture its shapes describe: {e}") from None
+    return model.float().eval()
+
+
+def cast_weights(model: CLIP, dtype: torch.dtype) -> CLIP:
+    """Cast the matrix weights to ``dtype`` (fp16/bf16), keeping norms and embeddings in fp32.
+
+    The original does the same for fp16: convolutions, linear layers, attention projections and
+    the two output projections carry the arithmetic; everything else stays fp32 for stability.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.to(dtype)
+        if isinstance(module, MultiheadAttention):
+            module.in_proj_weight.data = module.in_proj_weight.data.to(dtype)
+            module.in_proj_bias.data = module.in_proj_bias.data.to(dtype)
+    model.text_projection.data = model.text_projection.data.to(dtype)
+    if isinstance(model.visual, VisionTransformer):
+        model.visual.proj.data = model.visual.proj.data.to(dtype)
+    return model
