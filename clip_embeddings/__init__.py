@@ -8,7 +8,10 @@ Three names cover most uses::
     ef = ce.ClipEF()                                # one embedding function for Chroma, Qdrant, LanceDB
 """
 
+from . import _registration
+from .cache import EmbeddingCache
 from .download import available_models
+from .embedding import ClipEF, ImageEmbeddings, SkippedItem
 from .errors import (
     ClipError,
     DownloadError,
@@ -24,8 +27,14 @@ from .tokenizer import tokenize
 
 __version__ = "0.1.0"
 
+_registration.install()
+
 __all__ = [
     "CLIP",
+    "ClipEF",
+    "EmbeddingCache",
+    "ImageEmbeddings",
+    "SkippedItem",
     "ClipError",
     "DownloadError",
     "ImageLoadError",
