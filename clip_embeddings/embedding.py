@@ -34,7 +34,7 @@ from .errors import ImageLoadError, ModelLoadError, ModelMismatchError
 from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions, decode_image, describe, read_image_source
 from .loading import default_device, load
 from .model import CLIP
-from .preprocess import Preprocess
+from .preprocess import Preprocess, resize_target
 from .tokenizer import get_tokenizer, token_windows
 
 CONFIG_VERSION = 1
@@ -425,7 +425,7 @@ class ClipEF:
             if cache is not None and path is not None:
                 try:
                     stat = os.stat(path)
-                except OSError:
+                except (OSError, ValueError):  # ValueError: a NUL byte or a lone surrogate in the name
                     stat = None  # read_image_source below says what is wrong with it
                 known = cache.file_digest(path, stat) if stat else None
                 hit = cache.get(lm.fingerprint, [known]).get(known) if known else None
@@ -439,6 +439,7 @@ class ClipEF:
                 if hit is not None:
                     return index, "hit", raw.digest, hit
             image = decode_image(raw, self.loader_options, draft_resolution=draft)
+            _check_resize(image, lm.preprocess.resolution, self.loader_options, raw.source)
             return index, "tensor", raw.digest, lm.preprocess(image)
         except ImageLoadError as e:
             return index, "error", "", ImageLoadError(e.reason, index=index, source=e.source or describe(item))
@@ -536,6 +537,21 @@ def _open_cache(path: str) -> EmbeddingCache:
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def _check_resize(image: Any, resolution: int, options: LoaderOptions, source: str) -> None:
+    """Refuse an image whose resize (shorter side to ``resolution``) would exceed ``max_pixels``.
+
+    CLIP resizes the shorter side to R before the R x R centre crop, so a thin image is a memory
+    bomb the header check cannot see: a 1 x 100000 PNG (100 k pixels) becomes 224 x 22.4 M pixels
+    (15 GB of RGB) for ViT-B/32. ``max_pixels`` bounds every stage, this one included.
+    """
+    width, height = resize_target(image.width, image.height, resolution)
+    if width * height > options.max_pixels:
+        raise ImageLoadError(
+            f"extreme aspect ratio: {image.width}x{image.height} would be resized to {width}x{height} = "
+            f"{width * height} pixels before the {resolution}x{resolution} crop, more than max_pixels="
+            f"{options.max_pixels}; crop or pad it first, or raise LoaderOptions.max_pixels", source=source)
 
 
 def _safe_describe(item: Any) -> str:

@@ -224,6 +224,8 @@ def describe(item: object) -> str:
         '<ndarray uint8 (480, 640, 3)>'
     """
     if isinstance(item, str):
+        if not item:  # an empty string names nothing: say so, not "" (a skipped item needs a name)
+            return "<empty string>"
         if item[:5].lower() == "data:":
             try:
                 header, payload, b64 = _data_uri_parts(item)
@@ -705,7 +707,10 @@ def _array_to_image(arr: np.ndarray, source: str, options: LoaderOptions) -> Ima
     else:
         raise ImageLoadError(f"unsupported array dtype {arr.dtype} (shape {shape}): use uint8 "
                              "(0..255), uint16, bool or float in [0, 1]", source=source)
-    return Image.fromarray(np.ascontiguousarray(out))
+    image = Image.fromarray(np.ascontiguousarray(out))
+    if np.may_share_memory(out, arr):  # Pillow maps L and RGBA arrays: snapshot the pixels
+        image = image.copy()
+    return image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -738,8 +743,8 @@ def _unidentified_reason(data: bytes) -> str:
 
 def _pillow_reason(e: BaseException) -> str:
     if isinstance(e, Image.DecompressionBombError):
-        return (f"image too large ({e}); Pillow refuses more than 2 * Image.MAX_IMAGE_PIXELS = "
-                f"{2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels")
+        return (f"image too large for Pillow's own decompression-bomb limit ({e}); a "
+                "LoaderOptions.max_pixels above 2 * PIL.Image.MAX_IMAGE_PIXELS needs that raised too")
     if isinstance(e, Image.DecompressionBombWarning):
         return f"image too large ({e})"
     if isinstance(e, MemoryError):
@@ -758,8 +763,8 @@ def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
     are scaled to 8 bits; CMYK, palette and gray images are converted to RGB.
 
     ``draft_resolution=R`` lets a JPEG be decoded at a reduced scale (1/2, 1/4 or 1/8) whose
-    shorter side stays at least ``DRAFT_MARGIN * R``, which is much faster for large photos and
-    barely changes the preprocessed tensor. Other formats ignore it. In-memory images (PIL,
+    shorter side stays at least ``DRAFT_MARGIN * R``: about twice as fast for 3-12 MP photos, and
+    the preprocessed tensor changes about as little as JPEG compression changes it. Other formats ignore it. In-memory images (PIL,
     numpy) are only converted to RGB: no EXIF rotation, current frame.
 
     Example:
@@ -785,6 +790,11 @@ def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
     except Exception as e:  # DecompressionBombError, SyntaxError from broken headers, ...
         raise ImageLoadError(_pillow_reason(e), source=source) from e
     _check_pixels(image.width, image.height, source, options)
+    if image.format == "EPS":
+        # Pillow decodes PostScript by running Ghostscript on it (when installed): a program from
+        # the file, not pixel data. Refused before load(), which is what would start it.
+        raise ImageLoadError("PostScript (EPS) files are not decoded: rendering them runs "
+                             "Ghostscript on the file; convert it to PNG or JPEG first", source=source)
     try:
         if draft_resolution is not None and isinstance(image, JpegImagePlugin.JpegImageFile):
             side = max(1, math.ceil(DRAFT_MARGIN * draft_resolution))

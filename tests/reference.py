@@ -61,3 +61,30 @@ def reference_tokenize(texts, context_length: int = 77, truncate: bool = False):
                 raise RuntimeError(f"Input {texts[i]} is too long for context length {context_length}")
         result[i, : len(tokens)] = torch.tensor(tokens)
     return result
+
+
+def reference_embeddings(weights_path, images=(), texts=()):
+    """Unit-norm embeddings from openai/CLIP's own model code with the given weights.
+
+    Independent of ``ClipEF``: the reference architecture, the reference tokenizer, and our
+    preprocessing (itself proven equal to torchvision's in test_preprocess). ``images`` are PIL
+    images already in RGB.
+    """
+    import numpy as np
+    import torch
+
+    from clip_embeddings.preprocess import Preprocess
+
+    state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
+    model = model_module().build_model(dict(state_dict)).float().eval()
+    model.load_state_dict(state_dict)  # build_model rounds weights through fp16; keep them exact
+    out = {}
+    with torch.no_grad():
+        if images:
+            preprocess = Preprocess(model.visual.input_resolution)
+            features = model.encode_image(torch.stack([preprocess(im) for im in images]))
+            out["images"] = torch.nn.functional.normalize(features, dim=-1).numpy()
+        if texts:
+            features = model.encode_text(reference_tokenize(list(texts), truncate=True))
+            out["texts"] = torch.nn.functional.normalize(features, dim=-1).numpy()
+    return out.get("images", np.zeros((0,))), out.get("texts", np.zeros((0,)))

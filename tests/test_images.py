@@ -209,6 +209,14 @@ def test_gray_and_bool_arrays():
     assert pixels(load_image(np.full((1, 1), 0.5)))[0, 0, 0] == 128
 
 
+def test_array_is_snapshotted_when_read():
+    for shape in [(2, 2), (2, 2, 3), (2, 2, 4)]:
+        arr = np.full(shape, 255, np.uint8)
+        raw = read_image_source(arr)
+        arr[...] = 0  # the caller reuses its buffer before the item is decoded
+        assert (pixels(decode_image(raw)) == 255).all(), shape
+
+
 def test_sources_are_short_descriptions(tmp_path):
     png = known_png()
     assert read_image_source(png).source == f"<bytes: {len(png)} B>"

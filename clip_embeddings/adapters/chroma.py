@@ -68,7 +68,9 @@ class ChromaStore(Store):
     def __init__(self, client: Any, name: str, ef: ClipEF | None = None, *, metadata: dict[str, Any] | None = None):
         existing = {c if isinstance(c, str) else c.name for c in client.list_collections()}
         if name in existing:
-            self.collection = client.get_collection(name, embedding_function=ef, data_loader=ImageLoader())
+            # Without an embedding_function argument Chroma rebuilds ClipEF from the stored config.
+            given = {"embedding_function": ef} if ef is not None else {}
+            self.collection = client.get_collection(name, data_loader=ImageLoader(), **given)
         elif ef is None:
             raise ValueError(f"Chroma collection {name!r} does not exist; pass ef=ClipEF(...) to create it")
         else:
@@ -143,3 +145,22 @@ def index_folder(client: Any, name: str, folder: str, ef: ClipEF | None = None, 
         (1200, 2)
     """
     return ChromaStore(client, name, ef).index_folder(folder, **options)
+
+
+def upsert_uris(collection: Any, ids: Sequence[str], uris: Sequence[str],
+                metadatas: Sequence[dict[str, Any]] | None = None) -> None:
+    """``collection.upsert`` for images given by uri, which Chroma's own upsert does not embed.
+
+    Chroma's ``add(uris=...)`` and ``query(query_uris=...)`` go through the data loader, but its
+    ``upsert`` only embeds documents and images. This embeds the uris with the collection's
+    ``ClipEF`` (cache and parallel decode included) and upserts embeddings and uris together.
+
+    Example:
+        >>> upsert_uris(photos, ids=["cat"], uris=["cat_v2.jpg"])  # doctest: +SKIP
+    """
+    ef = collection._embedding_function
+    if not isinstance(ef, ClipEF):
+        raise ValueError(f"collection {collection.name!r} does not use ClipEF; it uses {ef!r}")
+    embeddings = ef.encode_images(list(uris), on_error="raise").embeddings
+    collection.upsert(ids=list(ids), embeddings=list(embeddings), uris=list(uris),
+                      metadatas=list(metadatas) if metadatas is not None else None)

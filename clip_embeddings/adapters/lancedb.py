@@ -1,0 +1,272 @@
+"""LanceDB: ``ClipEF`` in LanceDB's embedding registry, and a Store over a LanceDB table.
+
+Importing this module registers :class:`ClipLanceEmbeddings` under ``"clip-embeddings"``
+(``import clip_embeddings`` arranges that as soon as lancedb is imported), so a table whose
+schema names it reopens in a new process and embeds queries with the same model.
+
+Example:
+    >>> import lancedb, clip_embeddings
+    >>> from lancedb.embeddings import get_registry
+    >>> from lancedb.pydantic import LanceModel, Vector
+    >>> clip = get_registry().get("clip-embeddings").create(model="ViT-B/32")  # doctest: +SKIP
+    >>> class Photo(LanceModel):  # doctest: +SKIP
+    ...     image_uri: str = clip.SourceField()
+    ...     vector: Vector(clip.ndims()) = clip.VectorField()
+    >>> table = lancedb.connect("lance-db").create_table("photos", schema=Photo)  # doctest: +SKIP
+    >>> table.add([{"image_uri": "cat.jpg"}, {"image_uri": "dog.jpg"}])  # doctest: +SKIP
+    >>> table.search("a sleeping cat").limit(1).to_pydantic(Photo)[0].image_uri  # doctest: +SKIP
+    'cat.jpg'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from lancedb.embeddings import EmbeddingFunction, register
+
+from ..embedding import ClipEF
+from .base import Hit, Modality, Record, Store, row_id
+
+CONFIG_KEY = b"clip_embeddings"  # schema metadata key holding ClipEF.get_config() for LanceDBStore tables
+COLUMNS = ("id", "item_id", "modality", "source", "document", "digest")
+
+
+# --- the registry function ------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _shared_ef(model: str, device: str | None, dtype: str | None, batch_size: int, long_text: str,
+               fingerprint: str | None, dim: int | None) -> ClipEF:
+    # One ClipEF per configuration per process: LanceDB re-creates the function from the schema
+    # each time a table is opened, and the model behind it is loaded once anyway (shared_model).
+    return ClipEF(model, device=device, dtype=dtype, batch_size=batch_size, long_text=long_text,
+                  expected_fingerprint=fingerprint, expected_dim=dim)
+
+
+@register("clip-embeddings")
+class ClipLanceEmbeddings(EmbeddingFunction):
+    """CLIP for LanceDB: the source column holds images (or texts), queries are texts or images.
+
+    Create it through the registry so LanceDB can store and rebuild it. The table's schema keeps
+    the model and its fingerprint; a process that reopens the table with other weights at that
+    path gets :class:`~clip_embeddings.ModelMismatchError` instead of meaningless neighbours.
+
+    Fields: ``model`` (name or weights path), ``device``, ``dtype``, ``batch_size``,
+    ``long_text``; ``source="image"`` (paths, URLs or bytes) or ``"text"``; ``on_error``:
+    ``"raise"`` or ``"skip"`` (a bad image gets a null vector, which LanceDB's ``on_bad_vectors``
+    then handles). ``max_retries`` defaults to 0: a corrupt image fails the same way every time,
+    so LanceDB's backoff-and-retry (7 tries by default) would only delay the error.
+
+    Example:
+        >>> clip = get_registry().get("clip-embeddings").create(model="/weights/ViT-B-32.pt")  # doctest: +SKIP
+        >>> table.search("a dog").limit(3).to_list()  # doctest: +SKIP
+        >>> table.search(PIL.Image.open("dog.jpg")).limit(3).to_list()  # doctest: +SKIP
+    """
+
+    model: str = "ViT-B/32"
+    device: str | None = None
+    dtype: str | None = "auto"
+    batch_size: int = 32
+    long_text: Literal["truncate", "chunk"] = "truncate"
+    source: Literal["image", "text"] = "image"
+    on_error: Literal["raise", "skip"] = "raise"
+    fingerprint: str | None = None
+    dim: int | None = None
+    max_retries: int = 0
+
+    def clip(self) -> ClipEF:
+        """The shared :class:`ClipEF` doing the work (checks ``fingerprint`` when one is set)."""
+        return _shared_ef(os.fspath(self.model), self.device, self.dtype, self.batch_size, self.long_text,
+                          self.fingerprint, self.dim)
+
+    def ndims(self) -> int:
+        return self.clip().dim
+
+    def safe_model_dump(self) -> dict[str, Any]:
+        # What goes into the table schema: the creation arguments plus what identifies the weights,
+        # so a later process can tell whether the file at ``model`` still holds the same model.
+        config = dict(super().safe_model_dump())
+        config.update(fingerprint=self.clip().fingerprint, dim=self.clip().dim)
+        return config
+
+    def compute_source_embeddings(self, inputs: Any, *args: Any, **kwargs: Any) -> list[np.ndarray | None]:
+        items = self.sanitize_input(inputs)
+        if isinstance(items, np.ndarray):
+            items = items.tolist()
+        out: list[np.ndarray | None] = [None] * len(items)
+        present = [i for i, x in enumerate(items) if x is not None]
+        if self.source == "text":
+            for i, v in zip(present, self.clip().embed_texts([items[i] for i in present])):
+                out[i] = v
+            return out
+        result = self.clip().encode_images([items[i] for i in present], on_error=self.on_error)
+        for row, index in enumerate(result.indices):
+            out[present[index]] = result.embeddings[row]
+        return out
+
+    def compute_query_embeddings(self, query: Any, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        """A ``str`` is a text query; a PIL image, array, bytes or ``Path`` is an image query."""
+        if isinstance(query, str):
+            return [self.clip().embed_texts([query])[0]]
+        return [self.clip().encode_images([query], on_error="raise").embeddings[0]]
+
+    def compute_source_embeddings_with_retry(self, *args: Any, **kwargs: Any) -> list[np.ndarray | None]:
+        if self.max_retries <= 0:  # LanceDB's wrapper retries even then, once, and re-wraps the error
+            return self.compute_source_embeddings(*args, **kwargs)
+        return super().compute_source_embeddings_with_retry(*args, **kwargs)
+
+    def compute_query_embeddings_with_retry(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        if self.max_retries <= 0:
+            return self.compute_query_embeddings(*args, **kwargs)
+        return super().compute_query_embeddings_with_retry(*args, **kwargs)
+
+
+# --- the Store ------------------------------------------------------------------------------
+
+def store_schema(dim: int, config: dict[str, Any]) -> pa.Schema:
+    """The columns of a :class:`LanceDBStore` table; the function's config rides in the schema metadata."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("item_id", pa.string()),
+            pa.field("modality", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field("source", pa.string()),
+            pa.field("document", pa.string()),
+            pa.field("digest", pa.string()),
+            # Arrow's JSON type becomes Lance JSON: still a JSON string when read, but filterable
+            # with json_get_string(metadata, 'key') and friends.
+            pa.field("metadata", pa.json_(pa.utf8())),
+        ],
+        metadata={CONFIG_KEY: json.dumps(config).encode()},
+    )
+
+
+class LanceDBStore(Store):
+    """A LanceDB table behind the uniform :class:`Store` interface, one row per vector.
+
+    Rows: ``id`` (``"<item>"`` for an image, ``"<item>:text"`` for a text or caption),
+    ``item_id``, ``modality``, ``vector``, ``source``, ``document``, ``digest`` and ``metadata``
+    (JSON). Writes are ``merge_insert`` on ``id``, so re-adding changes nothing. With
+    ``ef=None`` the function is rebuilt from the config kept in the table's schema.
+
+    ``where`` filters: a dict of exact matches on metadata keys (or on ``source``, ``document``,
+    ``digest``, ``item_id``), all of which must hold; a ``str`` is used as a LanceDB SQL filter.
+
+    Example:
+        >>> store = LanceDBStore(lancedb.connect("lance-db"), "photos", ClipEF())  # doctest: +SKIP
+        >>> store.index_folder("examples/images")  # doctest: +SKIP
+        >>> store.query(image="cat.jpg", k=1, modality="text")[0].document  # doctest: +SKIP
+    """
+
+    def __init__(self, db: Any, name: str, ef: ClipEF | None = None):
+        self.db, self.name = db, name
+        try:
+            self.table = db.open_table(name)
+        except (ValueError, FileNotFoundError):
+            self.table = None
+        if self.table is not None:
+            stored = self._stored_config()
+            if ef is None:
+                if stored is None:
+                    raise ValueError(
+                        f"LanceDB table {name!r} has no clip-embeddings config in its schema "
+                        "(not made by LanceDBStore?); pass ef=ClipEF(...) to open it"
+                    )
+                ef = ClipEF.build_from_config(stored)
+        elif ef is None:
+            raise ValueError(f"LanceDB table {name!r} does not exist; pass ef=ClipEF(...) to create it")
+        else:
+            self.table = db.create_table(name, schema=store_schema(ef.dim, ef.get_config()))
+        self.ef = ef
+        self.check_model()
+
+    def describe(self) -> str:
+        return f"LanceDB table {self.name!r}"
+
+    def _stored_config(self) -> dict[str, Any] | None:
+        raw = (self.table.schema.metadata or {}).get(CONFIG_KEY)
+        return json.loads(raw) if raw else None
+
+    def _write(self, records: list[Record]) -> None:
+        # Two records with one row id in a batch would make merge_insert ambiguous: the last wins.
+        rows = {row_id(r.id, r.modality): r for r in records}
+        self._keep_existing(rows)
+        schema = store_schema(self.ef.dim, {})
+        table = pa.table(
+            {
+                "id": list(rows),
+                "item_id": [r.id for r in rows.values()],
+                "modality": [r.modality for r in rows.values()],
+                "vector": pa.array([np.asarray(r.vector, np.float32) for r in rows.values()], schema.field("vector").type),
+                "source": [r.source for r in rows.values()],
+                "document": [r.document for r in rows.values()],
+                "digest": [r.digest for r in rows.values()],
+                "metadata": pa.array([json.dumps(r.metadata) for r in rows.values()], pa.json_(pa.utf8())),
+            },
+            schema=schema.remove_metadata(),
+        )
+        self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(table)
+
+    def _keep_existing(self, rows: dict[str, Record]) -> None:
+        """Re-adding a row must not erase what the new write does not say (as in Qdrant's payload
+        merge): an image re-added without its caption keeps the caption, and metadata keys merge."""
+        ids = ", ".join(_sql(i) for i in rows)
+        existing = self.table.search().where(f"id IN ({ids})").select(["id", "source", "document", "metadata"])
+        for old in existing.limit(len(rows)).to_list():
+            r = rows[old["id"]]
+            meta = {**(json.loads(old["metadata"]) if old["metadata"] else {}), **r.metadata}
+            rows[old["id"]] = replace(r, source=r.source or old["source"], document=r.document or old["document"], metadata=meta)
+
+    def _search(self, vector: np.ndarray, k: int, modality: Modality, where: dict[str, Any] | str | None) -> list[Hit]:
+        condition = f"modality = {_sql(modality)}"
+        if where:
+            condition += f" AND ({where if isinstance(where, str) else to_sql(where)})"
+        rows = (
+            self.table.search(np.asarray(vector, np.float32), vector_column_name="vector")
+            .distance_type("cosine").where(condition, prefilter=True).limit(k)
+            .select(["item_id", "source", "document", "metadata", "_distance"]).to_list()
+        )
+        return [
+            Hit(r["item_id"], 1.0 - float(r["_distance"]), modality, r["source"], r["document"],
+                json.loads(r["metadata"]) if r["metadata"] else {})
+            for r in rows
+        ]
+
+    def count(self) -> int:
+        return self.table.count_rows()
+
+
+def to_sql(where: dict[str, Any]) -> str:
+    """``{"album": "space", "year": 2024}`` → a LanceDB SQL filter of exact matches, all required.
+
+    Example:
+        >>> to_sql({"album": "space", "source": "/p/cat.jpg"})
+        "json_get_string(metadata, 'album') = 'space' AND source = '/p/cat.jpg'"
+    """
+    clauses = []
+    for key, value in where.items():
+        if key in COLUMNS:
+            clauses.append(f"{key} = {_sql(value)}")
+            continue
+        getter = {bool: "json_get_bool", int: "json_get_int", float: "json_get_float", str: "json_get_string"}.get(type(value))
+        if getter is None:
+            raise ValueError(
+                f"where[{key!r}]: exact matches take str, int, float or bool values, not {type(value).__name__}; "
+                "pass a SQL string for anything else"
+            )
+        clauses.append(f"{getter}(metadata, {_sql(key)}) = {_sql(value)}")
+    return " AND ".join(clauses) or "true"
+
+
+def _sql(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"

@@ -1,0 +1,182 @@
+"""Qdrant: one collection, one point per item, named vectors ``image`` and ``text``.
+
+An image and its caption share a point, so a text→image hit carries the caption and an
+image→text hit carries the picture's source. Texts added on their own get points with only a
+``text`` vector (Qdrant lets a point omit any named vector). The embedding-function config
+(model, fingerprint, dim) lives in the collection's ``metadata`` (Qdrant ≥ 1.16 servers and
+qdrant-client's local mode), so reopening with ``ef=None`` rebuilds the same function and
+opening with other weights raises :class:`~clip_embeddings.ModelMismatchError`.
+
+Payload keys: ``item_id``, ``source``, ``document``, ``digest`` (reserved) plus the user's
+metadata under its own keys, so Qdrant's own filters and payload indexes work on them directly.
+
+Example:
+    >>> from qdrant_client import QdrantClient
+    >>> store = QdrantStore(QdrantClient(path="qdrant-db"), "photos", ClipEF())  # doctest: +SKIP
+    >>> store.add_images(["cat.jpg"], captions=["a tabby cat"])  # doctest: +SKIP
+    >>> store.query("a sleeping cat", k=1)[0].document  # doctest: +SKIP
+    'a tabby cat'
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+from qdrant_client import models as qmodels
+
+from ..embedding import ClipEF
+from .base import Hit, Modality, Record, Store
+
+CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()
+RESERVED = ("item_id", "source", "document", "digest")
+_ID_NAMESPACE = uuid.UUID("5d0f3f0e-8e3b-4a34-93a4-6a0f1f7f2b11")  # for user ids that are not UUIDs
+
+
+class QdrantStore(Store):
+    """A Qdrant collection behind the uniform :class:`Store` interface.
+
+    Works with ``QdrantClient(path=...)``, ``QdrantClient(":memory:")`` and
+    ``QdrantClient(url="http://host:6333")``. Creates the collection (two cosine named vectors,
+    the function's config in its metadata) or opens an existing one; with ``ef=None`` the
+    function is rebuilt from that config.
+
+    ``where`` filters are a dict of exact matches, ``{"key": value}`` (a list value matches
+    any of its elements), all of which must hold; a ``qdrant_client.models.Filter`` is used
+    as given.
+
+    Example:
+        >>> store = QdrantStore(QdrantClient(":memory:"), "photos", ClipEF())  # doctest: +SKIP
+        >>> store.index_folder("examples/images")  # doctest: +SKIP
+        >>> [h.source for h in store.query("a rocket", k=1, where={"album": "space"})]  # doctest: +SKIP
+        ['/abs/path/rocket.jpg']
+    """
+
+    def __init__(self, client: Any, name: str, ef: ClipEF | None = None):
+        self.client, self.name = client, name
+        if client.collection_exists(name):
+            stored = self._stored_config()
+            if ef is None:
+                if stored is None:
+                    raise ValueError(
+                        f"Qdrant collection {name!r} has no clip-embeddings config in its metadata "
+                        "(not made by clip-embeddings?); pass ef=ClipEF(...) to open it"
+                    )
+                ef = ClipEF.build_from_config(stored)
+        elif ef is None:
+            raise ValueError(f"Qdrant collection {name!r} does not exist; pass ef=ClipEF(...) to create it")
+        else:
+            params = qmodels.VectorParams(size=ef.dim, distance=qmodels.Distance.COSINE)
+            client.create_collection(
+                name, vectors_config={"image": params, "text": params}, metadata={CONFIG_KEY: ef.get_config()}
+            )
+            if self._stored_config() is None:
+                # Servers before 1.16 drop collection metadata; without it nothing could check the model later.
+                raise ValueError(
+                    f"the Qdrant server did not keep the metadata of collection {name!r} (it needs Qdrant >= 1.16); "
+                    "upgrade the server, then delete and recreate the collection"
+                )
+        self.ef = ef
+        self.check_model()
+
+    def describe(self) -> str:
+        return f"Qdrant collection {self.name!r}"
+
+    def _stored_config(self) -> dict[str, Any] | None:
+        metadata = self.client.get_collection(self.name).config.metadata or {}
+        return metadata.get(CONFIG_KEY)
+
+    def _write(self, records: list[Record]) -> None:
+        # Fold an item's image and caption records into one point.
+        points: dict[str, tuple[dict[str, list[float]], dict[str, Any], bool]] = {}
+        for r in records:
+            pid = point_id(r.id)
+            vectors, payload, _ = points.setdefault(pid, ({}, {}, False))
+            vectors[r.modality] = np.asarray(r.vector, dtype=np.float32).tolist()
+            payload.update(_payload(r, keep_digest=r.modality == "image" or "digest" not in payload))
+            if r.modality == "image":
+                points[pid] = (vectors, payload, True)
+        existing = {str(p.id) for p in self.client.retrieve(self.name, ids=list(points), with_payload=False)}
+        new = [qmodels.PointStruct(id=pid, vector=v, payload=p) for pid, (v, p, _) in points.items() if pid not in existing]
+        if new:
+            self.client.upsert(self.name, new)
+        # An existing point keeps the vectors and payload keys this write does not mention: adding a
+        # caption later must not drop the image vector, and re-adding an image must not drop its caption.
+        updates: list[Any] = []
+        for pid in existing & points.keys():
+            vectors, payload, has_image = points[pid]
+            if not has_image:
+                payload.pop("digest", None)  # the point's digest names its image, not a caption added later
+            updates.append(qmodels.UpdateVectorsOperation(
+                update_vectors=qmodels.UpdateVectors(points=[qmodels.PointVectors(id=pid, vector=vectors)])))
+            updates.append(qmodels.SetPayloadOperation(set_payload=qmodels.SetPayload(payload=payload, points=[pid])))
+        if updates:
+            self.client.batch_update_points(self.name, updates)
+
+    def _search(self, vector: np.ndarray, k: int, modality: Modality, where: Any) -> list[Hit]:
+        result = self.client.query_points(
+            self.name, query=np.asarray(vector, dtype=np.float32).tolist(), using=modality, limit=k,
+            query_filter=to_filter(where), with_payload=True,
+        )
+        hits = []
+        for point in result.points:
+            payload = dict(point.payload or {})
+            item = payload.pop("item_id", str(point.id))
+            source, document = payload.pop("source", None), payload.pop("document", None)
+            payload.pop("digest", None)
+            hits.append(Hit(item, float(point.score), modality, source, document, payload))
+        return hits
+
+    def count(self) -> int:
+        return self.client.count(self.name, exact=True).count
+
+
+def point_id(item: str) -> str:
+    """Qdrant ids must be UUIDs or integers: item ids already are; other user ids map to a stable UUID."""
+    try:
+        return str(uuid.UUID(item))
+    except ValueError:
+        return str(uuid.uuid5(_ID_NAMESPACE, item))
+
+
+def to_filter(where: dict[str, Any] | qmodels.Filter | None) -> qmodels.Filter | None:
+    """``{"album": "space", "year": [2023, 2024]}`` → a Filter whose conditions must all match exactly.
+
+    Example:
+        >>> to_filter({"album": "space"}).must[0].key
+        'album'
+    """
+    if where is None or isinstance(where, qmodels.Filter):
+        return where
+    if not isinstance(where, dict):
+        raise TypeError(f"where must be a dict of exact matches or a qdrant_client.models.Filter, not {type(where).__name__}")
+    conditions = []
+    for key, value in where.items():
+        if isinstance(value, (list, tuple, set)):
+            match: Any = qmodels.MatchAny(any=list(value))
+        elif isinstance(value, (str, int, bool)):
+            match = qmodels.MatchValue(value=value)
+        else:
+            raise ValueError(
+                f"where[{key!r}]: Qdrant matches str, int or bool values exactly (or a list of them), "
+                f"not {type(value).__name__}; pass a qdrant_client.models.Filter for ranges and more"
+            )
+        conditions.append(qmodels.FieldCondition(key=key, match=match))
+    return qmodels.Filter(must=conditions)
+
+
+def _payload(record: Record, keep_digest: bool) -> dict[str, Any]:
+    clash = sorted(set(record.metadata) & set(RESERVED))
+    if clash:
+        raise ValueError(f"item {record.id}: metadata keys {clash} are reserved by clip-embeddings; rename them")
+    payload = {k: v for k, v in record.metadata.items() if v is not None}
+    payload["item_id"] = record.id
+    if keep_digest:
+        payload["digest"] = record.digest
+    # None means "not given here": leaving the key out keeps what an existing point already has.
+    if record.source:
+        payload["source"] = record.source
+    if record.document:
+        payload["document"] = record.document
+    return payload

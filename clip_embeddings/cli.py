@@ -1,0 +1,562 @@
+"""``clip-embeddings``: index, search, classify, evaluate and fine-tune from the shell.
+
+Each subcommand is a thin layer over the library: it parses arguments, calls one public function
+and prints a readable table. Errors print one line, ``error: <message>``, and exit with status 1
+(2 for usage errors); ``--debug`` prints the traceback instead.
+
+Example::
+
+    $ clip-embeddings index examples/images --db chroma --location ./db --collection photos
+    $ clip-embeddings search "a photo of a cat" --db chroma --location ./db --collection photos
+    $ clip-embeddings classify examples/images/*.jpg --labels cat,rocket,coffee
+    $ clip-embeddings models
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "ViT-B/32"
+DBS = ("chroma", "qdrant", "lancedb")
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for, found after parsing (reported as one line, exit 1)."""
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align: str | None = None,
+                 max_width: int = 60) -> str:
+    """A plain-text table: a header, a rule, one line per row; long cells are cut with ``…``.
+
+    ``align`` has one character per column, ``"l"`` or ``"r"`` (default: numbers right, text left).
+
+    Example:
+        >>> print(format_table(["rank", "label"], [[1, "cat"], [2, "dog"]]))
+        rank  label
+        ----  -----
+           1  cat
+           2  dog
+    """
+    def cell(value: Any) -> str:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        text = " ".join(text.split())  # one line per row, whatever a caption holds
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(v) for v in row] for row in rows]
+    if align is None:
+        first = rows[0] if rows else [""] * len(headers)
+        align = "".join("r" if isinstance(v, (int, float)) else "l" for v in first)
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(values, widths, align)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as a single line for ``error: ...``; unexpected types keep their name.
+
+    Example:
+        >>> one_line(ValueError("bad\\nvalue"))
+        'bad; value'
+        >>> one_line(KeyError("x"))
+        "KeyError: 'x'"
+    """
+    from .errors import ClipError
+
+    message = "; ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    # Our own errors and the usual OS/value errors already say what is wrong; anything else is a
+    # surprise, so its type is worth showing.
+    expected = isinstance(error, (ClipError, UsageError, ValueError, OSError, ImportError))
+    if not message:
+        return type(error).__name__
+    return message if expected else f"{type(error).__name__}: {message}"
+
+
+def report_error(error: BaseException, debug: bool, hint: str = "") -> None:
+    """Print ``error`` to stderr: one line, or the full traceback with ``debug``."""
+    if debug:
+        traceback.print_exception(type(error), error, error.__traceback__)
+    else:
+        print(f"error: {one_line(error)}{hint}", file=sys.stderr)
+
+
+def default_model() -> str:
+    """The model commands use unless told otherwise: ``$CLIP_WEIGHTS`` if set, else ViT-B/32."""
+    return os.environ.get("CLIP_WEIGHTS") or DEFAULT_MODEL
+
+
+# --- shared pieces ----------------------------------------------------------------------------
+
+def _make_ef(args: argparse.Namespace, **options: Any):
+    from .embedding import ClipEF
+
+    return ClipEF(args.model, device=args.device, batch_size=args.batch_size, **options)
+
+
+def _open_store(kind: str, location: str, name: str, ef: Any = None):
+    """The store for ``--db/--location/--collection``; Chroma works even before ``open_store`` exists."""
+    try:
+        from .adapters import open_store
+    except ImportError:
+        open_store = None
+    if open_store is not None:
+        return open_store(kind, location, name, ef=ef)
+    if kind != "chroma":
+        raise UsageError(f"--db {kind} is not available in this installation; use --db chroma")
+    import chromadb
+
+    from .adapters.chroma import ChromaStore
+
+    if "://" in location:
+        from urllib.parse import urlparse
+
+        url = urlparse(location)
+        client = chromadb.HttpClient(host=url.hostname, port=url.port or 8000, ssl=url.scheme == "https")
+    else:
+        client = chromadb.PersistentClient(location)
+    return ChromaStore(client, name, ef)
+
+
+def _images_in(paths: Sequence[str]) -> list[str]:
+    """Expand folders among ``paths`` into their image files; plain files pass through as given."""
+    from .images import iter_image_files
+
+    out: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            out += [str(p) for p in iter_image_files(path)]
+        else:
+            out.append(path)
+    if not out:
+        raise UsageError(f"no images found in {', '.join(paths)}")
+    return out
+
+
+def _read_labels(path: str) -> list[str] | dict[str, str]:
+    """Labels from a file: one per line (``#`` comments), a JSON list, or a JSON {folder: label} map."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        labels = json.loads(text)
+        if not isinstance(labels, (list, dict)) or not labels:
+            raise UsageError(f"{path}: expected a JSON list of labels or a {{folder: label}} object")
+        return labels
+    labels = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not labels:
+        raise UsageError(f"{path}: no labels in it (one label per line)")
+    return labels
+
+
+def _templates(name: str) -> list[str]:
+    from . import zeroshot
+
+    return list(zeroshot.IMAGENET_TEMPLATES if name == "imagenet" else zeroshot.DEFAULT_TEMPLATES)
+
+
+def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(image path, caption) pairs from a CSV (``image,caption`` columns) or JSONL file.
+
+    A CSV may have a header naming ``image`` and ``caption`` (any column order) or be two bare
+    columns; a JSONL line is ``{"image": ..., "caption": ...}``. Relative image paths are taken
+    relative to the pairs file, so a dataset folder can move as a whole (the current directory is
+    tried second).
+
+    Example:
+        >>> read_pairs("train.csv")[:1]  # doctest: +SKIP
+        [('/data/train/cat.jpg', 'a close-up photo of a tabby cat')]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: pairs file not found")
+    raw: list[tuple[str, str]] = []
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                raw.append((str(row["image"]), str(row["caption"])))
+            except (ValueError, KeyError, TypeError) as e:
+                raise UsageError(f"{path}:{n}: expected {{\"image\": ..., \"caption\": ...}} ({e})") from None
+    else:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        header = [c.strip().lower() for c in rows[0]] if rows else []
+        if "image" in header and "caption" in header:
+            i, c = header.index("image"), header.index("caption")
+            rows = rows[1:]
+        else:
+            i, c = 0, 1
+        for n, row in enumerate(rows, 1):
+            if len(row) <= max(i, c):
+                raise UsageError(f"{path}: row {n} needs an image path and a caption")
+            raw.append((row[i].strip(), row[c].strip()))
+    if not raw:
+        raise UsageError(f"{path}: no (image, caption) pairs in it")
+    pairs = []
+    for image, caption in raw:
+        candidate = Path(image).expanduser()
+        if not candidate.is_absolute():
+            beside = path.parent / candidate
+            candidate = beside if beside.exists() or not candidate.exists() else candidate
+        pairs.append((str(candidate), caption))
+    return pairs
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # unreachable; keeps type checkers content
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Embed every image under FOLDER into a collection and report what was skipped and why."""
+    folder = Path(args.folder)
+    # Checked before loading a model, so a typo costs milliseconds, not a model load.
+    if not folder.exists():
+        raise UsageError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder (index takes a directory of images)")
+    extensions = frozenset(e.strip() for e in args.extensions.split(",") if e.strip()) if args.extensions else None
+    store = _open_store(args.db, args.location, args.collection, _make_ef(args, on_error=args.on_error))
+    options: dict[str, Any] = {"recursive": not args.no_recursive, "on_error": args.on_error, "progress": True}
+    if extensions:
+        options["extensions"] = extensions
+    report = store.index_folder(folder, **options)
+    print(f"indexed {folder} into {args.db} collection {args.collection!r} at {args.location}")
+    print(f"  stored {report.stored} item(s), skipped {len(report.skipped)}, cache hits {report.cache_hits}; "
+          f"the collection now holds {store.count()} record(s)")
+    if report.skipped:
+        print(f"\nskipped {len(report.skipped)} item(s):")
+        print(format_table(["#", "source", "reason"], [[s.index, s.source, s.reason] for s in report.skipped],
+                           align="rll", max_width=80))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Query a collection with a text or an image and print the nearest items."""
+    if (args.query is None) == (args.image is None):
+        raise UsageError("search takes a QUERY_TEXT or --image PATH, exactly one of them")
+    if args.image is not None and not os.path.exists(args.image) and "://" not in args.image:
+        raise UsageError(f"{args.image}: image not found")
+    # The store checks the model against the one the collection was indexed with, so a wrong
+    # --model fails with a message naming the right one instead of returning nonsense.
+    store = _open_store(args.db, args.location, args.collection, _make_ef(args))
+    if args.image is not None:
+        hits = store.query(image=args.image, k=args.k, modality=args.modality)
+    else:
+        hits = store.query(args.query, k=args.k, modality=args.modality)
+    query = f"image {args.image}" if args.image is not None else repr(args.query)
+    print(f"{len(hits)} nearest {args.modality} record(s) to {query} in {args.db} collection {args.collection!r}:")
+    if not hits:
+        return 0
+    rows = [[rank, h.score, h.id, h.source or h.document or ""] for rank, h in enumerate(hits, 1)]
+    headers = ["rank", "score", "id", "source" if args.modality == "image" else "document"]
+    if args.modality == "image" and any(h.document for h in hits):
+        headers.append("caption")
+        for row, h in zip(rows, hits):
+            row.append(h.document or "")
+    print(format_table(headers, rows, align="rrll", max_width=70))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Zero-shot classify images over a label set and print each image's top labels."""
+    from .zeroshot import classify
+
+    labels = _label_list(args)
+    images = _images_in(args.images)
+    ef = _make_ef(args, on_error="raise")
+    k = min(args.k, len(labels))
+    result = classify(images, labels, _templates(args.templates), ef=ef, top_k=k)
+    rows = []
+    for image, top in zip(images, _top_predictions(result, labels, k)):
+        for rank, (label, prob) in enumerate(top, 1):
+            rows.append([Path(image).name if rank == 1 else "", rank, label, prob])
+    print(f"zero-shot classification over {len(labels)} label(s), {args.templates} templates:")
+    print(format_table(["image", "rank", "label", "probability"], rows, align="lrlr"))
+    return 0
+
+
+def _label_list(args: argparse.Namespace) -> list[str]:
+    if args.labels_file:
+        labels = _read_labels(args.labels_file)
+        labels = list(labels.values()) if isinstance(labels, dict) else labels
+    else:
+        labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
+    if len(labels) < 2:
+        raise UsageError("classify needs at least two labels (--labels a,b,c or --labels-file FILE)")
+    return labels
+
+
+def _top_predictions(result: Any, labels: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """Per image, its ``k`` best (label, probability) pairs, from a ClassificationResult."""
+    import numpy as np
+
+    probs = getattr(result, "probs", None)
+    if probs is not None:
+        probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
+        order = np.argsort(-probs, axis=1)[:, :k]
+        return [[(labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+    top = result.top_k if hasattr(result, "top_k") else result.top
+    return [[(str(label), float(p)) for label, p in item][:k] for item in top]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Zero-shot accuracy on an ImageFolder-style dataset (one sub-folder per class)."""
+    from .evaluation import evaluate
+
+    dataset = Path(args.dataset)
+    if not dataset.is_dir():
+        raise UsageError(f"{dataset}: dataset folder not found (expected one sub-folder of images per class)")
+    labels = _read_labels(args.labels) if args.labels else None
+    result = evaluate(dataset, labels, ef=_make_ef(args, on_error="skip"), templates=_templates(args.templates))
+    print(f"zero-shot evaluation on {dataset} ({result.n} image(s)):")
+    print(f"  top-1 accuracy: {result.top1:.2%}")
+    print(f"  top-5 accuracy: {result.top5:.2%}")
+    per_class = getattr(result, "per_class", None) or {}
+    if per_class:
+        rows = [[name, *_class_row(value)] for name, value in per_class.items()]
+        print()
+        print(format_table(["class", "top-1", "n"], rows, align="lrr"))
+    return 0
+
+
+def _class_row(value: Any) -> tuple[str, str]:
+    """A per-class entry as (accuracy, count), whether it is a number, a pair or a record."""
+    if isinstance(value, (int, float)):
+        return f"{value:.2%}", ""
+    if isinstance(value, dict):
+        acc, n = value.get("top1", value.get("accuracy")), value.get("n", "")
+    elif isinstance(value, (tuple, list)):
+        acc, n = value[0], value[1] if len(value) > 1 else ""
+    else:
+        acc, n = getattr(value, "top1", getattr(value, "accuracy", None)), getattr(value, "n", "")
+    return (f"{acc:.2%}" if isinstance(acc, (int, float)) else str(acc)), str(n)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Contrastively fine-tune a model on (image, caption) pairs and save the checkpoint."""
+    from .finetune import finetune
+
+    pairs = read_pairs(args.pairs)
+    if args.freeze_image and args.freeze_text:
+        raise UsageError("--freeze-image and --freeze-text together leave nothing to train")
+    options: dict[str, Any] = {}
+    if args.device:
+        options["device"] = args.device
+    result = finetune(
+        args.model, pairs, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        freeze_image=args.freeze_image, freeze_text=args.freeze_text, output=args.output, **options,
+    )
+    output = getattr(result, "output", None) or getattr(result, "path", None) or args.output
+    print(f"fine-tuned {args.model} on {len(pairs)} pair(s) for {args.epochs} epoch(s)")
+    losses = getattr(result, "losses", None) or getattr(result, "epoch_losses", None)
+    if losses:
+        print(format_table(["epoch", "loss"], [[i, float(v)] for i, v in enumerate(losses, 1)]))
+    print(f"saved checkpoint: {output}")
+    print(f"use it with: clip-embeddings index FOLDER --model {output} ...  or  ce.load({str(output)!r})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the named models and whether each is in the download cache."""
+    from urllib.parse import unquote, urlparse
+
+    from .download import MODELS, cache_dir
+
+    root = cache_dir()
+    rows = []
+    for name, url in MODELS.items():
+        file = root / unquote(Path(urlparse(url).path).name)
+        cached = file.is_file()
+        rows.append([name, "cached" if cached else "not cached", _human_size(file.stat().st_size) if cached else "-",
+                     file.name])
+    print(f"cache: {root}  (set CLIP_CACHE_DIR to move it)")
+    print(format_table(["model", "status", "size", "file"], rows, align="llrl"))
+    return 0
+
+
+def benchmarks_script() -> Path:
+    """Where ``benchmarks/run_all.py`` is in a source checkout (it is not part of the wheel)."""
+    return Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``benchmarks/run_all.py`` with this interpreter, passing the remaining arguments on."""
+    script = benchmarks_script()
+    if not script.is_file():
+        raise UsageError(
+            f"{script} not found: the benchmarks ship with the source checkout, not the installed package. "
+            "Clone the repository and run `clip-embeddings bench` (or `make bench`) from there."
+        )
+    extra = [a for a in args.bench_args if a != "--"]
+    return subprocess.call([sys.executable, str(script), *extra], cwd=script.parent.parent)
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+def _model_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("model")
+    group.add_argument("--model", default=default_model(), metavar="NAME_OR_PATH",
+                       help="a model name (see `clip-embeddings models`) or a checkpoint path; searching needs "
+                            "the model the collection was indexed with (default: $CLIP_WEIGHTS, else ViT-B/32)")
+    group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                       help="images or texts per forward pass (default: 32)")
+    return parent
+
+
+def _store_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("database")
+    group.add_argument("--db", choices=DBS, default="chroma", help="vector database (default: chroma)")
+    group.add_argument("--location", required=True, metavar="PATH_OR_URL",
+                       help="a local folder for an embedded database, or a server URL (http://host:port)")
+    group.add_argument("--collection", required=True, metavar="NAME", help="collection (table) name")
+    return parent
+
+
+def _debug_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS, so `clip-embeddings search --debug` and `clip-embeddings --debug search` both work
+    # without the subcommand's default overwriting the global flag.
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print full tracebacks instead of one-line errors")
+    return parent
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``clip-embeddings`` argument parser, one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="clip-embeddings",
+        description="OpenAI CLIP embeddings for Chroma, Qdrant and LanceDB: index images, search them by text "
+                    "or image, zero-shot classify, evaluate and fine-tune.",
+        epilog="Run `clip-embeddings COMMAND --help` for a command's options. The default model is "
+               "$CLIP_WEIGHTS when set, else ViT-B/32 (downloaded once into the cache).",
+    )
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="print full tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    debug, model, store = _debug_option(), _model_options(), _store_options()
+
+    p = sub.add_parser("index", parents=[debug, store, model], help="embed a folder of images into a collection",
+                       description="Embed every image under FOLDER into a collection. Ids come from the image "
+                                   "content, so re-indexing a folder stores nothing new.")
+    p.add_argument("folder", metavar="FOLDER", help="folder of images to index")
+    p.add_argument("--extensions", default=None, metavar=".jpg,.png",
+                   help="comma-separated file extensions to pick up (default: common image types)")
+    p.add_argument("--no-recursive", action="store_true", help="only index FOLDER itself, not its sub-folders")
+    p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
+                   help="skip unreadable images and list them at the end, or stop at the first one (default: skip)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", parents=[debug, store, model],
+                       help="find the nearest items to a text or an image",
+                       description="Query a collection with a text (text→image search by default) or with "
+                                   "--image (image→image); --modality text searches stored captions/texts.")
+    p.add_argument("query", nargs="?", metavar="QUERY_TEXT", help="the text to search for")
+    p.add_argument("--image", metavar="PATH", help="search with this image instead of a text")
+    p.add_argument("--modality", choices=("image", "text"), default="image",
+                   help="which stored records to rank: images or texts/captions (default: image)")
+    p.add_argument("-k", type=_positive_int, default=5, help="number of results (default: 5)")
+    p.set_defaults(func=cmd_search)
+
+    templates = argparse.ArgumentParser(add_help=False)
+    templates.add_argument("--templates", choices=("default", "imagenet"), default="default",
+                           help="prompt templates: a few generic ones, or CLIP's 80 ImageNet prompts "
+                                "(slower, usually a little more accurate) (default: default)")
+
+    p = sub.add_parser("classify", parents=[debug, model, templates], help="zero-shot classify images",
+                       description="Zero-shot classify images (or folders of images) over a set of labels.")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", metavar="a,b,c", help="comma-separated labels")
+    labels.add_argument("--labels-file", metavar="FILE", help="labels, one per line (or a JSON list)")
+    p.add_argument("-k", type=_positive_int, default=3, help="top labels to show per image (default: 3)")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("eval", parents=[debug, model, templates], help="zero-shot accuracy on a labelled folder",
+                       description="Zero-shot top-1/top-5 accuracy on an ImageFolder-style dataset: one sub-folder "
+                                   "per class, named after the class (or mapped by --labels).")
+    p.add_argument("--dataset", required=True, metavar="DIR", help="dataset folder with one sub-folder per class")
+    p.add_argument("--labels", metavar="FILE",
+                   help="class names: one per line in sub-folder order, or a JSON {folder: label} object "
+                        "(default: the sub-folder names)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("finetune", parents=[debug, model], help="fine-tune on (image, caption) pairs",
+                       description="Contrastively fine-tune CLIP on (image, caption) pairs and save a checkpoint "
+                                   "that ce.load and --model read.")
+    p.add_argument("--pairs", required=True, metavar="CSV_OR_JSONL",
+                   help="pairs file: CSV with image,caption columns or JSONL with image/caption keys; "
+                        "relative image paths are relative to this file")
+    p.add_argument("--epochs", type=_positive_int, default=1, help="passes over the pairs (default: 1)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default: 1e-5)")
+    p.add_argument("--output", required=True, metavar="PATH", help="where to save the fine-tuned checkpoint")
+    p.add_argument("--freeze-image", action="store_true", help="keep the image tower fixed")
+    p.add_argument("--freeze-text", action="store_true", help="keep the text tower fixed")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("models", parents=[debug], help="list model names and what is cached",
+                       description="List the named models, whether each is in the cache folder, and its size.")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("bench", parents=[debug], help="run the benchmark suite (source checkout only)",
+                       description="Run benchmarks/run_all.py with this Python; arguments after `bench` are "
+                                   "passed to it. The benchmarks ship with the source checkout, not the package.")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for run_all.py")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 error, 2 usage error).
+
+    Example:
+        >>> main(["models"])  # doctest: +SKIP
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help and usage errors: argparse has already printed
+        return e.code if isinstance(e.code, int) else 1
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        report_error(e, args.debug)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""LangChain: CLIP as ``Embeddings``, and a retriever over any clip-embeddings store.
+
+Needs the ``langchain`` extra (``langchain-core``). :class:`ClipRetriever` is what a
+text-to-image RAG chain wants: a question in, the nearest pictures out as ``Document`` objects
+whose metadata holds each image's ``source`` (path or URL) and score.
+
+Example:
+    >>> from clip_embeddings.integrations.langchain import ClipEmbeddings, ClipRetriever
+    >>> retriever = ClipRetriever(store=store, k=3)  # doctest: +SKIP
+    >>> [d.metadata["source"] for d in retriever.invoke("a rocket at night")]  # doctest: +SKIP
+    ['/photos/rocket.jpg', ...]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+
+from ..adapters.base import Hit, Store
+from ..embedding import ClipEF
+from ..images import ImageLike
+
+
+class ClipEmbeddings(Embeddings):
+    """LangChain ``Embeddings`` backed by a :class:`ClipEF`: texts and images in one space.
+
+    ``embed_image`` takes a list, as LangChain's multimodal vector stores call it
+    (``embed_image(uris=[...])``); ``embed_images`` is the same under a plural name.
+
+    Example:
+        >>> emb = ClipEmbeddings(ClipEF("ViT-B/32"))  # doctest: +SKIP
+        >>> len(emb.embed_query("a dog")), len(emb.embed_image(["dog.jpg"])[0])  # doctest: +SKIP
+        (512, 512)
+    """
+
+    def __init__(self, ef: ClipEF | None = None, **clip_options: Any):
+        if ef is not None and clip_options:
+            raise ValueError("pass either ef=ClipEF(...) or ClipEF options, not both")
+        self.ef = ef if ef is not None else ClipEF(**clip_options)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.ef.embed_texts(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.ef.embed_texts([text])[0].tolist()
+
+    def embed_image(self, uris: Sequence[ImageLike]) -> list[list[float]]:
+        """Embed images (paths, URLs, bytes, PIL images...); a bad one raises naming its position."""
+        return self.ef.encode_images(list(uris), on_error="raise").embeddings.tolist()
+
+    def embed_images(self, images: Sequence[ImageLike]) -> list[list[float]]:
+        """Same as :meth:`embed_image`."""
+        return self.embed_image(images)
+
+
+class ClipRetriever(BaseRetriever):
+    """Retrieve the stored items nearest to a text query from any :class:`Store`.
+
+    ``modality="image"`` (default) searches image vectors (text→image); ``"text"`` searches
+    texts and captions. Each ``Document``'s ``page_content`` is the caption or text (an image's
+    source when it has no caption); ``metadata`` has ``id``, ``score``, ``source``,
+    ``modality`` and the item's own metadata.
+
+    Example:
+        >>> retriever = ClipRetriever(store=QdrantStore(client, "photos"), k=2, where={"album": "space"})  # doctest: +SKIP
+        >>> docs = retriever.invoke("an astronaut")  # doctest: +SKIP
+        >>> docs[0].metadata["source"], docs[0].page_content  # doctest: +SKIP
+        ('/photos/astronaut.jpg', 'a portrait of an astronaut in an orange spacesuit')
+    """
+
+    store: Any
+    modality: Literal["image", "text"] = "image"
+    k: int = 4
+    where: Any = None
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        if not isinstance(self.store, Store):
+            raise TypeError(f"ClipRetriever needs a clip-embeddings Store, got {type(self.store).__name__}")
+        hits = self.store.query(query, k=self.k, modality=self.modality, where=self.where)
+        return [hit_to_document(h) for h in hits]
+
+
+def hit_to_document(hit: Hit) -> Document:
+    """A search hit as a LangChain ``Document`` (see :class:`ClipRetriever` for the fields)."""
+    metadata = {**hit.metadata, "id": hit.id, "score": hit.score, "source": hit.source, "modality": hit.modality}
+    return Document(page_content=hit.document or hit.source or "", metadata=metadata, id=hit.id)
