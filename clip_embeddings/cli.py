@@ -86,8 +86,16 @@ def one_line(error: BaseException) -> str:
     return message if expected else f"{type(error).__name__}: {message}"
 
 
-def report_error(error: BaseException, debug: bool, hint: str = "") -> None:
-    """Print ``error`` to stderr: one line, or the full traceback with ``debug``."""
+def report_error(error: BaseException, debug: bool, hint: str | None = None) -> None:
+    """Print ``error`` to stderr: one line, or the full traceback with ``debug``.
+
+    ``hint`` is appended to the line; by default a download failure gets one about local weights.
+    """
+    from .errors import DownloadError
+
+    if hint is None:
+        hint = (" From the command line: pass --model /path/to/checkpoint.pt or set CLIP_WEIGHTS to it."
+                if isinstance(error, DownloadError) else "")
     if debug:
         traceback.print_exception(type(error), error, error.__traceback__)
     else:
@@ -108,27 +116,10 @@ def _make_ef(args: argparse.Namespace, **options: Any):
 
 
 def _open_store(kind: str, location: str, name: str, ef: Any = None):
-    """The store for ``--db/--location/--collection``; Chroma works even before ``open_store`` exists."""
-    try:
-        from .adapters import open_store
-    except ImportError:
-        open_store = None
-    if open_store is not None:
-        return open_store(kind, location, name, ef=ef)
-    if kind != "chroma":
-        raise UsageError(f"--db {kind} is not available in this installation; use --db chroma")
-    import chromadb
+    """The store behind ``--db/--location/--collection`` (created on first index)."""
+    from .adapters import open_store
 
-    from .adapters.chroma import ChromaStore
-
-    if "://" in location:
-        from urllib.parse import urlparse
-
-        url = urlparse(location)
-        client = chromadb.HttpClient(host=url.hostname, port=url.port or 8000, ssl=url.scheme == "https")
-    else:
-        client = chromadb.PersistentClient(location)
-    return ChromaStore(client, name, ef)
+    return open_store(kind, location, name, ef=ef)
 
 
 def _images_in(paths: Sequence[str]) -> list[str]:
@@ -243,10 +234,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(f"indexed {folder} into {args.db} collection {args.collection!r} at {args.location}")
     print(f"  stored {report.stored} item(s), skipped {len(report.skipped)}, cache hits {report.cache_hits}; "
           f"the collection now holds {store.count()} record(s)")
-    if report.skipped:
-        print(f"\nskipped {len(report.skipped)} item(s):")
-        print(format_table(["#", "source", "reason"], [[s.index, s.source, s.reason] for s in report.skipped],
-                           align="rll", max_width=80))
+    _print_skipped(report.skipped)
     return 0
 
 
@@ -259,6 +247,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     # The store checks the model against the one the collection was indexed with, so a wrong
     # --model fails with a message naming the right one instead of returning nonsense.
     store = _open_store(args.db, args.location, args.collection, _make_ef(args))
+    if store.count() == 0:
+        raise UsageError(f"{args.db} collection {args.collection!r} at {args.location} is empty or does not exist; "
+                         "fill it with `clip-embeddings index` first")
     if args.image is not None:
         hits = store.query(image=args.image, k=args.k, modality=args.modality)
     else:
@@ -283,16 +274,31 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     labels = _label_list(args)
     images = _images_in(args.images)
-    ef = _make_ef(args, on_error="raise")
-    k = min(args.k, len(labels))
-    result = classify(images, labels, _templates(args.templates), ef=ef, top_k=k)
+    result = classify(images, labels, _templates(args.templates), ef=_make_ef(args), top_k=args.k, on_error="skip")
+    names = _short_names(images)
     rows = []
-    for image, top in zip(images, _top_predictions(result, labels, k)):
-        for rank, (label, prob) in enumerate(top, 1):
-            rows.append([Path(image).name if rank == 1 else "", rank, label, prob])
-    print(f"zero-shot classification over {len(labels)} label(s), {args.templates} templates:")
-    print(format_table(["image", "rank", "label", "probability"], rows, align="lrlr"))
-    return 0
+    for index, top_labels, top_scores in zip(result.indices, result.top_labels, result.top_scores):
+        for rank, (label, prob) in enumerate(zip(top_labels, top_scores), 1):
+            rows.append([names[index] if rank == 1 else "", rank, label, prob])
+    print(f"zero-shot classification of {len(images)} image(s) over {len(labels)} label(s) "
+          f"({args.templates} templates):")
+    if rows:
+        print(format_table(["image", "rank", "label", "probability"], rows, align="lrlr"))
+    _print_skipped(result.skipped)
+    return 0 if result.indices else 1
+
+
+def _short_names(paths: Sequence[str]) -> list[str]:
+    """File names, unless two share one: then the paths as given."""
+    names = [Path(p).name for p in paths]
+    return names if len(set(names)) == len(names) else list(paths)
+
+
+def _print_skipped(skipped: Sequence[Any]) -> None:
+    if skipped:
+        print(f"\nskipped {len(skipped)} item(s):")
+        print(format_table(["#", "source", "reason"], [[s.index, s.source, s.reason] for s in skipped],
+                           align="rll", max_width=80))
 
 
 def _label_list(args: argparse.Namespace) -> list[str]:
@@ -306,19 +312,6 @@ def _label_list(args: argparse.Namespace) -> list[str]:
     return labels
 
 
-def _top_predictions(result: Any, labels: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-    """Per image, its ``k`` best (label, probability) pairs, from a ClassificationResult."""
-    import numpy as np
-
-    probs = getattr(result, "probs", None)
-    if probs is not None:
-        probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
-        order = np.argsort(-probs, axis=1)[:, :k]
-        return [[(labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
-    top = result.top_k if hasattr(result, "top_k") else result.top
-    return [[(str(label), float(p)) for label, p in item][:k] for item in top]
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     """Zero-shot accuracy on an ImageFolder-style dataset (one sub-folder per class)."""
     from .evaluation import evaluate
@@ -326,30 +319,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = Path(args.dataset)
     if not dataset.is_dir():
         raise UsageError(f"{dataset}: dataset folder not found (expected one sub-folder of images per class)")
-    labels = _read_labels(args.labels) if args.labels else None
+    labels: Any = None
+    if args.labels:
+        if not os.path.isfile(args.labels):
+            raise UsageError(f"{args.labels}: labels file not found")
+        labels = _read_labels(args.labels) if args.labels.endswith(".json") else args.labels
     result = evaluate(dataset, labels, ef=_make_ef(args, on_error="skip"), templates=_templates(args.templates))
-    print(f"zero-shot evaluation on {dataset} ({result.n} image(s)):")
+    print(f"zero-shot evaluation on {dataset}: {result.n} image(s), {len(result.per_class)} class(es), "
+          f"{args.templates} templates")
     print(f"  top-1 accuracy: {result.top1:.2%}")
     print(f"  top-5 accuracy: {result.top5:.2%}")
-    per_class = getattr(result, "per_class", None) or {}
-    if per_class:
-        rows = [[name, *_class_row(value)] for name, value in per_class.items()]
+    if result.per_class:
+        rows = [[folder, c.label, c.n, _percent(c.top1), _percent(c.top5)] for folder, c in result.per_class.items()]
         print()
-        print(format_table(["class", "top-1", "n"], rows, align="lrr"))
+        print(format_table(["class", "label", "n", "top-1", "top-5"], rows, align="llrrr"))
+    _print_skipped(getattr(result, "skipped", []))
     return 0
 
 
-def _class_row(value: Any) -> tuple[str, str]:
-    """A per-class entry as (accuracy, count), whether it is a number, a pair or a record."""
-    if isinstance(value, (int, float)):
-        return f"{value:.2%}", ""
-    if isinstance(value, dict):
-        acc, n = value.get("top1", value.get("accuracy")), value.get("n", "")
-    elif isinstance(value, (tuple, list)):
-        acc, n = value[0], value[1] if len(value) > 1 else ""
-    else:
-        acc, n = getattr(value, "top1", getattr(value, "accuracy", None)), getattr(value, "n", "")
-    return (f"{acc:.2%}" if isinstance(acc, (int, float)) else str(acc)), str(n)
+def _percent(value: float) -> str:
+    return "-" if value != value else f"{value:.1%}"  # nan: a class folder without images
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

@@ -267,11 +267,13 @@ def test_moderation_flags_exactly_the_unsafe_images(constructed):
     assert [(r.index, r.top_unsafe_label) for r in results.flagged] == [(2, "a weapon"), (3, "blood")]
     assert results.skipped == []
 
-    # a threshold between the two unsafe images' scores flags only the higher one
-    low, high = sorted((results[2].unsafe_score, results[3].unsafe_score))
-    if high - low > 1e-6:
-        between = moderate(images, UNSAFE, SAFE, threshold=(low + high) / 2, ef=ef)
-        assert [r.index for r in between.flagged] == [2 if results[2].unsafe_score == high else 3]
+    # every threshold between two constructed scores flags exactly the images scored above it
+    scores = np.sort(expected[:, 2:4].sum(axis=1))
+    for low, high in zip(scores[:-1], scores[1:]):
+        if high - low > 1e-6 * high:  # the two unsafe images both score ~1: no threshold between them
+            threshold = float(np.sqrt(low * high))
+            flagged = [r.index for r in moderate(images, UNSAFE, SAFE, threshold=threshold, ef=ef).flagged]
+            assert flagged == [i for i in range(len(LABELS)) if expected[i, 2:4].sum() > threshold]
     assert len(moderate(images, UNSAFE, SAFE, threshold=0.0, ef=ef).flagged) == len(images)
 
 

@@ -78,7 +78,9 @@ class ChromaStore(Store):
                 name, embedding_function=ef, data_loader=ImageLoader(), metadata=metadata,
                 configuration={"hnsw": {"space": "cosine"}},
             )
-        self.ef = ef or self.collection._embedding_function
+        # Chroma keeps a placeholder default on the collection and resolves the stored function
+        # from the configuration at embedding time; take the stored one the same way.
+        self.ef = ef or self.collection.configuration.get("embedding_function")
         if not isinstance(self.ef, ClipEF):
             raise ValueError(f"Chroma collection {name!r} was not made with clip-embeddings (its function: {self.ef!r})")
         self.check_model()
@@ -87,7 +89,10 @@ class ChromaStore(Store):
     def from_collection(cls, collection: Any) -> ChromaStore:
         """Wrap a collection object already opened with ``ClipEF``."""
         store = cls.__new__(cls)
-        store.collection, store.ef = collection, collection._embedding_function
+        store.collection = collection
+        store.ef = collection._embedding_function
+        if not isinstance(store.ef, ClipEF):
+            store.ef = collection.configuration.get("embedding_function")
         store.check_model()
         return store
 
@@ -159,6 +164,8 @@ def upsert_uris(collection: Any, ids: Sequence[str], uris: Sequence[str],
         >>> upsert_uris(photos, ids=["cat"], uris=["cat_v2.jpg"])  # doctest: +SKIP
     """
     ef = collection._embedding_function
+    if not isinstance(ef, ClipEF):
+        ef = collection.configuration.get("embedding_function")
     if not isinstance(ef, ClipEF):
         raise ValueError(f"collection {collection.name!r} does not use ClipEF; it uses {ef!r}")
     embeddings = ef.encode_images(list(uris), on_error="raise").embeddings

@@ -1,0 +1,238 @@
+"""One scenario against Chroma, Qdrant and LanceDB: the same items, queries and answers everywhere.
+
+Expected neighbours come from numpy over ``ClipEF`` outputs, never from a store. The tiny random
+model makes many images near-identical, so rankings are compared exactly except inside groups of
+scores closer than ``TIE`` (which any database may order either way).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clip_embeddings as ce
+from clip_embeddings.adapters import open_store
+from clip_embeddings.adapters.base import Store, item_id, text_digest
+
+KINDS = ["chroma", "qdrant", "lancedb"]
+TEXTS = ["a dog", "a red car", "the moon"]
+SPACE = {"astronaut.jpg", "galaxies.jpg", "rocket.jpg"}
+TIE = 1e-4
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Corpus:
+    """The sample photos with captions and album metadata, a few texts, and their embeddings."""
+
+    def __init__(self, model: Path, images: list[Path]):
+        self.model = str(model)
+        self.images = [str(p) for p in images]
+        captions = json.loads((images[0].parent / "captions.json").read_text())
+        self.captions = [captions[p.name] for p in images]
+        self.metadatas = [{"album": "space" if p.name in SPACE else "earth"} for p in images]
+        ef = ce.ClipEF(self.model, cache=False)
+        encoded = ef.encode_images(self.images)
+        self.image_vectors = encoded.embeddings
+        self.image_ids = [item_id("image", d) for d in encoded.digests]
+        self.text_ids = [item_id("text", text_digest(t)) for t in TEXTS]
+        # Every vector of modality "text": the captions (on their image items), then the texts.
+        self.text_vectors = ef.embed_texts(self.captions + TEXTS)
+        self.all_text_ids = self.image_ids + self.text_ids
+        self.ef = ef
+
+    def fill(self, store: Store) -> None:
+        store.add_images(self.images, captions=self.captions, metadatas=self.metadatas)
+        store.add_texts(TEXTS)
+
+    def expected(self, query: str | int, modality: str, k: int, album: str | None = None) -> tuple[list[str], np.ndarray]:
+        """Ids and scores of the ``k`` nearest items, by numpy. ``query``: a text, or an image's index."""
+        q = self.ef.embed_texts([query])[0] if isinstance(query, str) else self.image_vectors[query]
+        vectors, ids = (self.image_vectors, self.image_ids) if modality == "image" else (self.text_vectors, self.all_text_ids)
+        keep = np.arange(len(ids))
+        if album is not None:
+            keep = np.array([i for i, m in enumerate(self.metadatas) if m["album"] == album])
+        scores = vectors[keep] @ q
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [ids[keep[i]] for i in order], scores[order]
+
+
+QUERIES = [  # (name, query: text or image index, modality, k, album filter)
+    ("text->image", "a photo of a cat", "image", 3, None),
+    ("image->image", 2, "image", 3, None),
+    ("image->text", 5, "text", 4, None),
+    ("text->image where", "a rocket", "image", 2, "space"),
+]
+
+
+def run_queries(store: Store, corpus: Corpus) -> dict[str, list[tuple[str, float]]]:
+    out = {}
+    for name, query, modality, k, album in QUERIES:
+        where = {"album": album} if album else None
+        if isinstance(query, str):
+            hits = store.query(query, k=k, modality=modality, where=where)
+        else:
+            hits = store.query(image=corpus.images[query], k=k, modality=modality, where=where)
+        out[name] = [(h.id, h.score) for h in hits]
+    return out
+
+
+def assert_ranking(got: list[tuple[str, float]], ids: list[str], scores: np.ndarray, what: str) -> None:
+    """Same ids in the same order, except within groups of (near-)tied expected scores."""
+    assert len(got) == len(ids), f"{what}: {len(got)} hits, expected {len(ids)}"
+    np.testing.assert_allclose([s for _, s in got], scores, atol=1e-4, err_msg=what)
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or scores[end - 1] - scores[end] > TIE:
+            assert {i for i, _ in got[start:end]} == set(ids[start:end]), f"{what}: ranks {start}..{end - 1} differ"
+            start = end
+
+
+def close(store: Store) -> None:
+    """Release a store's files so another process can open them (Qdrant local mode locks its folder)."""
+    client = getattr(store, "client", None)
+    if client is not None and hasattr(client, "close"):
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_model_path, sample_images) -> Corpus:
+    return Corpus(tiny_model_path, sample_images)
+
+
+def build(kind: str, tmp_path: Path, corpus: Corpus, name: str = "photos") -> tuple[Store, str]:
+    location = str(tmp_path / kind)
+    store = open_store(kind, location, name, ce.ClipEF(corpus.model, cache=False))
+    corpus.fill(store)
+    return store, location
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nearest_items_are_the_numpy_nearest(kind, tmp_path, corpus):
+    store, _ = build(kind, tmp_path, corpus)
+    results = run_queries(store, corpus)
+    for name, query, modality, k, album in QUERIES:
+        ids, scores = corpus.expected(query, modality, k, album)
+        assert_ranking(results[name], ids, scores, f"{kind} {name}")
+    # image->image: the query image itself comes first, with similarity 1.
+    assert results["image->image"][0] == (corpus.image_ids[2], pytest.approx(1.0, abs=1e-4))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hits_carry_source_caption_and_metadata(kind, tmp_path, corpus):
+    store, _ = build(kind, tmp_path, corpus)
+    hit = store.query(image=corpus.images[0], k=1)[0]
+    assert (hit.source, hit.document, hit.metadata.get("album")) == (
+        str(Path(corpus.images[0]).resolve()), corpus.captions[0], corpus.metadatas[0]["album"])
+    texts = {h.id: h.document for h in store.query("anything", k=20, modality="text")}
+    assert texts == dict(zip(corpus.all_text_ids, corpus.captions + TEXTS))
+
+
+def test_top_k_ids_agree_across_databases(tmp_path, corpus):
+    results = {}
+    for kind in KINDS:
+        store, _ = build(kind, tmp_path, corpus)
+        results[kind] = {name: [i for i, _ in hits] for name, hits in run_queries(store, corpus).items()}
+        close(store)
+    for name, query, modality, k, album in QUERIES:
+        _, scores = corpus.expected(query, modality, k, album)
+        if np.all(-np.diff(scores) > TIE):  # no near-ties: the orders must be identical
+            assert results["chroma"][name] == results["qdrant"][name] == results["lancedb"][name], name
+        else:
+            assert {frozenset(r[name]) for r in results.values()} == {frozenset(results["chroma"][name])}, name
+
+
+REOPEN = textwrap.dedent("""
+    import json, sys
+    from clip_embeddings.adapters import open_store
+    kind, location, text, image = sys.argv[1:5]
+    store = open_store(kind, location, "photos")  # no ef: rebuilt from what the collection stored
+    print(json.dumps({
+        "count": store.count(),
+        "model": store.ef.model_name,
+        "text": [h.id for h in store.query(text, k=3)],
+        "image": [h.id for h in store.query(image=image, k=3, modality="text")],
+    }))
+""")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reopen_in_fresh_process_without_ef_gives_same_ids(kind, tmp_path, corpus):
+    store, location = build(kind, tmp_path, corpus)
+    expected = {
+        "count": store.count(),
+        "model": corpus.model,
+        "text": [h.id for h in store.query("a photo of a cat", k=3)],
+        "image": [h.id for h in store.query(image=corpus.images[4], k=3, modality="text")],
+    }
+    close(store)
+    done = subprocess.run([sys.executable, "-c", REOPEN, kind, location, "a photo of a cat", corpus.images[4]],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_other_model_raises_model_mismatch(kind, tmp_path, corpus, other_tiny_model_path):
+    store, location = build(kind, tmp_path, corpus)
+    close(store)
+    with pytest.raises(ce.ModelMismatchError, match="fingerprint"):
+        open_store(kind, location, "photos", ce.ClipEF(other_tiny_model_path, cache=False))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_re_adding_everything_keeps_counts(kind, tmp_path, corpus):
+    store, _ = build(kind, tmp_path, corpus)
+    before = store.count()
+    # Qdrant: one point per item; others: one row per image plus one per caption or text.
+    assert before == (7 + 3 if kind == "qdrant" else 7 + 7 + 3)
+    again = store.add_images(corpus.images, captions=corpus.captions, metadatas=corpus.metadatas)
+    store.add_texts(TEXTS)
+    store.add_images(corpus.images)  # and once more without captions
+    assert again.ids == corpus.image_ids
+    assert store.count() == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_images_are_skipped_and_named(kind, tmp_path, corpus):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    missing = tmp_path / "missing.jpg"
+    batch = [corpus.images[0], str(corrupt), corpus.images[1], str(missing), corpus.images[2]]
+    store = open_store(kind, str(tmp_path / kind), "photos", ce.ClipEF(corpus.model, cache=False))
+
+    with pytest.raises(ce.ImageLoadError, match="corrupt.jpg"):
+        store.add_images(batch, on_error="raise")
+    assert store.count() == 0  # "raise" writes nothing
+
+    report = store.add_images(batch, on_error="skip")
+    assert report.ids == corpus.image_ids[:3]
+    assert [(s.index, Path(s.source).name) for s in report.skipped] == [(1, "corrupt.jpg"), (3, "missing.jpg")]
+    assert "missing.jpg" in str(report) and "corrupt.jpg" in str(report)
+    assert store.count() == 3
+    assert {h.id for h in store.query("x", k=10)} == set(corpus.image_ids[:3])
+
+
+def test_open_store_rejects_unknown_kinds_and_lancedb_urls(tmp_path):
+    with pytest.raises(ValueError, match="kind must be one of"):
+        open_store("faiss", str(tmp_path), "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no http server"):
+        open_store("lancedb", "http://localhost:1", "x")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_store_without_ef_needs_an_existing_collection(kind, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        open_store(kind, str(tmp_path / kind), "nothing-here")
+
+
+def test_adapters_package_imports_no_database_client():
+    code = "import sys, clip_embeddings.adapters; print([m for m in ('chromadb', 'qdrant_client', 'lancedb') if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
