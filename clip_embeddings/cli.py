@@ -37,7 +37,7 @@ class UsageError(Exception):
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align: str | None = None,
                  max_width: int = 60) -> str:
-    """A plain-text table: a header, a rule, one line per row; long cells are cut with ``…``.
+    """A plain-text table: a header, a rule, one line per row; long cells are cut with ``...``.
 
     ``align`` has one character per column, ``"l"`` or ``"r"`` (default: numbers right, text left).
 
@@ -51,7 +51,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align
     def cell(value: Any) -> str:
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         text = " ".join(text.split())  # one line per row, whatever a caption holds
-        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+        return text if len(text) <= max_width else text[: max_width - 3] + "..."
 
     cells = [[cell(v) for v in row] for row in rows]
     if align is None:
@@ -467,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", parents=[debug, store, model],
                        help="find the nearest items to a text or an image",
-                       description="Query a collection with a text (text→image search by default) or with "
-                                   "--image (image→image); --modality text searches stored captions/texts.")
+                       description="Query a collection with a text (text-to-image search by default) or with "
+                                   "--image (image-to-image); --modality text searches stored captions/texts.")
     p.add_argument("query", nargs="?", metavar="QUERY_TEXT", help="the text to search for")
     p.add_argument("--image", metavar="PATH", help="search with this image instead of a text")
     p.add_argument("--modality", choices=("image", "text"), default="image",

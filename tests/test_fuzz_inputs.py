@@ -589,3 +589,73 @@ def test_texts_hostile(tiny_model_path):
         with pytest.raises(TypeError) as info:
             ef.embed_texts(bad)
         assert f"item {index}" in str(info.value) and kind in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decompression bombs: refused from the header, in bounded time and memory
+
+_BOMB_SCRIPT = r"""
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+sys.path.insert(0, sys.argv[1])
+from tests.test_fuzz_inputs import (bmp_header, gif_header, jpeg_header, png_header_only, png_text_bomb,
+                                    png_zero_bomb, tiff_header, webp_vp8x_header)
+from clip_embeddings.errors import ImageLoadError
+from clip_embeddings.images import LoaderOptions, load_image
+
+bombs = {
+    "png 100000x100000 header": (png_header_only(100_000, 100_000), {}),
+    "png 10000x10000 header": (png_header_only(10_000, 10_000), {}),
+    "png 12000x8000 real zlib bomb": (png_zero_bomb(12_000, 8_000), {}),
+    "png 2000x2000 real, max_pixels=1e6": (png_zero_bomb(2_000, 2_000), {"max_pixels": 1_000_000}),
+    "gif 65535x65535 screen": (gif_header(65_535, 65_535), {}),
+    "gif 65535x65535 frame": (gif_header(16, 16, frame=(65_535, 65_535)), {}),
+    "jpeg 65500x65500 SOF": (jpeg_header(65_500, 65_500), {}),
+    "jpeg 9000x9000 SOF, max_pixels=1e6": (jpeg_header(9_000, 9_000), {"max_pixels": 1_000_000}),
+    "tiff 100000x100000 tags": (tiff_header(100_000, 100_000), {}),
+    "bmp 60000x60000 header": (bmp_header(60_000, 60_000), {}),
+    "webp 16000x16000 canvas": (webp_vp8x_header(16_000, 16_000), {}),
+    "png zTXt 64 MiB": (png_text_bomb(), {}),
+}
+# Cap the address space at what is mapped now + 64 MiB: decoding any of these would need more.
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 64 * 2**20, resource.RLIM_INFINITY))
+out = {}
+for name, (data, opts) in bombs.items():
+    start = time.perf_counter()
+    try:
+        load_image(data, LoaderOptions(**opts))
+        reason = "DECODED"
+    except ImageLoadError as e:
+        reason = e.reason
+    out[name] = [reason, time.perf_counter() - start]
+# The cap is real: the same 12000x8000 bomb, allowed by max_pixels, runs out of memory.
+try:
+    load_image(bombs["png 12000x8000 real zlib bomb"][0], LoaderOptions(max_pixels=150_000_000))
+    out["control"] = ["DECODED", 0]
+except ImageLoadError as e:
+    out["control"] = [e.reason, 0]
+print(json.dumps(out))
+"""
+
+
+def test_bombs_are_refused_before_decoding_in_bounded_time_and_memory(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", _BOMB_SCRIPT, str(root)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    control = results.pop("control")
+    report = "\n".join(f"{name:<38} {t * 1000:7.1f} ms  {reason[:90]}" for name, (reason, t) in results.items())
+    print("\n" + report + f"\ncontrol (max_pixels raised): {control[0]}")
+    for name, (reason, seconds) in results.items():
+        assert seconds < 0.5, f"{name} took {seconds:.2f} s\n{report}"
+        assert "too large" in reason or "max_pixels" in reason or "MAX_TEXT_CHUNK" in reason, f"{name}\n{report}"
+        assert "out of memory" not in reason, report
+    # Without the pixel limit the same file does try to decode, and the 64 MiB cap stops it:
+    # so the refusals above were made before any pixel buffer was allocated.
+    assert "out of memory" in control[0], control

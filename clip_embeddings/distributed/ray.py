@@ -327,18 +327,17 @@ class RayIngestReport:
         return "\n".join(lines)
 
 
-def sources_dataset(sources: Sequence[str], *, rows_per_block: int) -> ray.data.Dataset:
+def sources_dataset(sources: Sequence[str | os.PathLike], *, rows_per_block: int) -> ray.data.Dataset:
     """A dataset with one ``source`` column, cut into blocks so every actor gets work.
 
     Paths are made absolute here, on the driver, because actors resolve them elsewhere.
     """
     ray = _ray()
-    import pyarrow as pa
-
     absolute = [s if "://" in s[:16] or s.startswith("data:") else os.path.abspath(s) for s in map(os.fspath, sources)]
-    blocks = [pa.table({"source": pa.array(absolute[i : i + rows_per_block], pa.string())})
-              for i in range(0, len(absolute), rows_per_block)]
-    return ray.data.from_arrow(blocks or [pa.table({"source": pa.array([], pa.string())})])
+    # from_items builds the blocks here; from_arrow would start a metadata task per block, and
+    # the idle workers left behind can abort noisily when Ray reclaims their CPU for the actors.
+    return ray.data.from_items([{"source": s} for s in absolute],
+                               override_num_blocks=max(1, math.ceil(len(absolute) / rows_per_block)))
 
 
 def index_with_ray(sources: Sequence[str | os.PathLike] | ray.data.Dataset, *, model: str,
