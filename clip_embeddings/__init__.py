@@ -12,6 +12,8 @@ from . import _registration
 from .cache import EmbeddingCache
 from .download import available_models
 from .embedding import ClipEF, ImageEmbeddings, SkippedItem
+from .evaluation import evaluate
+from .finetune import contrastive_loss, finetune, linear_probe
 from .errors import (
     ClipError,
     DownloadError,
@@ -24,6 +26,7 @@ from .loading import load
 from .model import CLIP, build_model
 from .preprocess import Preprocess
 from .tokenizer import tokenize
+from .zeroshot import ZeroShotClassifier, classify, moderate, similarity
 
 __version__ = "0.1.0"
 
@@ -42,8 +45,16 @@ __all__ = [
     "ModelMismatchError",
     "Preprocess",
     "TextTooLongError",
+    "ZeroShotClassifier",
     "available_models",
     "build_model",
+    "classify",
+    "contrastive_loss",
+    "evaluate",
+    "finetune",
+    "linear_probe",
     "load",
+    "moderate",
+    "similarity",
     "tokenize",
 ]

@@ -298,7 +298,7 @@ def finetune(
         saved.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}, saved)
     skipped = [data.skipped[i] for i in sorted(data.skipped)]
-    return FinetuneResult(losses, model, epoch_losses, float(model.logit_scale.exp()), skipped, saved)
+    return FinetuneResult(losses, model, epoch_losses, float(model.logit_scale.detach().exp()), skipped, saved)
 
 
 # --- linear probes ----------------------------------------------------------------------------
