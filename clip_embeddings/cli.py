@@ -93,9 +93,14 @@ def report_error(error: BaseException, debug: bool, hint: str | None = None) -> 
     """
     from .errors import DownloadError
 
+    from .errors import ModelMismatchError
+
     if hint is None:
-        hint = (" From the command line: pass --model /path/to/checkpoint.pt or set CLIP_WEIGHTS to it."
-                if isinstance(error, DownloadError) else "")
+        hint = ""
+        if isinstance(error, DownloadError):
+            hint = " From the command line: pass --model /path/to/checkpoint.pt or set CLIP_WEIGHTS to it."
+        elif isinstance(error, ModelMismatchError):
+            hint = " From the command line: pass --model with the weights the collection was indexed with."
     if debug:
         traceback.print_exception(type(error), error, error.__traceback__)
     else:
@@ -112,7 +117,7 @@ def default_model() -> str:
 def _make_ef(args: argparse.Namespace, **options: Any):
     from .embedding import ClipEF
 
-    return ClipEF(args.model, device=args.device, batch_size=args.batch_size, **options)
+    return ClipEF(args.model or default_model(), device=args.device, batch_size=args.batch_size, **options)
 
 
 def _open_store(kind: str, location: str, name: str, ef: Any = None):
@@ -227,7 +232,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise UsageError(f"{folder}: not a folder (index takes a directory of images)")
     extensions = frozenset(e.strip() for e in args.extensions.split(",") if e.strip()) if args.extensions else None
     store = _open_store(args.db, args.location, args.collection, _make_ef(args, on_error=args.on_error))
-    options: dict[str, Any] = {"recursive": not args.no_recursive, "on_error": args.on_error, "progress": True}
+    # A progress bar is for people watching; in logs and pipes it is only noise.
+    options: dict[str, Any] = {"recursive": not args.no_recursive, "on_error": args.on_error,
+                               "progress": sys.stderr.isatty()}
     if extensions:
         options["extensions"] = extensions
     report = store.index_folder(folder, **options)
@@ -244,11 +251,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError("search takes a QUERY_TEXT or --image PATH, exactly one of them")
     if args.image is not None and not os.path.exists(args.image) and "://" not in args.image:
         raise UsageError(f"{args.image}: image not found")
-    # The store checks the model against the one the collection was indexed with, so a wrong
-    # --model fails with a message naming the right one instead of returning nonsense.
-    store = _open_store(args.db, args.location, args.collection, _make_ef(args))
+    store = _open_search_store(args)
     if store.count() == 0:
-        raise UsageError(f"{args.db} collection {args.collection!r} at {args.location} is empty or does not exist; "
+        raise UsageError(f"{args.db} collection {args.collection!r} at {args.location} is empty; "
                          "fill it with `clip-embeddings index` first")
     if args.image is not None:
         hits = store.query(image=args.image, k=args.k, modality=args.modality)
@@ -264,8 +269,26 @@ def cmd_search(args: argparse.Namespace) -> int:
         headers.append("caption")
         for row, h in zip(rows, hits):
             row.append(h.document or "")
-    print(format_table(headers, rows, align="rrll", max_width=70))
+    print(format_table(headers, rows, align="rrll", max_width=250))  # whole paths: they get copied
     return 0
+
+
+def _open_search_store(args: argparse.Namespace):
+    """Open an existing collection; without --model, with the model it was indexed with."""
+    if args.model:
+        # The store checks these weights against the collection's, so a wrong --model fails
+        # with a message naming the right one instead of returning meaningless neighbours.
+        return _open_store(args.db, args.location, args.collection, _make_ef(args))
+    try:
+        store = _open_store(args.db, args.location, args.collection, None)
+    except ValueError as e:
+        if "does not exist" not in str(e):
+            raise
+        raise UsageError(f"no {args.db} collection {args.collection!r} at {args.location}; "
+                         "create it with `clip-embeddings index FOLDER ...` first") from e
+    # The rebuilt embedding function keeps the stored model; where to run it is this machine's call.
+    store.ef.device, store.ef.batch_size = args.device, args.batch_size
+    return store
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -324,11 +347,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not os.path.isfile(args.labels):
             raise UsageError(f"{args.labels}: labels file not found")
         labels = _read_labels(args.labels) if args.labels.endswith(".json") else args.labels
-    result = evaluate(dataset, labels, ef=_make_ef(args, on_error="skip"), templates=_templates(args.templates))
+    result = evaluate(dataset, labels, ef=_make_ef(args, on_error="skip"), templates=_templates(args.templates),
+                      progress=sys.stderr.isatty())
     print(f"zero-shot evaluation on {dataset}: {result.n} image(s), {len(result.per_class)} class(es), "
           f"{args.templates} templates")
     print(f"  top-1 accuracy: {result.top1:.2%}")
-    print(f"  top-5 accuracy: {result.top5:.2%}")
+    classes = len(result.per_class)
+    print(f"  top-5 accuracy: {result.top5:.2%}" + (f" (top-{classes}: only {classes} classes)" if classes < 5 else ""))
     if result.per_class:
         rows = [[folder, c.label, c.n, _percent(c.top1), _percent(c.top5)] for folder, c in result.per_class.items()]
         print()
@@ -345,23 +370,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Contrastively fine-tune a model on (image, caption) pairs and save the checkpoint."""
     from .finetune import finetune
 
-    pairs = read_pairs(args.pairs)
     if args.freeze_image and args.freeze_text:
         raise UsageError("--freeze-image and --freeze-text together leave nothing to train")
-    options: dict[str, Any] = {}
-    if args.device:
-        options["device"] = args.device
+    pairs = read_pairs(args.pairs)
+    if len(pairs) < 2:
+        raise UsageError(f"{args.pairs}: fine-tuning needs at least 2 pairs (the other pairs of a batch are the negatives)")
     result = finetune(
         args.model, pairs, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        freeze_image=args.freeze_image, freeze_text=args.freeze_text, output=args.output, **options,
+        freeze_image=args.freeze_image, freeze_text=args.freeze_text, output=args.output,
+        device=args.device, warmup_steps=args.warmup_steps, on_error=args.on_error, progress=sys.stderr.isatty(),
     )
-    output = getattr(result, "output", None) or getattr(result, "path", None) or args.output
-    print(f"fine-tuned {args.model} on {len(pairs)} pair(s) for {args.epochs} epoch(s)")
-    losses = getattr(result, "losses", None) or getattr(result, "epoch_losses", None)
-    if losses:
-        print(format_table(["epoch", "loss"], [[i, float(v)] for i, v in enumerate(losses, 1)]))
+    frozen = [name for name, flag in (("image", args.freeze_image), ("text", args.freeze_text)) if flag]
+    print(f"fine-tuned {args.model} on {len(pairs)} pair(s) for {args.epochs} epoch(s)"
+          + (f", {frozen[0]} tower frozen" if frozen else ""))
+    if result.epoch_losses:
+        print(format_table(["epoch", "mean loss"], [[i, float(v)] for i, v in enumerate(result.epoch_losses, 1)]))
+    _print_skipped(result.skipped)
+    output = result.output or args.output
     print(f"saved checkpoint: {output}")
-    print(f"use it with: clip-embeddings index FOLDER --model {output} ...  or  ce.load({str(output)!r})")
+    print(f"use it with --model {output} (or ce.load({str(output)!r}) in Python)")
     return 0
 
 
@@ -396,18 +423,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{script} not found: the benchmarks ship with the source checkout, not the installed package. "
             "Clone the repository and run `clip-embeddings bench` (or `make bench`) from there."
         )
-    extra = [a for a in args.bench_args if a != "--"]
-    return subprocess.call([sys.executable, str(script), *extra], cwd=script.parent.parent)
+    return subprocess.call([sys.executable, str(script), *args.bench_args], cwd=script.parent.parent)
 
 
 # --- the parser -------------------------------------------------------------------------------
 
-def _model_options() -> argparse.ArgumentParser:
+def _model_options(for_search: bool = False) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("model")
-    group.add_argument("--model", default=default_model(), metavar="NAME_OR_PATH",
-                       help="a model name (see `clip-embeddings models`) or a checkpoint path; searching needs "
-                            "the model the collection was indexed with (default: $CLIP_WEIGHTS, else ViT-B/32)")
+    group.add_argument(
+        "--model", default=None if for_search else default_model(), metavar="NAME_OR_PATH",
+        help="a model name (see `clip-embeddings models`) or a checkpoint path "
+             + ("(default: the model the collection was indexed with)" if for_search
+                else "(default: $CLIP_WEIGHTS, else ViT-B/32)"),
+    )
     group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
                        help="images or texts per forward pass (default: 32)")
@@ -465,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip unreadable images and list them at the end, or stop at the first one (default: skip)")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", parents=[debug, store, model],
+    p = sub.add_parser("search", parents=[debug, store, _model_options(for_search=True)],
                        help="find the nearest items to a text or an image",
                        description="Query a collection with a text (text-to-image search by default) or with "
                                    "--image (image-to-image); --modality text searches stored captions/texts.")
@@ -510,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="PATH", help="where to save the fine-tuned checkpoint")
     p.add_argument("--freeze-image", action="store_true", help="keep the image tower fixed")
     p.add_argument("--freeze-text", action="store_true", help="keep the text tower fixed")
+    p.add_argument("--warmup-steps", type=int, default=0, metavar="N",
+                   help="steps of linear learning-rate warm-up (default: 0)")
+    p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
+                   help="drop pairs whose image cannot be read (listed at the end), or stop (default: skip)")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("models", parents=[debug], help="list model names and what is cached",
@@ -519,9 +552,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[debug], help="run the benchmark suite (source checkout only)",
                        description="Run benchmarks/run_all.py with this Python; arguments after `bench` are "
                                    "passed to it. The benchmarks ship with the source checkout, not the package.")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for run_all.py")
+    p.add_argument("bench_args", nargs="*", metavar="ARGS",
+                   help="arguments for run_all.py, passed on as they are (`bench -- --help` shows its help)")
     p.set_defaults(func=cmd_bench)
     return parser
+
+
+def _split_bench_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Cut what follows ``bench`` off the command line: it belongs to run_all.py, options and all.
+
+    argparse would reject options it does not know (``bench --quick``); ``bench --help`` stays ours.
+    """
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is None or argv[command] != "bench":
+        return argv, None
+    rest = argv[command + 1 :]
+    if rest[:1] in (["-h"], ["--help"]):
+        return argv, None
+    return argv[: command + 1], rest[1:] if rest[:1] == ["--"] else rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -532,10 +580,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         0
     """
     parser = build_parser()
+    argv, passthrough = _split_bench_args(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help and usage errors: argparse has already printed
         return e.code if isinstance(e.code, int) else 1
+    if passthrough is not None:
+        args.bench_args = passthrough
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
