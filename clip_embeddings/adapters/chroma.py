@@ -74,10 +74,17 @@ class ChromaStore(Store):
         elif ef is None:
             raise ValueError(f"Chroma collection {name!r} does not exist; pass ef=ClipEF(...) to create it")
         else:
-            self.collection = client.create_collection(
-                name, embedding_function=ef, data_loader=ImageLoader(), metadata=metadata,
-                configuration={"hnsw": {"space": "cosine"}},
-            )
+            try:
+                self.collection = client.create_collection(
+                    name, embedding_function=ef, data_loader=ImageLoader(), metadata=metadata,
+                    configuration={"hnsw": {"space": "cosine"}},
+                )
+            except Exception as e:
+                # Several writers starting at once (processes on one server) all see no collection,
+                # and all but one lose the create race: open the winner's (its model is checked below).
+                if "already exists" not in str(e).lower():
+                    raise
+                self.collection = client.get_collection(name, embedding_function=ef, data_loader=ImageLoader())
         # Chroma keeps a placeholder default on the collection and resolves the stored function
         # from the configuration at embedding time; take the stored one the same way.
         self.ef = ef or self.collection.configuration.get("embedding_function")
@@ -104,12 +111,17 @@ class ChromaStore(Store):
         return ef_json.get("config") if ef_json.get("name") == ClipEF.name() else None
 
     def _write(self, records: list[Record]) -> None:
-        self.collection.upsert(
-            ids=[row_id(r.id, r.modality) for r in records],
-            embeddings=[r.vector for r in records],
-            metadatas=[_metadata(r) for r in records],
-            documents=[r.document or "" for r in records],
-        )
+        # Records without a document are upserted without one, so re-adding an image without its
+        # caption keeps the caption stored earlier (Chroma's upsert leaves omitted fields alone).
+        for with_document in (True, False):
+            group = [r for r in records if (r.document is not None) == with_document]
+            if group:
+                self.collection.upsert(
+                    ids=[row_id(r.id, r.modality) for r in group],
+                    embeddings=[r.vector for r in group],
+                    metadatas=[_metadata(r) for r in group],
+                    **({"documents": [r.document for r in group]} if with_document else {}),
+                )
 
     def _search(self, vector: np.ndarray, k: int, modality: Modality, where: dict[str, Any] | None) -> list[Hit]:
         condition = {"modality": modality} if not where else {"$and": [{"modality": modality}, where]}

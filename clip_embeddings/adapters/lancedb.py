@@ -56,8 +56,8 @@ class ClipLanceEmbeddings(EmbeddingFunction):
     the model and its fingerprint; a process that reopens the table with other weights at that
     path gets :class:`~clip_embeddings.ModelMismatchError` instead of meaningless neighbours.
 
-    Fields: ``model`` (name or weights path), ``device``, ``dtype``, ``batch_size``,
-    ``long_text``; ``source="image"`` (paths, URLs or bytes) or ``"text"``; ``on_error``:
+    Fields: ``model`` (name or weights path), ``device`` (not stored in the schema: each process
+    uses its own default), ``dtype``, ``batch_size``, ``long_text``; ``source="image"`` (paths, URLs or bytes) or ``"text"``; ``on_error``:
     ``"raise"`` or ``"skip"`` (a bad image gets a null vector, which LanceDB's ``on_bad_vectors``
     then handles). ``max_retries`` defaults to 0: a corrupt image fails the same way every time,
     so LanceDB's backoff-and-retry (7 tries by default) would only delay the error.
@@ -90,7 +90,9 @@ class ClipLanceEmbeddings(EmbeddingFunction):
     def safe_model_dump(self) -> dict[str, Any]:
         # What goes into the table schema: the creation arguments plus what identifies the weights,
         # so a later process can tell whether the file at ``model`` still holds the same model.
-        config = dict(super().safe_model_dump())
+        # ``device`` stays out: it describes this machine, and a process without CUDA must still
+        # be able to open a table built on a GPU box (each picks its default device).
+        config = {k: v for k, v in super().safe_model_dump().items() if k != "device"}
         config.update(fingerprint=self.clip().fingerprint, dim=self.clip().dim)
         return config
 

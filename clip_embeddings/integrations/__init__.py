@@ -1,0 +1,1 @@
+"""Integrations with frameworks built on top of vector stores (LangChain)."""
