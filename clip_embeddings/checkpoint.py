@@ -53,8 +53,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         return _from_mapping(_read_safetensors(path), path, "state_dict")
     if zipfile.is_zipfile(path) and is_torchscript(path):
         return Checkpoint(_read_torchscript(path), "torchscript")
+    return _from_mapping(_load_pickle(path), path, "state_dict")
+
+
+def _load_pickle(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; a refused or unreadable file is a ModelLoadError."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ModelLoadError(
             f"{path}: refused to unpickle it, because loading it would run code from the file ({_first_line(e)}). "
@@ -63,7 +68,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         ) from None
     except Exception as e:  # truncated zips, random bytes, ...
         raise ModelLoadError(f"{path}: not a readable checkpoint ({_first_line(e)}). Expected {ACCEPTED}.") from None
-    return _from_mapping(obj, path, "state_dict")
 
 
 def is_torchscript(path: str | Path) -> bool:
@@ -232,7 +236,9 @@ def _read_huggingface(folder: Path) -> Checkpoint:
     if weights.suffix == ".safetensors":
         hf = _read_safetensors(weights)
     else:
-        hf = torch.load(weights, map_location="cpu", weights_only=True)
+        # Through the same guard as .pt files: a refused pickle (a payload) is a ModelLoadError
+        # that says why, not torch's raw UnpicklingError.
+        hf = _load_pickle(weights)
     hf = {k.removeprefix("clip."): v for k, v in hf.items()}
     try:
         state_dict = convert_huggingface(hf)

@@ -45,7 +45,7 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 
 def load(
     name_or_path: str | os.PathLike,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = "cpu",
     jit: bool = False,
     download_root: str | os.PathLike | None = None,
     *,
@@ -57,7 +57,8 @@ def load(
     against its SHA-256) or a local checkpoint: an OpenAI TorchScript archive, a state-dict
     ``.pt``/``.safetensors``, an open_clip checkpoint or a Hugging Face CLIP folder. Files are read
     without running code from them; ``jit=True`` alone returns the archive's own scripted module.
-    ``dtype`` defaults to fp16 on CUDA and fp32 elsewhere; bf16 is accepted.
+    ``device`` defaults to CPU (``None`` picks CUDA when available); ``dtype`` defaults to fp16
+    on CUDA, as the original, and fp32 elsewhere; bf16 is accepted.
 
     Example:
         >>> import clip_embeddings as ce

@@ -659,3 +659,19 @@ def test_bombs_are_refused_before_decoding_in_bounded_time_and_memory(tmp_path):
     # Without the pixel limit the same file does try to decode, and the 64 MiB cap stops it:
     # so the refusals above were made before any pixel buffer was allocated.
     assert "out of memory" in control[0], control
+
+
+def test_private_addresses_can_be_refused(hostile_server):
+    """``allow_private_addresses=False`` refuses loopback hosts, by name or number, and redirects."""
+    url, good = hostile_server
+    port = url.rsplit(":", 1)[1]
+    public_only = LoaderOptions(url_timeout=1.0, allow_private_addresses=False)
+    assert ce.images.load_image(f"{url}/good.png").size == (40, 30)  # the default allows them
+    reasons = []
+    for target in (f"{url}/good.png", f"http://localhost:{port}/good.png", f"http://127.1:{port}/to-good",
+                   f"http://[::ffff:127.0.0.1]:{port}/good.png", f"http://0.0.0.0:{port}/good.png"):
+        with pytest.raises(ce.ImageLoadError) as info:
+            ce.images.load_image(target, public_only)
+        reasons.append(info.value.reason)
+        assert "allow_private_addresses" in info.value.reason, target  # refused before any request
+    print("\n" + "\n".join(reasons))

@@ -46,7 +46,11 @@ def open_store(kind: Kind, location: str, name: str, ef: ClipEF | None = None) -
             client = QdrantClient(url=location)
         else:
             client = QdrantClient(path=location)
-        return QdrantStore(client, name, ef)
+        try:
+            return QdrantStore(client, name, ef)
+        except BaseException:
+            client.close()  # a local Qdrant folder stays locked while its client is open
+            raise
     if kind == "lancedb":
         if is_url:
             raise ValueError(
