@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[all,test]"
+	$(BIN)/python -m pip install -q -e ".[all,test,ray]"
 	# The reference implementation for parity tests; its clip.py needs torchvision, so no deps.
 	$(BIN)/python -m pip install -q --no-deps openai-clip==1.0.1
 	touch $(STAMP)

@@ -230,6 +230,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise UsageError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder (index takes a directory of images)")
+    if getattr(args, "engine", "local") == "ray":
+        from .distributed.ray import run_index_cli  # Ray is optional: imported only when asked for
+
+        return run_index_cli(args)
     extensions = frozenset(e.strip() for e in args.extensions.split(",") if e.strip()) if args.extensions else None
     store = _open_store(args.db, args.location, args.collection, _make_ef(args, on_error=args.on_error))
     # A progress bar is for people watching; in logs and pipes it is only noise.
@@ -492,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recursive", action="store_true", help="only index FOLDER itself, not its sub-folders")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                    help="skip unreadable images and list them at the end, or stop at the first one (default: skip)")
+    from .distributed.ray import add_ray_arguments  # --engine/--address/--num-actors/--num-gpus; no Ray import
+
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[debug, store, _model_options(for_search=True)],

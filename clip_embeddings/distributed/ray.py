@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +171,10 @@ class ClipBatchEmbedder:
             if row[4] is not None:
                 vectors[i], missing[i] = row[4], False
         values = pa.array(vectors.reshape(-1), type=pa.float32())
-        embedding = pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(missing))
+        try:
+            embedding = pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(missing))
+        except TypeError:  # pyarrow < 15 has no mask here: build it row by row instead
+            embedding = pa.array([None if m else v for v, m in zip(vectors, missing)], pa.list_(pa.float32(), dim))
         columns = list(zip(*rows)) if rows else [()] * 6
         schema = output_schema(dim)
         return pa.Table.from_arrays([
@@ -209,6 +214,7 @@ def embed_dataset(ds: ray.data.Dataset, *, model: str, column: str = "source", m
         raise ValueError("num_actors and batch_size must be at least 1")
     if column not in ds.schema().names:
         raise ValueError(f"the dataset has no column {column!r} (its columns: {', '.join(ds.schema().names)})")
+    _warn_if_actors_take_every_cpu(ray, ds, num_actors * num_cpus)
     return ds.map_batches(
         ClipBatchEmbedder,
         fn_constructor_kwargs=dict(
@@ -222,6 +228,22 @@ def embed_dataset(ds: ray.data.Dataset, *, model: str, column: str = "source", m
         num_gpus=num_gpus,
         num_cpus=num_cpus,
     )
+
+
+def _warn_if_actors_take_every_cpu(ray: Any, ds: ray.data.Dataset, reserved: float) -> None:
+    # Actors hold their CPUs for the whole job; a dataset that still has to be read (read_*,
+    # map) then has no CPU left for its read tasks, and Ray Data waits forever.
+    from ray.data.dataset import MaterializedDataset
+
+    if isinstance(ds, MaterializedDataset) or not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    if total and reserved >= total:
+        warnings.warn(
+            f"the actors reserve {reserved:g} of the cluster's {total:g} CPUs, leaving none to read the dataset: "
+            "the job may wait forever. Use fewer actors or num_cpus < 1, or ds.materialize() first.",
+            RuntimeWarning, stacklevel=3,
+        )
 
 
 def _portable_model(model: str | os.PathLike) -> str:
@@ -437,7 +459,8 @@ def run_index_cli(args: Any) -> int:
     ef = ClipEF(_portable_model(args.model), device="cpu", batch_size=args.batch_size, cache=False)
     store = cli_open_store(args.db, args.location, args.collection, ef)
     report = index_with_ray(files, model=args.model, sink=store, num_actors=getattr(args, "num_actors", 2),
-                            batch_size=args.batch_size, num_gpus=getattr(args, "num_gpus", 0) or 0)
+                            batch_size=args.batch_size, num_gpus=getattr(args, "num_gpus", 0) or 0,
+                            progress=sys.stderr.isatty())  # progress bars are noise in logs
     print(f"indexed {folder} into {args.db} collection {args.collection!r} at {args.location} with Ray "
           f"({getattr(args, 'num_actors', 2)} actors)")
     print(f"  stored {report.stored} item(s), skipped {len(report.skipped)} in {report.elapsed:.1f} s "
