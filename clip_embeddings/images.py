@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageLoadError
 

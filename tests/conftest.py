@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.model_factory import tiny_reference_clip
+from tests.servers import chroma_command, chroma_server_at
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -42,47 +43,18 @@ def sample_images() -> list[Path]:
     return sorted(EXAMPLES.glob("*.jpg"))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory):
-    """A real ``chroma run`` server on a free loopback port; yields (host, port), stops it after."""
-    import shutil
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    chroma = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
-    if chroma is None:
+    """A real ``chroma run`` server shared by the session; yields (host, port)."""
+    if chroma_command() is None:
         pytest.skip("the `chroma` command (from chromadb) is not installed")
-    port = free_port()
-    data = tmp_path_factory.mktemp("chroma-server")
-    log = open(data / "server.log", "wb")
-    proc = subprocess.Popen([chroma, "run", "--path", str(data / "db"), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"chroma server did not start: {(data / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.25)
-    try:
-        yield "127.0.0.1", port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with chroma_server_at(tmp_path_factory.mktemp("chroma-server")) as address:
+        yield address
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """Loopback test servers must be reached directly, whatever proxy the environment names."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)

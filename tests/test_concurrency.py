@@ -15,13 +15,9 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +25,7 @@ import pytest
 from PIL import Image
 
 import clip_embeddings as ce
+from tests.servers import chroma_command, chroma_server_at
 from clip_embeddings import embedding
 from clip_embeddings.adapters.base import item_id
 
@@ -51,43 +48,13 @@ print(json.dumps({"stored": report.stored, "skipped": len(report.skipped), "cach
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def chroma_server(tmp_path):
-    """``chroma run`` on 127.0.0.1 and a free port; yields (host, port); stopped afterwards."""
-    pytest.importorskip("chromadb")
-    chroma = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
-    if chroma is None:
+    """A server of this test's own: the test checks that the create race left exactly one collection."""
+    if chroma_command() is None:
         pytest.skip("the `chroma` command is not installed")
-    port = _free_port()
-    log = tmp_path / "server.log"
-    env = dict(os.environ, ANONYMIZED_TELEMETRY="False")
-    proc = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "server-db"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=2) as r:
-                    assert "heartbeat" in r.read().decode()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"chroma server did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.25)
-        yield "127.0.0.1", port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with chroma_server_at(tmp_path / "server") as address:
+        yield address
 
 
 def test_four_processes_index_overlapping_folders_into_one_server(tmp_path, chroma_server, tiny_model_path):

@@ -18,6 +18,7 @@ from clip_embeddings.download import (
     MODELS, available_models, cache_dir, download, expected_sha256, model_path,
 )
 from clip_embeddings.errors import ClipError, DownloadError, ModelLoadError
+from tests.servers import serving
 
 BODY = os.urandom(3 * 1024 * 1024 + 123)  # several 1 MiB read chunks plus a ragged tail
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -62,15 +63,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.requests, srv.count_lock, srv.release = 0, threading.Lock(), threading.Event()
-    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-    srv.url = lambda mode, name="model.pt", sha=SHA: (
-        f"http://127.0.0.1:{srv.server_address[1]}/{mode}/{sha}/{name}")
-    yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
+    with serving(_Handler) as srv:
+        srv.requests, srv.count_lock, srv.release = 0, threading.Lock(), threading.Event()
+        base = srv.url
+        srv.url = lambda mode, name="model.pt", sha=SHA: f"{base}/{mode}/{sha}/{name}"
+        yield srv
+        srv.release.set()
 
 
 def _leftovers(root):

@@ -24,7 +24,6 @@ import os
 import random
 import socket
 import struct
-import threading
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -40,6 +39,7 @@ from PIL import Image
 import clip_embeddings as ce
 from clip_embeddings.adapters.base import item_id
 from clip_embeddings.images import LoaderOptions
+from tests.servers import serving
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")]
 
@@ -244,19 +244,11 @@ def hostile_server():
         "/to-good": (307, b"", {"Location": "/good.png"}),
         "/gone": (500, b"oops", {}),
     }
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", good
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_Hostile) as httpd:
+        yield httpd.url, good
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 # ---------------------------------------------------------------------------------------------

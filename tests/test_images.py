@@ -11,7 +11,6 @@ import http.server
 import io
 import socket
 import struct
-import threading
 import time
 import urllib.parse
 import zlib
@@ -35,6 +34,7 @@ from clip_embeddings.images import (
     load_image,
     read_image_source,
 )
+from tests.servers import serving
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 # The known 2x2 image: red green / blue white.
@@ -147,19 +147,11 @@ def server():
                        {"Content-Type": "text/html"}),
         "/gone": (500, b"oops", {}),
     }
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_Handler) as httpd:
+        yield httpd.url
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 # ---------------------------------------------------------------------------------------------

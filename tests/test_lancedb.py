@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import lancedb
@@ -23,6 +22,7 @@ import clip_embeddings as ce
 from clip_embeddings.adapters.lancedb import CONFIG_KEY, ClipLanceEmbeddings, LanceDBStore, to_sql
 from clip_embeddings.embedding import ClipEF
 from tests.test_stores_parametrised import Corpus, assert_ranking
+from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,13 +89,8 @@ def test_bytes_and_url_sources(tmp_path, corpus):
     np.testing.assert_allclose(table.to_arrow()["vector"][0].as_py(), corpus.image_vectors[1], atol=1e-5)
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(Path(corpus.images[0]).parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/{Path(corpus.images[2]).name}"
-        vector = clip.compute_source_embeddings([url])[0]
-    finally:
-        server.shutdown()
+    with serving(handler) as server:
+        vector = clip.compute_source_embeddings([f"{server.url}/{Path(corpus.images[2]).name}"])[0]
     np.testing.assert_allclose(vector, corpus.image_vectors[2], atol=1e-5)
 
 

@@ -138,6 +138,19 @@ class Store(ABC):
     def describe(self) -> str:
         return f"{type(self).__name__}"
 
+    def _function_for_existing(self, ef: ClipEF | None) -> ClipEF:
+        """The function for an existing collection: the one given, else rebuilt from its stored config."""
+        if ef is not None:
+            return ef
+        stored = self._stored_config()
+        if stored is None:
+            raise ValueError(f"{self.describe()} has no clip-embeddings config (was it made by clip-embeddings?); "
+                             "pass ef=ClipEF(...) to open it")
+        return ClipEF.build_from_config(stored)
+
+    def _missing(self) -> ValueError:
+        return ValueError(f"{self.describe()} does not exist; pass ef=ClipEF(...) to create it")
+
     def add_images(
         self,
         images: Sequence[ImageLike],

@@ -66,13 +66,14 @@ class ChromaStore(Store):
     """
 
     def __init__(self, client: Any, name: str, ef: ClipEF | None = None, *, metadata: dict[str, Any] | None = None):
+        self.name = name
         existing = {c if isinstance(c, str) else c.name for c in client.list_collections()}
         if name in existing:
             # Without an embedding_function argument Chroma rebuilds ClipEF from the stored config.
             given = {"embedding_function": ef} if ef is not None else {}
             self.collection = client.get_collection(name, data_loader=ImageLoader(), **given)
         elif ef is None:
-            raise ValueError(f"Chroma collection {name!r} does not exist; pass ef=ClipEF(...) to create it")
+            raise self._missing()
         else:
             try:
                 self.collection = client.create_collection(
@@ -96,7 +97,7 @@ class ChromaStore(Store):
     def from_collection(cls, collection: Any) -> ChromaStore:
         """Wrap a collection object already opened with ``ClipEF``."""
         store = cls.__new__(cls)
-        store.collection = collection
+        store.collection, store.name = collection, collection.name
         store.ef = collection._embedding_function
         if not isinstance(store.ef, ClipEF):
             store.ef = collection.configuration.get("embedding_function")
@@ -104,7 +105,7 @@ class ChromaStore(Store):
         return store
 
     def describe(self) -> str:
-        return f"Chroma collection {self.collection.name!r}"
+        return f"Chroma collection {self.name!r}"
 
     def _stored_config(self) -> dict[str, Any] | None:
         ef_json = (self.collection.configuration_json or {}).get("embedding_function") or {}

@@ -173,16 +173,9 @@ class LanceDBStore(Store):
         except (ValueError, FileNotFoundError):
             self.table = None
         if self.table is not None:
-            stored = self._stored_config()
-            if ef is None:
-                if stored is None:
-                    raise ValueError(
-                        f"LanceDB table {name!r} has no clip-embeddings config in its schema "
-                        "(not made by LanceDBStore?); pass ef=ClipEF(...) to open it"
-                    )
-                ef = ClipEF.build_from_config(stored)
+            ef = self._function_for_existing(ef)
         elif ef is None:
-            raise ValueError(f"LanceDB table {name!r} does not exist; pass ef=ClipEF(...) to create it")
+            raise self._missing()
         else:
             self.table = db.create_table(name, schema=store_schema(ef.dim, ef.get_config()))
         self.ef = ef

@@ -56,16 +56,9 @@ class QdrantStore(Store):
     def __init__(self, client: Any, name: str, ef: ClipEF | None = None):
         self.client, self.name = client, name
         if client.collection_exists(name):
-            stored = self._stored_config()
-            if ef is None:
-                if stored is None:
-                    raise ValueError(
-                        f"Qdrant collection {name!r} has no clip-embeddings config in its metadata "
-                        "(not made by clip-embeddings?); pass ef=ClipEF(...) to open it"
-                    )
-                ef = ClipEF.build_from_config(stored)
+            ef = self._function_for_existing(ef)
         elif ef is None:
-            raise ValueError(f"Qdrant collection {name!r} does not exist; pass ef=ClipEF(...) to create it")
+            raise self._missing()
         else:
             params = qmodels.VectorParams(size=ef.dim, distance=qmodels.Distance.COSINE)
             client.create_collection(
