@@ -8,25 +8,21 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import tempfile
-from pathlib import Path
 
 import chromadb
 import numpy as np
 from PIL import Image
 
 import clip_embeddings as ce
+from _photos import IMAGES, add_model_argument, photos_with_captions
 from clip_embeddings.adapters.chroma import ImageLoader
 
-IMAGES = Path(__file__).resolve().parent / "images"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("CLIP_WEIGHTS", "ViT-B/32"),
-                        help="model name or local checkpoint path (default: $CLIP_WEIGHTS or ViT-B/32)")
+    add_model_argument(parser)
     parser.add_argument("--db", default=None, help="Chroma directory (default: a temporary one)")
     args = parser.parse_args()
 
@@ -35,12 +31,11 @@ def main() -> None:
         "photos", embedding_function=ce.ClipEF(args.model), data_loader=ImageLoader()
     )
 
-    paths = sorted(IMAGES.glob("*.jpg"))
-    captions = json.loads((IMAGES / "captions.json").read_text())
+    paths, captions = photos_with_captions()
     # Images by uri (the data loader reads them) and captions as documents, in one collection.
     photos.add(ids=[p.stem for p in paths], uris=[str(p) for p in paths],
                metadatas=[{"kind": "image"} for _ in paths])
-    photos.add(ids=[f"{p.stem}-caption" for p in paths], documents=[captions[p.name] for p in paths],
+    photos.add(ids=[f"{p.stem}-caption" for p in paths], documents=captions,
                metadatas=[{"kind": "caption"} for _ in paths])
 
     print("text → image")

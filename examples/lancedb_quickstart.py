@@ -10,18 +10,16 @@ rows on ``add`` and queries on ``search``, here or in any later process that imp
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from _photos import IMAGES, add_model_argument, photos_with_captions
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=os.environ.get("CLIP_WEIGHTS", "ViT-B/32"),
-                        help="model name or local weights path (default: $CLIP_WEIGHTS or ViT-B/32)")
-    parser.add_argument("--images", default=str(HERE / "images"), help="folder of images to index")
+    add_model_argument(parser)
+    parser.add_argument("--images", default=str(IMAGES), help="folder of images to index")
     parser.add_argument("--db", default=None, help="LanceDB directory (default: a temporary one)")
     parser.add_argument("--query", default="a cup of coffee", help="text to search for")
     parser.add_argument("-k", type=int, default=3, help="results per query")
@@ -44,7 +42,7 @@ def main() -> None:
         vector: Vector(clip.ndims()) = clip.VectorField()
 
     db_dir = args.db or tempfile.mkdtemp(prefix="lancedb-quickstart-")
-    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    files, _ = photos_with_captions(args.images)
     table = lancedb.connect(db_dir).create_table("photos", schema=Photo, mode="overwrite")
     table.add([{"image_uri": str(p)} for p in files])  # LanceDB calls CLIP on the image_uri column
     print(f"indexed {table.count_rows()} images into {db_dir}")

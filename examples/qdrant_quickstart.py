@@ -11,18 +11,15 @@ Without ``--model`` or ``CLIP_WEIGHTS`` it uses ``ViT-B/32``, downloaded on firs
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from _photos import IMAGES, add_model_argument, photos_with_captions
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=os.environ.get("CLIP_WEIGHTS", "ViT-B/32"),
-                        help="model name or local weights path (default: $CLIP_WEIGHTS or ViT-B/32)")
-    parser.add_argument("--images", default=str(HERE / "images"), help="folder of images to index")
+    add_model_argument(parser)
+    parser.add_argument("--images", default=str(IMAGES), help="folder of images to index")
     parser.add_argument("--location", default=":memory:",
                         help="':memory:', a folder for a persistent local collection, or a Qdrant server URL")
     parser.add_argument("--query", default="a rocket on the launch pad at night", help="text to search for")
@@ -37,12 +34,10 @@ def main() -> None:
     from clip_embeddings.adapters import open_store
 
     folder = Path(args.images)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
-    captions_file = folder / "captions.json"
-    captions = json.loads(captions_file.read_text()) if captions_file.exists() else {}
+    files, captions = photos_with_captions(folder)
 
     store = open_store("qdrant", args.location, "photos", ce.ClipEF(args.model))
-    report = store.add_images(files, captions=[captions.get(p.name) for p in files], on_error="skip")
+    report = store.add_images(files, captions=captions, on_error="skip")
     print(report)
     print(f"points in the collection: {store.count()}")
 

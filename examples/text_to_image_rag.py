@@ -10,19 +10,16 @@ Runs offline with local weights::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from _photos import IMAGES, add_model_argument, photos_with_captions
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("question", nargs="?", default="Which of my photos were taken in space?")
-    parser.add_argument("--model", default=os.environ.get("CLIP_WEIGHTS", "ViT-B/32"),
-                        help="model name or local weights path (default: $CLIP_WEIGHTS or ViT-B/32)")
-    parser.add_argument("--images", default=str(HERE / "images"), help="folder of images to index")
+    add_model_argument(parser)
+    parser.add_argument("--images", default=str(IMAGES), help="folder of images to index")
     parser.add_argument("--store", choices=["qdrant", "lancedb", "chroma"], default="qdrant", help="vector database")
     parser.add_argument("--location", default=":memory:", help="':memory:', a folder, or a server URL")
     parser.add_argument("-k", type=int, default=3, help="photos to retrieve")
@@ -38,11 +35,9 @@ def main() -> None:
     from clip_embeddings.integrations.langchain import ClipRetriever
 
     folder = Path(args.images)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
-    captions_file = folder / "captions.json"
-    captions = json.loads(captions_file.read_text()) if captions_file.exists() else {}
+    files, captions = photos_with_captions(folder)
     store = open_store(args.store, args.location, "photos", ce.ClipEF(args.model))
-    print(store.add_images(files, captions=[captions.get(p.name) for p in files], on_error="skip"))
+    print(store.add_images(files, captions=captions, on_error="skip"))
 
     retriever = ClipRetriever(store=store, k=args.k)  # modality="image": the question searches the pictures
     docs = retriever.invoke(args.question)
