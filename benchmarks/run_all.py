@@ -1,0 +1,124 @@
+"""Run every benchmark (encode, folder -> Chroma ingest, streaming memory) and write one JSON.
+
+Everything is timed in this one process against openai/CLIP's ``model.py`` on the same random
+weights in the real shapes (memory: one fresh subprocess per size). See benchmarks/README.md for
+what each number means.
+
+Examples:
+    .venv/bin/python benchmarks/run_all.py --quick                 # smoke test, < 3 minutes
+    .venv/bin/python benchmarks/run_all.py --models ViT-B/32 RN50 --repeats 5 --bf16
+    .venv/bin/python benchmarks/run_all.py --only encode --models ViT-B/16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c  # noqa: E402
+import bench_encode  # noqa: E402
+import bench_ingest  # noqa: E402
+import bench_memory  # noqa: E402
+
+TARGETS = """Targets (from the issue), checked against this run:
+  image encode fp32 >= 1.0x reference | bf16 >= 1.6x with cosine >= 0.999
+  text encode >= 4x reference, max abs diff <= 1e-5 | ingest >= 3x one-image-per-call, wall <= 1.15x model
+  re-ingest >= 50x first ingest | peak RSS 10k images <= 1.2x 1k images"""
+
+
+def parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TARGETS)
+    parser.add_argument("--models", nargs="+", default=["ViT-B/32", "RN50"],
+                        help="architectures for encode and ingest (default: ViT-B/32 RN50)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: ViT-B/32 only, tiny sizes, 1-2 repeats (< 3 minutes)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (after a warm-up)")
+    parser.add_argument("--images", type=int, default=32, help="JPEGs in the ingest folder (1-12 MP)")
+    parser.add_argument("--encode-images", type=int, default=16, help="images per timed encode_image call")
+    parser.add_argument("--texts", type=int, default=256, help="captions per timed text run")
+    parser.add_argument("--batch", type=int, default=32, help="texts per forward pass and ClipEF batch_size")
+    parser.add_argument("--workers", type=int, default=None, help="ClipEF num_workers for ingest (default: ClipEF's)")
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 weights (slow without native bf16)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the image tower")
+    parser.add_argument("--sweep", action="store_true", help="ingest: also other num_workers and no draft decode")
+    parser.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10000], help="images streamed per run")
+    parser.add_argument("--memory-model", default="tiny", help="model for the memory run ('tiny' or an architecture)")
+    parser.add_argument("--only", nargs="+", choices=["encode", "ingest", "memory"], default=["encode", "ingest", "memory"])
+    parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA, help="generated images and weights")
+    parser.add_argument("--json", help="result file (default benchmarks/results/run_all.json)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    started = time.perf_counter()
+    result = {"environment": c.environment(), "settings": vars(args).copy()}
+    quick_models = ["ViT-B/32"] if args.quick and args.models == ["ViT-B/32", "RN50"] else args.models
+    if "encode" in args.only:
+        ns = argparse.Namespace(models=quick_models, images=args.encode_images, texts=args.texts, batch=args.batch,
+                                repeats=args.repeats, bf16=args.bf16, compile=args.compile, quick=args.quick,
+                                data_dir=args.data_dir)
+        bench_encode.apply_quick(ns)
+        result["encode"] = bench_encode.run(ns)
+        bench_encode.print_results(result["encode"])
+    if "ingest" in args.only:
+        ns = argparse.Namespace(models=quick_models, images=args.images, repeats=args.repeats, batch=args.batch,
+                                workers=args.workers, sweep=args.sweep, quick=args.quick, data_dir=args.data_dir)
+        bench_ingest.apply_quick(ns)
+        result["ingest"] = bench_ingest.run(ns)
+        bench_ingest.print_results(result["ingest"])
+    if "memory" in args.only:
+        ns = argparse.Namespace(sizes=args.memory_sizes, model=args.memory_model, pool=64, batch=args.batch,
+                                quick=args.quick, data_dir=args.data_dir)
+        bench_memory.apply_quick(ns)
+        result["memory"] = bench_memory.run(ns)
+        bench_memory.print_results(result["memory"])
+    result["summary"] = summary(result)
+    result["total_s"] = time.perf_counter() - started
+    print("\n" + TARGETS.splitlines()[0].replace("Targets", "Summary"))
+    for line in result["summary"]:
+        print("  " + line)
+    print(f"\nwrote {c.write_json(args.json, result, 'run_all')} ({result['total_s']:.0f} s)")
+    return result
+
+
+def summary(result: dict) -> list[str]:
+    """One line per target: the measured number and whether it is met."""
+    lines = []
+    ok = lambda cond: "met" if cond else "NOT met"  # noqa: E731
+    for name, tasks in result.get("encode", {}).get("models", {}).items():
+        image, text = tasks["image"], tasks["text"]
+        lines.append(f"{name} image encode fp32: {image['ours']['ratio']:.2f}x ({ok(image['ours']['ratio'] >= 1.0)})")
+        for key in ("ours channels_last", "ours compiled"):
+            if key in image:
+                lines.append(f"{name} image encode {key[5:]}: {image[key]['ratio']:.2f}x, max abs "
+                             f"{image[key]['max_abs_diff']:.1e}")
+        if "ours bf16" in image:
+            e = image["ours bf16"]
+            lines.append(f"{name} image encode bf16: {e['ratio']:.2f}x, cosine {e['cosine_min']:.5f} "
+                         f"({ok(e['ratio'] >= 1.6 and e['cosine_min'] >= 0.999)})")
+        best = max(text["ours"]["ratio"], text["ours length-sorted"]["ratio"])
+        diff = max(text["ours"]["max_abs_diff"], text["ours length-sorted"]["max_abs_diff"])
+        lines.append(f"{name} text encode: {best:.2f}x, max abs {diff:.1e} ({ok(best >= 4 and diff <= 1e-5)}); "
+                     f"ClipEF.embed_texts incl. tokenizer {text['ClipEF.embed_texts']['ratio']:.2f}x")
+    for name, v in result.get("ingest", {}).get("models", {}).items():
+        first = v["first ingest"]
+        lines.append(f"{name} ingest: {first['ratio']:.2f}x one-image-per-call ({ok(first['ratio'] >= 3)}), "
+                     f"wall/model {first['wall_over_model']:.2f} ({ok(first['wall_over_model'] <= 1.15)}), "
+                     f"model idle {first['model_idle_fraction']:.0%}")
+        speedup = v["re-ingest (cache)"]["speedup_over_first"]
+        lines.append(f"{name} re-ingest: {speedup:.0f}x first ingest ({ok(speedup >= 50)})")
+    if "memory" in result:
+        m = result["memory"]
+        lines.append(f"peak RSS {m['runs'][-1]['n']} vs {m['runs'][0]['n']} images: {m['peak_ratio']:.3f}x "
+                     f"({ok(m['peak_ratio'] <= 1.2)})")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
