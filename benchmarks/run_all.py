@@ -94,9 +94,9 @@ def summary(result: dict) -> list[str]:
     for name, tasks in result.get("encode", {}).get("models", {}).items():
         image, text = tasks["image"], tasks["text"]
         lines.append(f"{name} image encode fp32: {image['ours']['ratio']:.2f}x ({ok(image['ours']['ratio'] >= 1.0)})")
-        for key in ("ours channels_last", "ours compiled"):
+        for key in ("ours, no rewrite", "ours compiled"):
             if key in image:
-                lines.append(f"{name} image encode {key[5:]}: {image[key]['ratio']:.2f}x, max abs "
+                lines.append(f"{name} image encode {key[6:]}: {image[key]['ratio']:.2f}x, max abs "
                              f"{image[key]['max_abs_diff']:.1e}")
         if "ours bf16" in image:
             e = image["ours bf16"]

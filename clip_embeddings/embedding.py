@@ -32,8 +32,9 @@ from .cache import EmbeddingCache
 from .download import cache_dir
 from .errors import ImageLoadError, ModelLoadError, ModelMismatchError
 from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions, decode_image, describe, read_image_source
+from .inference import optimize_for_inference
 from .loading import default_device, load
-from .model import CLIP
+from .model import CLIP, cast_weights
 from .preprocess import Preprocess, resize_target
 from .tokenizer import get_tokenizer, token_windows
 
@@ -107,10 +108,9 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
             clip, preprocess = load(model, device="cpu", download_root=download_root, dtype=torch.float32)
             fp = fingerprint(clip.state_dict(), preprocess)
             if torch_dtype != torch.float32:
-                from .model import cast_weights
-
                 cast_weights(clip, torch_dtype)
-            clip = clip.to(device).eval()
+            # Inference only from here on: the shared model is never trained or saved.
+            clip = optimize_for_inference(clip.to(device).eval())
             _registry[key] = LoadedModel(clip, preprocess, device, torch_dtype, fp, clip.embed_dim)
             _load_count += 1
         return _registry[key]

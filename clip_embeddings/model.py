@@ -33,6 +33,8 @@ class Bottleneck(nn.Module):
         self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        # ReLUs are modules (as in the original) so inference can fold each into its convolution.
+        self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
         self.downsample = None
         if stride > 1 or inplanes != planes * self.expansion:
             # "-1" keeps the published key names: downsample.0 is the conv, downsample.1 the norm.
@@ -43,11 +45,11 @@ class Bottleneck(nn.Module):
             ]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(self.avgpool(out)))
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        return self.relu3(out + identity)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causal: bool = False):
@@ -56,6 +58,12 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causa
     split = lambda t: t.reshape(n, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
     out = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=causal)
     return out.transpose(1, 2).reshape(n, lq, d)
+
+
+def self_attend(qkv: torch.Tensor, heads: int, causal: bool = False) -> torch.Tensor:
+    """Multi-head self-attention from a fused ``[N, L, 3D]`` query/key/value projection."""
+    q, k, v = qkv.chunk(3, dim=-1)
+    return _attend(q, k, v, heads, causal)
 
 
 class AttentionPool2d(nn.Module):
@@ -93,6 +101,7 @@ class ModifiedResNet(nn.Module):
         self.bn2 = nn.BatchNorm2d(width // 2)
         self.conv3 = nn.Conv2d(width // 2, width, kernel_size=3, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(width)
+        self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
         self.avgpool = nn.AvgPool2d(2)
 
         inplanes = width
@@ -108,9 +117,9 @@ class ModifiedResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.type(self.conv1.weight.dtype)
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = self.avgpool(F.relu(self.bn3(self.conv3(x))))
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        x = self.avgpool(self.relu3(self.bn3(self.conv3(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.attnpool(x)
 
@@ -141,8 +150,8 @@ class MultiheadAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        return self.out_proj(_attend(q, k, v, self.num_heads, causal))
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        return self.out_proj(self_attend(qkv, self.num_heads, causal))
 
 
 class ResidualAttentionBlock(nn.Module):

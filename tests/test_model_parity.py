@@ -9,6 +9,7 @@ import torch
 
 import clip_embeddings as ce
 from clip_embeddings.checkpoint import read_checkpoint
+from clip_embeddings.inference import optimize_for_inference
 from clip_embeddings.model import cast_weights
 from tests.model_factory import ARCHITECTURES, reference_clip, save_state_dict, save_torchscript, tiny_reference_clip
 from tests.reference import reference_tokenize
@@ -48,6 +49,10 @@ def test_parity_state_dict_and_torchscript(tmp_path, name, scaled):
         with torch.no_grad():
             ours = model.encode_image(images), model.encode_text(tokens), model(images, tokens)[0]
         _assert_close(ours, expected)
+    # The inference rewrite ClipEF runs on CPU (folded batch norms, packed linears): same values.
+    fast = optimize_for_inference(model)
+    with torch.inference_mode():
+        _assert_close((fast.encode_image(images), fast.encode_text(tokens), fast(images, tokens)[0]), expected)
 
 
 def test_torchscript_is_read_without_running_its_code(tmp_path):

@@ -1,0 +1,55 @@
+"""The CPU inference rewrite: where it applies, where it must not, and its fallback.
+
+That it computes openai/CLIP's values for all nine architectures is checked in
+test_model_parity (every case runs the rewritten model too).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+import clip_embeddings as ce
+from clip_embeddings import inference
+from clip_embeddings.embedding import shared_model
+from clip_embeddings.inference import FoldedConv, PackedLinear, optimize_for_inference
+from tests.model_factory import save_state_dict, tiny_reference_clip
+from tests.reference import reference_tokenize
+
+
+def _kinds(model: nn.Module) -> set[type]:
+    return {type(m) for m in model.modules()}
+
+
+def test_clipef_runs_the_rewritten_model_and_load_returns_the_original(tmp_path):
+    reference = tiny_reference_clip("rn")
+    save_state_dict(reference, tmp_path / "rn.pt")
+    shared = shared_model(str(tmp_path / "rn.pt"), "cpu", "fp32").model
+    assert {FoldedConv, PackedLinear} <= _kinds(shared)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in shared.modules())
+
+    loaded, _ = ce.load(tmp_path / "rn.pt")
+    assert FoldedConv not in _kinds(loaded) and PackedLinear not in _kinds(loaded)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    assert loaded.training is False and all(p.requires_grad for p in loaded.parameters())
+
+
+def test_without_onednn_linear_only_the_batch_norms_are_folded(monkeypatch):
+    monkeypatch.setattr(inference, "_packed_linear_works", lambda: False)
+    reference = tiny_reference_clip("rn")
+    model = optimize_for_inference(ce.build_model(reference.state_dict()))
+    assert FoldedConv in _kinds(model) and PackedLinear not in _kinds(model)
+    images, tokens = torch.randn(3, 3, 64, 64), reference_tokenize(["a red car", "two dogs"])
+    with torch.inference_mode():
+        assert float((model.encode_image(images) - reference.encode_image(images)).abs().max()) < 1e-5
+        assert float((model.encode_text(tokens) - reference.encode_text(tokens)).abs().max()) < 1e-5
+
+
+def test_half_precision_models_are_left_alone():
+    model = ce.model.cast_weights(ce.build_model(tiny_reference_clip("rn").state_dict()), torch.bfloat16)
+    before = copy.deepcopy(model.state_dict())
+    optimize_for_inference(model)
+    assert FoldedConv not in _kinds(model) and PackedLinear not in _kinds(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
