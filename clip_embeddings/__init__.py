@@ -22,6 +22,7 @@ from .errors import (
     ModelMismatchError,
     TextTooLongError,
 )
+from .inference import optimize_for_inference
 from .loading import load
 from .model import CLIP, build_model
 from .preprocess import Preprocess
@@ -55,6 +56,7 @@ __all__ = [
     "linear_probe",
     "load",
     "moderate",
+    "optimize_for_inference",
     "similarity",
     "tokenize",
 ]

@@ -38,7 +38,7 @@ def optimize_for_inference(model: CLIP) -> CLIP:
     Example:
         >>> import clip_embeddings as ce
         >>> model, preprocess = ce.load("ViT-B/32")  # doctest: +SKIP
-        >>> model = optimize_for_inference(model)  # doctest: +SKIP
+        >>> model = ce.optimize_for_inference(model)  # doctest: +SKIP
     """
     weight = model.text_projection
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
