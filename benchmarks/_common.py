@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import io
 import json
 import os
@@ -257,3 +259,25 @@ def write_json(path: str | os.PathLike | None, payload: dict, default_name: str)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(payload, indent=2, default=_jsonable))
     return target
+
+
+def run_script(module, name: str, argv=None, extra_arguments=None) -> dict | None:
+    """The ``main`` every benchmark script shares: parse, apply ``--quick``, run, print, write JSON.
+
+    ``module`` provides ``__doc__``, ``add_arguments``, ``apply_quick``, ``run`` and
+    ``print_results``; ``extra_arguments(parser)`` adds script-only flags, and a script may
+    return ``None`` from ``run`` (a child process) to skip printing and writing.
+    """
+    parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
+    module.add_arguments(parser)
+    parser.add_argument("--json", help=f"result file (default benchmarks/results/{name}.json)")
+    if extra_arguments is not None:
+        extra_arguments(parser)
+    args = parser.parse_args(argv)
+    module.apply_quick(args)
+    result = module.run(args)
+    if result is None:
+        return None
+    module.print_results(result)
+    print(f"\nwrote {write_json(args.json, result, name)}")
+    return result

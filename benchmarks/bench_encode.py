@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 
 import torch
@@ -187,15 +188,7 @@ def apply_quick(args) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    parser.add_argument("--json", help="result file (default benchmarks/results/encode.json)")
-    args = parser.parse_args(argv)
-    apply_quick(args)
-    result = run(args)
-    print_results(result)
-    print(f"\nwrote {c.write_json(args.json, result, 'encode')}")
-    return result
+    return c.run_script(sys.modules[__name__], "encode", argv)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,10 @@ def _current_rss_mb() -> float:
     return float("nan")
 
 
-def run(args) -> dict:
+def run(args) -> dict | None:
+    if args.child:  # one measurement, in the fresh process run() below starts
+        child(args)
+        return None
     c.image_folder(args.pool, args.data_dir, POOL_SIZES, tag="small")  # made once, outside the timing
     c.weights_file(args.model, args.data_dir)
     runs = []
@@ -94,22 +97,13 @@ def apply_quick(args) -> None:
 
 
 def main(argv=None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="100 vs 1,000 images")
-    parser.add_argument("--json", help="result file (default benchmarks/results/memory.json)")
-    parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(args)
-        return None
-    apply_quick(args)
-    result = run(args)
-    print_results(result)
-    print(f"\nwrote {c.write_json(args.json, result, 'memory')}")
-    return result
+    def extra_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--quick", action="store_true", help="100 vs 1,000 images")
+        parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA)
+        parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+
+    return c.run_script(sys.modules[__name__], "memory", argv, extra_arguments)
 
 
 if __name__ == "__main__":
