@@ -61,13 +61,15 @@ class FoldedConv(nn.Module):
         super().__init__()
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         weight = conv.weight * scale[:, None, None, None]
+        conv_bias = 0 if conv.bias is None else conv.bias  # CLIP's convolutions have none
         self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last))
-        self.register_buffer("bias", bn.bias - bn.running_mean * scale)
-        self.stride, self.padding, self.relu = conv.stride, conv.padding, relu
+        self.register_buffer("bias", bn.bias + (conv_bias - bn.running_mean) * scale)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op after the first layer
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return F.relu_(y) if self.relu else y
 
 

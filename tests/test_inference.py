@@ -53,3 +53,22 @@ def test_half_precision_models_are_left_alone():
     optimize_for_inference(model)
     assert FoldedConv not in _kinds(model) and PackedLinear not in _kinds(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_folded_convolution_equals_conv_then_batch_norm_then_relu():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 3, stride=2, padding=1, dilation=1, groups=4, bias=True)
+    bn = nn.BatchNorm2d(12).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_(1, 0.3)
+        bn.bias.normal_(0, 0.3)
+    x = torch.randn(2, 8, 9, 11)
+    with torch.inference_mode():
+        expected = torch.relu(bn(conv(x)))
+        for relu in (True, False):
+            got = FoldedConv(conv, bn, relu=relu)(x)
+            want = expected if relu else bn(conv(x))
+            assert got.shape == want.shape
+            assert float((got - want).abs().max()) < 1e-5
