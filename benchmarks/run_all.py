@@ -96,7 +96,7 @@ def summary(result: dict) -> list[str]:
         lines.append(f"{name} image encode fp32: {image['ours']['ratio']:.2f}x ({ok(image['ours']['ratio'] >= 1.0)})")
         for key in ("ours, no rewrite", "ours compiled"):
             if key in image:
-                lines.append(f"{name} image encode {key[6:]}: {image[key]['ratio']:.2f}x, max abs "
+                lines.append(f"{name} image encode {key.removeprefix('ours').lstrip(', ')}: {image[key]['ratio']:.2f}x, max abs "
                              f"{image[key]['max_abs_diff']:.1e}")
         if "ours bf16" in image:
             e = image["ours bf16"]
