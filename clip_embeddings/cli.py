@@ -20,96 +20,20 @@ import json
 import os
 import subprocess
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .console import UsageError, emit, format_table, one_line, report_error
 
 DEFAULT_MODEL = "ViT-B/32"
 DBS = ("chroma", "qdrant", "lancedb")
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for, found after parsing (reported as one line, exit 1)."""
-
-
-# --- output -----------------------------------------------------------------------------------
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align: str | None = None,
-                 max_width: int = 60) -> str:
-    """A plain-text table: a header, a rule, one line per row; long cells are cut with ``...``.
-
-    ``align`` has one character per column, ``"l"`` or ``"r"`` (default: numbers right, text left).
-
-    Example:
-        >>> print(format_table(["rank", "label"], [[1, "cat"], [2, "dog"]]))
-        rank  label
-        ----  -----
-           1  cat
-           2  dog
-    """
-    def cell(value: Any) -> str:
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        text = " ".join(text.split())  # one line per row, whatever a caption holds
-        return text if len(text) <= max_width else text[: max_width - 3] + "..."
-
-    cells = [[cell(v) for v in row] for row in rows]
-    if align is None:
-        first = rows[0] if rows else [""] * len(headers)
-        align = "".join("r" if isinstance(v, (int, float)) else "l" for v in first)
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(values, widths, align)]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as a single line for ``error: ...``; unexpected types keep their name.
-
-    Example:
-        >>> one_line(ValueError("bad\\nvalue"))
-        'bad; value'
-        >>> one_line(KeyError("x"))
-        "KeyError: 'x'"
-    """
-    from .errors import ClipError
-
-    message = "; ".join(part.strip() for part in str(error).splitlines() if part.strip())
-    # Our own errors and the usual OS/value errors already say what is wrong; anything else is a
-    # surprise, so its type is worth showing.
-    expected = isinstance(error, (ClipError, UsageError, ValueError, OSError, ImportError))
-    if not message:
-        return type(error).__name__
-    return message if expected else f"{type(error).__name__}: {message}"
-
-
-def report_error(error: BaseException, debug: bool, hint: str | None = None) -> None:
-    """Print ``error`` to stderr: one line, or the full traceback with ``debug``.
-
-    ``hint`` is appended to the line; by default a download failure gets one about local weights.
-    """
-    from .errors import DownloadError
-
-    from .errors import ModelMismatchError
-
-    if hint is None:
-        hint = ""
-        if isinstance(error, DownloadError):
-            hint = " From the command line: pass --model /path/to/checkpoint.pt or set CLIP_WEIGHTS to it."
-        elif isinstance(error, ModelMismatchError):
-            hint = " From the command line: pass --model with the weights the collection was indexed with."
-    if debug:
-        traceback.print_exception(type(error), error, error.__traceback__)
-    else:
-        print(f"error: {one_line(error)}{hint}", file=sys.stderr)
-
-
 def default_model() -> str:
     """The model commands use unless told otherwise: ``$CLIP_WEIGHTS`` if set, else ViT-B/32."""
     return os.environ.get("CLIP_WEIGHTS") or DEFAULT_MODEL
+
 
 
 # --- shared pieces ----------------------------------------------------------------------------
@@ -457,12 +381,19 @@ def _store_options() -> argparse.ArgumentParser:
     return parent
 
 
-def _debug_option() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+def _common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False, parents=[_json_option()])
     # SUPPRESS, so `clip-embeddings search --debug` and `clip-embeddings --debug search` both work
     # without the subcommand's default overwriting the global flag.
     parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="print full tracebacks instead of one-line errors")
+    return parent
+
+
+def _json_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON document on stdout instead of tables")
     return parent
 
 
@@ -484,8 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", default=False,
                         help="print full tracebacks instead of one-line errors")
+    parser.add_argument("--json", action="store_true", default=False,
+                        help="print one JSON document on stdout instead of tables")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    debug, model, store = _debug_option(), _model_options(), _store_options()
+    # Every command takes --debug and --json, before or after its name.
+    debug, model, store = _common_options(), _model_options(), _store_options()
 
     p = sub.add_parser("index", parents=[debug, store, model], help="embed a folder of images into a collection",
                        description="Embed every image under FOLDER into a collection. Ids come from the image "

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import default_model, format_table, report_error
+from .cli import default_model
+from .console import format_table, report_error
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 

@@ -55,6 +55,16 @@ class LoadedModel:
     dtype: torch.dtype
     fingerprint: str
     dim: int
+    precision: str = "fp32"  # the numeric path the forward pass takes (dtype and rewrites)
+
+    @property
+    def cache_key(self) -> str:
+        """What the embedding cache files vectors under: the weights *and* the precision path.
+
+        The fingerprint says which space a vector lives in (a bf16 vector is comparable with an
+        fp32 one); the cache must still never hand an fp32 caller a bf16 vector.
+        """
+        return f"{self.fingerprint}:{self.precision}"
 
 
 _registry: dict[tuple, LoadedModel] = {}
@@ -111,7 +121,8 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
                 cast_weights(clip, torch_dtype)
             # Inference only from here on: the shared model is never trained or saved.
             clip = optimize_for_inference(clip.to(device).eval())
-            _registry[key] = LoadedModel(clip, preprocess, device, torch_dtype, fp, clip.embed_dim)
+            precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[torch_dtype]
+            _registry[key] = LoadedModel(clip, preprocess, device, torch_dtype, fp, clip.embed_dim, precision)
             _load_count += 1
         return _registry[key]
 
@@ -389,7 +400,7 @@ class ClipEF:
             for (index, digest, _), vector in zip(pending, features):
                 vectors[index], digests[index] = vector, digest
             if cache is not None:
-                cache.put(lm.fingerprint, {d: v for (_, d, _), v in zip(pending, features)})
+                cache.put(lm.cache_key, {d: v for (_, d, _), v in zip(pending, features)})
             pending.clear()
 
         from tqdm import tqdm
@@ -428,14 +439,14 @@ class ClipEF:
                 except (OSError, ValueError):  # ValueError: a NUL byte or a lone surrogate in the name
                     stat = None  # read_image_source below says what is wrong with it
                 known = cache.file_digest(path, stat) if stat else None
-                hit = cache.get(lm.fingerprint, [known]).get(known) if known else None
+                hit = cache.get(lm.cache_key, [known]).get(known) if known else None
                 if hit is not None:
                     return index, "hit", known, hit
             raw = read_image_source(item, self.loader_options)
             if cache is not None:
                 if stat is not None:
                     cache.record_file_digest(path, stat, raw.digest)
-                hit = cache.get(lm.fingerprint, [raw.digest]).get(raw.digest)
+                hit = cache.get(lm.cache_key, [raw.digest]).get(raw.digest)
                 if hit is not None:
                     return index, "hit", raw.digest, hit
             image = decode_image(raw, self.loader_options, draft_resolution=draft)

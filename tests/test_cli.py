@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings import cli
+from clip_embeddings import cli, console
 from clip_embeddings.download import MODELS
 
 SUBCOMMANDS = {
@@ -255,5 +255,5 @@ def test_default_model_comes_from_clip_weights(monkeypatch):
 
 
 def test_one_line_collapses_multiline_messages():
-    assert cli.one_line(ValueError("first\n  second")) == "first; second"
-    assert cli.one_line(RuntimeError("")) == "RuntimeError"
+    assert console.one_line(ValueError("first\n  second")) == "first; second"
+    assert console.one_line(RuntimeError("")) == "RuntimeError"

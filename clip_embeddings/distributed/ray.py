@@ -442,7 +442,8 @@ def run_index_cli(args: Any) -> int:
               --db qdrant --location http://10.0.0.5:6333 --collection photos
     """
     ray = _ray()
-    from ..cli import UsageError, _open_store as cli_open_store, format_table
+    from ..cli import _open_store as cli_open_store
+    from ..console import UsageError, format_table
     from ..images import IMAGE_EXTENSIONS, iter_image_files
 
     folder = Path(args.folder)
