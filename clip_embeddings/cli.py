@@ -25,14 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .console import UsageError, emit, format_table, one_line, report_error
+from .loading import default_model
 
-DEFAULT_MODEL = "ViT-B/32"
 DBS = ("chroma", "qdrant", "lancedb")
-
-
-def default_model() -> str:
-    """The model commands use unless told otherwise: ``$CLIP_WEIGHTS`` if set, else ViT-B/32."""
-    return os.environ.get("CLIP_WEIGHTS") or DEFAULT_MODEL
 
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import default_model
+from .loading import default_model
 from .console import format_table, report_error
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"

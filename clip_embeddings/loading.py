@@ -81,3 +81,17 @@ def load(
         cast_weights(model, dtype)
     model = model.to(device)
     return model, Preprocess(model.visual.input_resolution)
+
+
+DEFAULT_MODEL = "ViT-B/32"
+
+
+def default_model() -> str:
+    """The model used unless one is named: ``$CLIP_WEIGHTS`` if set, else ViT-B/32.
+
+    Example:
+        >>> import os; os.environ.pop("CLIP_WEIGHTS", None) and None
+        >>> default_model()
+        'ViT-B/32'
+    """
+    return os.environ.get("CLIP_WEIGHTS") or DEFAULT_MODEL
