@@ -206,8 +206,8 @@ def ordered_map(fn: Callable[[int, Any], Any], items: Iterable[Any], *, workers:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def decode_many(items: Iterable[Any], options: LoaderOptions = DEFAULT_OPTIONS, *,
-                workers: int = 4) -> Iterator[Image.Image | ImageLoadError]:
+def decode_many(items: Iterable[Any], options: LoaderOptions = DEFAULT_OPTIONS, *, workers: int = 4,
+                draft_resolution: int | None = None) -> Iterator[Image.Image | ImageLoadError]:
     """Decode many inputs to RGB in parallel, in order; a bad one yields its :class:`ImageLoadError`.
 
     Example:
@@ -216,7 +216,7 @@ def decode_many(items: Iterable[Any], options: LoaderOptions = DEFAULT_OPTIONS, 
     """
     def one(index: int, item: Any) -> Image.Image | ImageLoadError:
         try:
-            return load_rgb(item, options)
+            return load_rgb(item, options, draft_resolution=draft_resolution)
         except Exception as e:  # noqa: BLE001 - reported per item
             return _as_load_error(e, index, item)
 

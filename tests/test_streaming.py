@@ -312,3 +312,15 @@ def test_peak_memory_of_a_100k_folder_ingest_is_within_50_mb_of_a_10k_one(tmp_pa
         peaks[n] = result["rss_mb"]
     print(f"\npeak RSS: 10k images {peaks[10_000]:.0f} MB, 100k images {peaks[100_000]:.0f} MB")
     assert peaks[100_000] - peaks[10_000] < 50, peaks
+
+
+def test_chroma_uris_and_paths_give_the_same_vector(tmp_path, tiny_model_path, sample_images):
+    """The data loader decodes through the same pipeline (draft mode included) as a path does."""
+    import chromadb
+    from clip_embeddings.adapters.chroma import ChromaStore
+
+    ef = ce.ClipEF(tiny_model_path, cache=False)
+    store = ChromaStore(chromadb.PersistentClient(str(tmp_path / "db")), "photos", ef)
+    store.collection.add(ids=["by-uri"], uris=[str(sample_images[0])])
+    got = np.asarray(store.collection.get(ids=["by-uri"], include=["embeddings"])["embeddings"][0], np.float32)
+    np.testing.assert_allclose(got, ef.embed_images([sample_images[0]])[0], atol=1e-6)

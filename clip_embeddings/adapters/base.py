@@ -343,11 +343,30 @@ class Store(ABC):
                 report.updated += 1
             else:
                 report.new += 1
-        self.write(writes)
+        self._write_batches(writes)
 
-    def write(self, records: Sequence[Record]) -> None:
-        """Upsert ready-made records (the Ray engine's path into a database), in database-sized batches."""
-        records = list(records)
+    def write_records(self, records: Iterable[Record]) -> IngestReport:
+        """Store ready-made records (the Ray engine's path) exactly as an ingest would.
+
+        Records of one item (its image and caption) are grouped by id; only what is not stored
+        yet is written, and the report counts items new, updated, present and duplicated.
+
+        Example:
+            >>> store.write_records(records_from_batch(batch)).new  # doctest: +SKIP
+            64
+        """
+        grouped: dict[str, list[Record]] = {}
+        report = IngestReport()
+        for record in records:
+            rows = grouped.setdefault(record.id, [])
+            if any(r.modality == record.modality for r in rows):
+                report.duplicates += 1
+                continue
+            rows.append(record)
+        self._store(grouped, report)
+        return report
+
+    def _write_batches(self, records: list[Record]) -> None:
         for start in range(0, len(records), self.write_batch):
             self._write(records[start : start + self.write_batch])
 

@@ -44,19 +44,25 @@ class ImageLoader:
         >>> client.create_collection("photos", embedding_function=ef, data_loader=ImageLoader.for_function(ef))  # doctest: +SKIP
     """
 
-    def __init__(self, options: LoaderOptions = DEFAULT_OPTIONS, num_workers: int = 4):
+    def __init__(self, options: LoaderOptions = DEFAULT_OPTIONS, num_workers: int = 4, ef: ClipEF | None = None):
         self.options = options
         self.num_workers = num_workers
+        self.ef = ef
 
     @classmethod
     def for_function(cls, ef: ClipEF) -> ImageLoader:
-        """A loader with ``ef``'s loader options and worker count."""
-        return cls(ef.loader_options, ef.num_workers)
+        """A loader with ``ef``'s loader options, worker count and JPEG draft decoding.
+
+        A file added by uri then gives the very vector that ``ef.embed_images([path])`` gives.
+        """
+        return cls(ef.loader_options, ef.num_workers, ef)
 
     def __call__(self, uris: Sequence[str | None]) -> list[np.ndarray | None]:
         wanted = [i for i, uri in enumerate(uris) if uri is not None]
         out: list[np.ndarray | None] = [None] * len(uris)
-        for i, image in zip(wanted, decode_many([uris[i] for i in wanted], self.options, workers=self.num_workers)):
+        draft = self.ef.loaded_model().preprocess.resolution if self.ef is not None and self.ef.fast_decode else None
+        images = decode_many([uris[i] for i in wanted], self.options, workers=self.num_workers, draft_resolution=draft)
+        for i, image in zip(wanted, images):
             if isinstance(image, ImageLoadError):
                 raise ImageLoadError(image.reason, index=i, source=image.source)
             out[i] = np.asarray(image)

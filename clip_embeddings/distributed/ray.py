@@ -305,12 +305,15 @@ def records_from_batch(batch: pa.Table) -> list[Record]:
 class RayIngestReport:
     """What a Ray ingest wrote, what it skipped (``(source, reason)`` pairs), and how long it took.
 
-    ``stored`` counts records upserted; content seen twice counts twice but is stored once.
+    ``stored`` counts the items of the job now in the store, of which ``new`` were written by it and
+    ``present`` were there already (a re-run, or content seen twice); each is stored once.
     """
 
     stored: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     elapsed: float = 0.0
+    new: int = 0
+    present: int = 0
 
     @property
     def items_per_second(self) -> float:
@@ -344,7 +347,7 @@ def index_with_ray(sources: Sequence[str | os.PathLike] | ray.data.Dataset, *, m
     """Embed ``sources`` on the Ray cluster and upsert them into ``sink``; bad items are reported.
 
     The driver streams the embedded rows out of the pipeline and writes them through the sink's
-    :class:`Store` (``_write``, an upsert), so every database is written exactly as a
+    :class:`Store` (``write_records``), so every database is written exactly as a
     single-process ``store.add_images`` would, and re-running a job stores nothing new. The
     driver loads the model once on CPU: the store records its fingerprint and refuses a
     collection built with other weights before any actor starts.
@@ -383,10 +386,10 @@ def index_with_ray(sources: Sequence[str | os.PathLike] | ray.data.Dataset, *, m
     context.enable_progress_bars = progress
     try:
         for batch in _batches(embedded, write_batch or store.write_batch):
-            records = records_from_batch(batch)
-            if records:
-                store.write(records)
-            report.stored += len(records)
+            written = store.write_records(records_from_batch(batch))
+            report.stored += written.stored
+            report.new += written.new
+            report.present += written.present
             bad = batch.filter(batch.column("error").is_valid())
             report.skipped += list(zip(bad.column("source").to_pylist(), bad.column("error").to_pylist()))
     finally:
