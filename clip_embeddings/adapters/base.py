@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
@@ -103,6 +104,14 @@ class IngestReport:
         """Items of this ingest that are now in the store (new, updated or already present)."""
         return len(self.ids)
 
+    @classmethod
+    def collect(cls, batches: Iterable[IngestReport]) -> IngestReport:
+        """One report for a whole ingest from its per-batch reports."""
+        report = cls()
+        for batch in batches:
+            report.add(batch)
+        return report
+
     def add(self, other: IngestReport) -> IngestReport:
         """Fold a later batch's report into this one (in place); returns ``self``."""
         self.ids += other.ids
@@ -148,7 +157,8 @@ class Store(ABC):
     """
 
     ef: ClipEF
-    write_batch: int = 256  # records per database write
+    write_batch: int = 256  # records per database write: an ingest writes when it has this many...
+    flush_seconds: float = 2.0  # ... or when its oldest unwritten record is this old
 
     # -- what each database implements --
 
@@ -232,11 +242,8 @@ class Store(ABC):
             >>> report.new, report.duplicates, [s.reason for s in report.skipped]  # doctest: +SKIP
             (1, 1, ['file not found'])
         """
-        report = IngestReport()
-        for batch in self.stream_images(images, ids=ids, captions=captions, metadatas=metadatas,
-                                        on_error=on_error, progress=progress, total=total):
-            report.add(batch)
-        return report
+        return IngestReport.collect(self.stream_images(images, ids=ids, captions=captions, metadatas=metadatas,
+                                                       on_error=on_error, progress=progress, total=total))
 
     def stream_images(
         self,
@@ -270,9 +277,11 @@ class Store(ABC):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         seen: set[str] = set()  # item ids of this ingest: the same content twice is stored once
+        buffered: dict[str, list[Record]] = {}
+        report, since = IngestReport(), time.monotonic()
         pipeline = self.ef.image_pipeline()
         for batch in pipeline.batches(entries, item_of=lambda e: e.image, progress=progress, total=total):
-            report, items, failure = IngestReport(), [], None
+            items, failure = [], None
             for r in batch:
                 if not r.ok:
                     if on_error == "raise":
@@ -289,13 +298,22 @@ class Store(ABC):
                 items.append((item, r))
             captioned = [(item, r) for item, r in items if r.entry.caption]
             caption_vectors = self.ef.embed_texts([r.entry.caption for _, r in captioned]) if captioned else []
-            records = {item: [_image_record(item, r)] for item, r in items}
+            for item, r in items:
+                buffered[item] = [_image_record(item, r)]
             for (item, r), vector in zip(captioned, caption_vectors):
-                records[item].append(replace(records[item][0], modality="text", vector=vector))
-            self._store(records, report)
-            yield report
+                buffered[item].append(replace(buffered[item][0], modality="text", vector=vector))
+            # Few large writes cost a database far less than many small ones (LanceDB keeps every
+            # version's metadata in memory); the time bound caps what a crash can lose.
+            rows = sum(len(rs) for rs in buffered.values())
+            if failure is not None or rows >= self.write_batch or time.monotonic() - since >= self.flush_seconds:
+                self._store(buffered, report)
+                yield report
+                buffered, report, since = {}, IngestReport(), time.monotonic()
             if failure is not None:
                 raise failure
+        if buffered or report.skipped or report.duplicates:
+            self._store(buffered, report)
+            yield report
 
     def add_texts(self, texts: Iterable[str], *, ids: Sequence[str] | None = None,
                   metadatas: Sequence[dict[str, Any] | None] | None = None) -> IngestReport:
@@ -385,11 +403,8 @@ class Store(ABC):
             >>> print(report)  # doctest: +SKIP
             new 1200, updated 0, already present 0, duplicates 3, skipped 2 (cache hits 0)
         """
-        report = IngestReport()
-        for batch in self.stream_folder(folder, extensions=extensions, recursive=recursive, on_error=on_error,
-                                        progress=progress, captions=captions):
-            report.add(batch)
-        return report
+        return IngestReport.collect(self.stream_folder(folder, extensions=extensions, recursive=recursive,
+                                                       on_error=on_error, progress=progress, captions=captions))
 
     def stream_folder(self, folder: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_EXTENSIONS,
                       recursive: bool = True, on_error: OnError = "skip", progress: bool = True,
