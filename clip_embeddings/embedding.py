@@ -41,6 +41,9 @@ from .tokenizer import get_tokenizer, token_windows
 CONFIG_VERSION = 1
 OnError = Literal["raise", "skip"]
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# long_text="chunk" embeds at most this many 75-token windows per text (about 20 KB of English):
+# one forward pass each, so a 1 MB text would otherwise cost thousands of them (66 s measured).
+MAX_TEXT_WINDOWS = 64
 
 
 # --- one model per process ------------------------------------------------------------------
@@ -213,7 +216,8 @@ class ClipEF:
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         batch_size: images or texts per forward pass.
         dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (fp16 on CUDA, fp32 on CPU).
-        long_text: ``"truncate"`` keeps the first 77 tokens; ``"chunk"`` averages 77-token windows.
+        long_text: ``"truncate"`` keeps the first 77 tokens; ``"chunk"`` averages 77-token windows
+            (the first ``MAX_TEXT_WINDOWS`` = 64 of them, about 4,800 tokens; the rest is ignored).
         cache: keep image embeddings in the sqlite cache (``True``), not (``False``), or a path.
         on_error: ``"raise"`` stops at the first bad image; ``"skip"`` embeds the rest and reports.
         fast_decode: decode large JPEGs at reduced scale (Pillow draft mode) when that is safe.
@@ -327,9 +331,9 @@ class ClipEF:
         owners, sequences = [], []
         for i, text in enumerate(texts):
             if self.long_text == "chunk":
-                windows = token_windows(text, context)
+                windows = token_windows(text, context, max_windows=MAX_TEXT_WINDOWS)
             else:
-                ids = tokenizer.encode(text)[: context - 2]
+                ids = tokenizer.encode(text, max_ids=context - 2)[: context - 2]
                 windows = [[tokenizer.sot_token, *ids, tokenizer.eot_token]]
             owners += [i] * len(windows)
             sequences += windows
