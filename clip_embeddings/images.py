@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import functools
 import hashlib
 import http.client
@@ -687,10 +689,49 @@ def _check_pixels(width: int, height: int, source: str, options: LoaderOptions) 
     if width <= 0 or height <= 0:
         raise ImageLoadError(f"image has no pixels ({width}x{height})", source=source)
     if width * height > options.max_pixels:
-        raise ImageLoadError(
-            f"image too large: {width}x{height} = {width * height} pixels, more than max_pixels="
-            f"{options.max_pixels} (decompression-bomb guard; raise LoaderOptions.max_pixels "
-            "if this image is expected)", source=source)
+        raise _too_many_pixels(width, height, source, options)
+
+
+def _too_many_pixels(width: int, height: int, source: str, options: LoaderOptions) -> ImageLoadError:
+    return ImageLoadError(
+        f"image too large: {width}x{height} = {width * height} pixels, more than max_pixels="
+        f"{options.max_pixels} (decompression-bomb guard; raise LoaderOptions.max_pixels "
+        "if this image is expected)", source=source)
+
+
+# Pillow asks ``Image._decompression_bomb_check(size)`` before it decodes anything: in
+# ``Image.open`` and for each image nested inside another (the PNG or BMP frames of an ICO, which
+# ``Image.open`` decodes at once; ICNS members; GIF frames on seek). Its limit is one global, so
+# the hook below adds this thread's ``max_pixels`` while :func:`decode_image` runs: one check, at
+# the point where every format reveals a size, before a single pixel is allocated.
+_pixel_limit: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("clip_max_pixels", default=None)
+_pillow_bomb_check = Image._decompression_bomb_check
+
+
+class _OverPixelLimit(Image.DecompressionBombError):
+    def __init__(self, size: tuple[int, int]):
+        super().__init__(f"{size[0]}x{size[1]}")
+        self.size = size
+
+
+def _bomb_check(size: tuple[int, int]) -> None:
+    limit = _pixel_limit.get()
+    if limit is not None and size[0] * size[1] > limit:
+        raise _OverPixelLimit(tuple(size))
+    _pillow_bomb_check(size)
+
+
+if getattr(Image._decompression_bomb_check, "__module__", None) != __name__:  # once, even on reload
+    Image._decompression_bomb_check = _bomb_check
+
+
+@contextlib.contextmanager
+def _max_pixels(limit: int) -> Iterator[None]:
+    token = _pixel_limit.set(limit)
+    try:
+        yield
+    finally:
+        _pixel_limit.reset(token)
 
 
 def _image_digest(image: Image.Image, source: str) -> str:
@@ -818,11 +859,24 @@ def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
     if raw.data is None:
         raise ImageLoadError("nothing to decode (RawImage has neither data nor image)",
                              source=source)
-    data = raw.data
+    with _max_pixels(options.max_pixels):
+        image = _open_and_load(raw.data, source, options, draft_resolution)
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # malformed EXIF: the pixels are fine, keep them as stored
+        pass
+    return _convert(image, source)
+
+
+def _open_and_load(data: bytes, source: str, options: LoaderOptions,
+                   draft_resolution: Optional[int]) -> Image.Image:
+    """``Image.open`` then ``load``, under :func:`_max_pixels` (set by the caller)."""
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageLoadError(_unidentified_reason(data), source=source) from None
+    except _OverPixelLimit as e:  # an ICO's frame, refused before Pillow decoded it
+        raise _too_many_pixels(*e.size, source, options) from None
     except Exception as e:  # DecompressionBombError, SyntaxError from broken headers, ...
         raise ImageLoadError(_pillow_reason(e), source=source) from e
     _check_pixels(image.width, image.height, source, options)
@@ -836,13 +890,11 @@ def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
             side = max(1, math.ceil(DRAFT_MARGIN * draft_resolution))
             image.draft("RGB", (side, side))
         image.load()  # decodes everything; a truncated file raises (LOAD_TRUNCATED_IMAGES False)
+    except _OverPixelLimit as e:
+        raise _too_many_pixels(*e.size, source, options) from None
     except Exception as e:
         raise ImageLoadError(_pillow_reason(e), source=source) from e
-    try:
-        ImageOps.exif_transpose(image, in_place=True)
-    except Exception:  # malformed EXIF: the pixels are fine, keep them as stored
-        pass
-    return _convert(image, source)
+    return image
 
 
 def _convert(image: Image.Image, source: str) -> Image.Image:
@@ -854,7 +906,12 @@ def _convert(image: Image.Image, source: str) -> Image.Image:
         raise ImageLoadError(_pillow_reason(e), source=source) from e
 
 
+_PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}  # Pillow converts these only to their straight-alpha twin
+
+
 def _composite_on_white(image: Image.Image) -> Image.Image:
+    if image.mode in _PREMULTIPLIED:
+        image = image.convert(_PREMULTIPLIED[image.mode])
     rgba = image if image.mode == "RGBA" else image.convert("RGBA")
     alpha = rgba.getchannel("A")
     if alpha.getextrema()[0] == 255:  # fully opaque

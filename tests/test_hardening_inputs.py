@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 import clip_embeddings as ce
+from clip_embeddings.errors import ImageLoadError
+from clip_embeddings.images import LoaderOptions, load_image
 from clip_embeddings.embedding import MAX_TEXT_WINDOWS
 from clip_embeddings.tokenizer import get_tokenizer, token_windows
 
@@ -23,3 +33,87 @@ def test_chunked_text_is_capped_at_max_windows(tiny_model_path):
     assert token_windows(head + tail, max_windows=2) == token_windows(head)[:2]
     with pytest.raises(ValueError, match="max_windows"):
         token_windows("x", max_windows=0)
+
+
+# --- ICO/CUR: Pillow decodes an ICO's embedded PNG inside Image.open ---------------------------
+
+def ico_holding(frame: bytes, claimed: int = 16) -> bytes:
+    """An ICO whose directory claims ``claimed`` x ``claimed`` and whose one frame is ``frame``."""
+    entry = struct.pack("<BBBBHHII", claimed, claimed, 0, 0, 1, 32, len(frame), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + frame
+
+
+_ICO_SCRIPT = r"""
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+sys.path.insert(0, sys.argv[1])
+from tests.test_fuzz_inputs import png_zero_bomb
+from tests.test_hardening_inputs import ico_holding
+from clip_embeddings.errors import ImageLoadError
+from clip_embeddings.images import LoaderOptions, load_image
+
+data = ico_holding(png_zero_bomb(12_000, 12_000))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    load_image(data, LoaderOptions(max_pixels=int(sys.argv[2])))
+    reason = "DECODED"
+except ImageLoadError as e:
+    reason = e.reason
+seconds = time.perf_counter() - start
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(json.dumps({"reason": reason, "seconds": seconds, "grown": grown, "size": len(data)}))
+"""
+
+
+def _run_ico(max_pixels: int) -> dict:
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", _ICO_SCRIPT, str(root), str(max_pixels)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_ico_frame_is_checked_against_max_pixels_before_decoding():
+    # A small ICO claiming 16x16 that holds a 12000x12000 PNG cost +500 MB per item even with
+    # max_pixels=1e6: Pillow decodes the frame in Image.open, before the size is known outside.
+    refused = _run_ico(1_000_000)
+    assert refused["size"] < 1_000_000
+    assert "12000x12000" in refused["reason"] and "max_pixels=1000000" in refused["reason"], refused
+    assert refused["grown"] < 50 * 2**20 and refused["seconds"] < 1.0, refused
+    # Control: with the limit above the frame's size Pillow does decode it, and memory shows it.
+    allowed = _run_ico(150_000_000)
+    assert allowed["grown"] > 100 * 2**20, allowed
+
+
+def dib_frame(width: int, height: int) -> bytes:
+    """A BMP without its file header, height doubled for the AND mask: an ICO/CUR frame."""
+    bmp = io.BytesIO()
+    Image.new("RGBA", (width, height), (10, 200, 30, 255)).save(bmp, "BMP")
+    dib = bytearray(bmp.getvalue()[14:])
+    struct.pack_into("<i", dib, 8, 2 * height)
+    return bytes(dib + bytes(((width + 31) // 32) * 4 * height))  # the (empty) AND mask
+
+
+def test_ico_bmp_frame_and_cur_are_checked_too():
+    ico = ico_holding(dib_frame(64, 64))
+    assert load_image(ico).size == (64, 64)
+    with pytest.raises(ImageLoadError, match="64x128 = 8192 pixels, more than max_pixels=1000"):
+        load_image(ico, LoaderOptions(max_pixels=1000))
+    cur = bytearray(ico_holding(dib_frame(64, 64)))
+    cur[2] = 2  # type 2: a cursor
+    assert Image.open(io.BytesIO(bytes(cur))).format == "CUR"
+    assert load_image(bytes(cur)).size == (64, 64)
+    with pytest.raises(ImageLoadError, match="max_pixels=1000"):
+        load_image(bytes(cur), LoaderOptions(max_pixels=1000))
+
+
+def test_pixel_limit_hook_is_per_call_and_leaves_pillow_alone_outside():
+    # The hook only adds this call's max_pixels; outside decode_image Pillow's own limit applies.
+    big = io.BytesIO()
+    Image.new("L", (200, 200)).save(big, "PNG")
+    with pytest.raises(ImageLoadError, match="max_pixels"):
+        load_image(big.getvalue(), LoaderOptions(max_pixels=100))
+    assert Image.open(io.BytesIO(big.getvalue())).size == (200, 200)
+    assert load_image(big.getvalue()).size == (200, 200)
