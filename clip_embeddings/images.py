@@ -47,6 +47,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
@@ -643,40 +644,65 @@ def _network_reason(e: BaseException, deadline: _Deadline, timeout: float) -> st
     return f"connection error: {type(e).__name__}: {e}"
 
 
+# Content-Encodings decoded, as zlib window bits. A server may compress even unasked (S3 objects
+# stored with Content-Encoding: gzip): the image inside is decoded, and max_bytes bounds both the
+# bytes received and the bytes they inflate to, so a gzip bomb stops at max_bytes + 1.
+_CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _declared_length(response, fail) -> Optional[int]:
+    declared = response.headers.get("Content-Length")
+    if declared is None:
+        return None
+    text = declared.strip()
+    if not text.isdigit() or not text.isascii():  # "-5", "1e3", "12, 12": the size is unknown
+        raise fail(f"invalid Content-Length header {_shorten(declared, 40)!r} (not a byte count)")
+    return int(text)
+
+
 def _read_body(response, deadline: _Deadline, fail, options: LoaderOptions,
                timeout: float) -> bytes:
     status = getattr(response, "status", None) or response.getcode()
     if status != 200:
         raise fail(f"HTTP {status} {getattr(response, 'reason', '')}".rstrip())
     limit = options.max_bytes
-    declared = response.headers.get("Content-Length")
-    try:
-        length = int(declared) if declared is not None else None
-    except ValueError:
-        length = None
+    length = _declared_length(response, fail)
     if length is not None and length > limit:
         raise fail(f"response larger than {limit} bytes (Content-Length: {length})")
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("identity", *_CONTENT_ENCODINGS):
+        raise fail(f"unsupported Content-Encoding {_shorten(encoding, 40)!r} (identity, gzip and "
+                   "deflate are decoded)")
+    inflater = zlib.decompressobj(_CONTENT_ENCODINGS[encoding]) if encoding in _CONTENT_ENCODINGS else None
     chunks: list[bytes] = []
-    total = 0
+    received = total = 0  # bytes on the wire, bytes of content
     try:
         while True:
-            chunk = response.read(min(_CHUNK, limit + 1 - total))
+            chunk = response.read(min(_CHUNK, limit + 1 - received))
             if not chunk:
                 break
+            received += len(chunk)
+            if inflater is not None:
+                chunk = inflater.decompress(chunk, limit + 1 - total)  # never more than we may keep
             chunks.append(chunk)
             total += len(chunk)
-            if total > limit:
-                raise fail(f"response larger than {limit} bytes (max_bytes)")
+            if received > limit or total > limit:
+                what = "decoded response" if total > limit and inflater is not None else "response"
+                raise fail(f"{what} larger than {limit} bytes (max_bytes)")
             if deadline.expired:
                 break
     except ImageLoadError:
         raise
+    except zlib.error as e:
+        raise fail(f"invalid {encoding} response body ({e})") from None
     except (OSError, http.client.HTTPException, ValueError) as e:
         raise fail(_network_reason(e, deadline, timeout)) from None
     if deadline.expired:
-        raise fail(f"timed out after {timeout:g} s (url_timeout) with {total} bytes received")
-    if length is not None and total < length:
-        raise fail(f"connection closed after {total} of {length} bytes")
+        raise fail(f"timed out after {timeout:g} s (url_timeout) with {received} bytes received")
+    if length is not None and received < length:
+        raise fail(f"connection closed after {received} of {length} bytes")
+    if inflater is not None and not inflater.eof:
+        raise fail(f"truncated {encoding} response body ({received} bytes received)")
     if total == 0:
         raise fail("empty response (0 bytes)")
     return b"".join(chunks)
@@ -714,11 +740,11 @@ class _OverPixelLimit(Image.DecompressionBombError):
         self.size = size
 
 
-def _bomb_check(size: tuple[int, int]) -> None:
+def _bomb_check(size: tuple[int, int], *args, **kwargs) -> None:
     limit = _pixel_limit.get()
     if limit is not None and size[0] * size[1] > limit:
         raise _OverPixelLimit(tuple(size))
-    _pillow_bomb_check(size)
+    _pillow_bomb_check(size, *args, **kwargs)  # Pillow's signature varies (error_only=, ...)
 
 
 if getattr(Image._decompression_bomb_check, "__module__", None) != __name__:  # once, even on reload

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import io
 import json
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from clip_embeddings.errors import ImageLoadError
 from clip_embeddings.images import LoaderOptions, load_image
 from clip_embeddings.embedding import MAX_TEXT_WINDOWS
 from clip_embeddings.tokenizer import get_tokenizer, token_windows
+from tests.servers import serving
 
 
 def test_chunked_text_is_capped_at_max_windows(tiny_model_path):
@@ -117,3 +121,79 @@ def test_pixel_limit_hook_is_per_call_and_leaves_pillow_alone_outside():
         load_image(big.getvalue(), LoaderOptions(max_pixels=100))
     assert Image.open(io.BytesIO(big.getvalue())).size == (200, 200)
     assert load_image(big.getvalue()).size == (200, 200)
+
+
+# --- HTTP bodies: Content-Length and Content-Encoding -----------------------------------------
+
+def _png(size=(40, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 10)).save(out, "PNG")
+    return out.getvalue()
+
+
+class _BodyHandler(http.server.BaseHTTPRequestHandler):
+    """Each path sends a PNG (or a bomb) with the headers the path names."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        png = _png()
+        gz = gzip.compress(png)
+        bodies = {
+            "/negative-length": (png, {"Content-Length": "-5"}),
+            "/junk-length": (png, {"Content-Length": "12abc"}),
+            "/gzip": (gz, {"Content-Encoding": "gzip", "Content-Length": str(len(gz))}),
+            "/deflate": (zlib.compress(png), {"Content-Encoding": "deflate"}),
+            "/gzip-bomb": (gzip.compress(bytes(20 * 2**20)), {"Content-Encoding": "gzip"}),
+            "/gzip-truncated": (gz[: len(gz) // 2], {"Content-Encoding": "gzip"}),
+            "/gzip-garbage": (b"not gzip at all", {"Content-Encoding": "gzip"}),
+            "/brotli": (png, {"Content-Encoding": "br"}),
+        }
+        body, headers = bodies[self.path]
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def body_server():
+    with serving(_BodyHandler) as server:
+        yield server.url
+
+
+def _reason(url: str, **options) -> str:
+    with pytest.raises(ImageLoadError) as info:
+        load_image(url, LoaderOptions(url_timeout=5, **options))
+    return info.value.reason
+
+
+def test_content_length_must_be_a_byte_count(body_server, no_proxy):
+    assert "invalid Content-Length header '-5'" in _reason(body_server + "/negative-length")
+    assert "invalid Content-Length header '12abc'" in _reason(body_server + "/junk-length")
+
+
+def test_gzip_and_deflate_bodies_are_decoded_within_max_bytes(body_server, no_proxy):
+    # Decision (issue 15): a valid image sent compressed is decoded, with max_bytes applied to
+    # the decoded size as well as to the bytes received.
+    for path in ("/gzip", "/deflate"):
+        image = load_image(body_server + path)
+        assert image.size == (40, 30) and image.getpixel((3, 3)) == (200, 30, 10)
+    reason = _reason(body_server + "/gzip-bomb", max_bytes=2**20)
+    assert reason == f"decoded response larger than {2**20} bytes (max_bytes)"
+    assert "truncated gzip response body" in _reason(body_server + "/gzip-truncated")
+    assert "invalid gzip response body" in _reason(body_server + "/gzip-garbage")
+    assert "unsupported Content-Encoding 'br'" in _reason(body_server + "/brotli")
+
+
+def test_premultiplied_la_converts_like_la():
+    la = Image.new("LA", (4, 4), (100, 255))
+    premultiplied = la.convert("La")
+    assert premultiplied.mode == "La"
+    assert load_image(premultiplied).getpixel((0, 0)) == load_image(la).getpixel((0, 0)) == (100, 100, 100)
+    half = Image.new("LA", (4, 4), (0, 128)).convert("La")  # black at half alpha, on white
+    assert load_image(half).getpixel((0, 0)) == load_image(half.convert("LA")).getpixel((0, 0))
