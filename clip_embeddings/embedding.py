@@ -17,7 +17,7 @@ import json
 import os
 import threading
 import warnings
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .cache import EmbeddingCache
+from .cache import CacheWarning, EmbeddingCache
 from .download import cache_dir
 from .errors import ImageLoadError, ModelLoadError, ModelMismatchError
 from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions, decode_image, describe, read_image_source
@@ -307,8 +307,15 @@ class ClipEF:
     def cache(self) -> EmbeddingCache | None:
         if self.cache_setting is False:
             return None
-        path = cache_dir() / "embeddings.sqlite3" if self.cache_setting is True else Path(self.cache_setting)
-        return _open_cache(str(path))
+        if self.cache_setting is not True:
+            return _open_cache(str(Path(self.cache_setting)))
+        try:
+            root = cache_dir()
+        except OSError as e:  # a read-only home: the cache is an optimisation, embed without it
+            _warn_once(f"no embedding cache: its folder cannot be created ({e}); set CLIP_CACHE_DIR to a "
+                       "writable folder, or pass cache=False")
+            return None
+        return _open_cache(str(root / "embeddings.sqlite3"))
 
     # -- texts --
 
@@ -544,9 +551,33 @@ class ClipEF:
         return f"ClipEF(model={self.model_name!r}, device={self.device!r}, dtype={self.dtype!r}, batch_size={self.batch_size})"
 
 
-@lru_cache(maxsize=None)
+_MAX_OPEN_CACHES = 8
+_open_caches: OrderedDict[str, EmbeddingCache] = OrderedDict()
+_open_caches_lock = threading.Lock()
+_warned: set[str] = set()
+
+
 def _open_cache(path: str) -> EmbeddingCache:
-    return EmbeddingCache(path)
+    """The process's cache object for ``path``; the 8 most recently used stay open, older ones closed.
+
+    Databases rebuild functions constantly, so the objects are shared; but each open cache holds
+    file descriptors, and a process cycling through many cache paths must not run out of them.
+    A closed cache still in use by some call simply reopens.
+    """
+    with _open_caches_lock:
+        cache = _open_caches.pop(path, None)
+        if cache is None:  # not `or`: an empty cache has len() 0
+            cache = EmbeddingCache(path)
+        _open_caches[path] = cache
+        while len(_open_caches) > _MAX_OPEN_CACHES:
+            _open_caches.popitem(last=False)[1].close()
+        return cache
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, CacheWarning, stacklevel=3)
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
