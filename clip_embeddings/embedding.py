@@ -516,7 +516,10 @@ class ClipEF:
         return {
             "model": self.model_name, "fingerprint": fp, "dim": dim, "batch_size": self.batch_size,
             "dtype": self.dtype, "long_text": self.long_text, "fast_decode": self.fast_decode,
-            "version": CONFIG_VERSION,
+            # The input policy travels with the function: a collection made with allow_urls=False
+            # must not fetch URLs once reopened (Chroma rebuilds the function from this).
+            "loader_options": self.loader_options.to_config(), "on_error": self.on_error,
+            "num_workers": self.num_workers, "version": CONFIG_VERSION,
         }
 
     @classmethod
@@ -526,6 +529,9 @@ class ClipEF:
         return cls(
             model=config["model"], batch_size=config.get("batch_size", 32), dtype=config.get("dtype", "auto"),
             long_text=config.get("long_text", "truncate"), fast_decode=config.get("fast_decode", True),
+            # Configs written before these keys existed get the defaults they were made with.
+            on_error=config.get("on_error", "raise"), num_workers=config.get("num_workers", 4),
+            loader_options=LoaderOptions.from_config(config.get("loader_options")),
             expected_fingerprint=config["fingerprint"], expected_dim=config["dim"],
         )
 
@@ -536,6 +542,15 @@ class ClipEF:
             raise ValueError(f"not a clip-embeddings config: missing {', '.join(missing)} in {config}")
         if config.get("version", CONFIG_VERSION) > CONFIG_VERSION:
             raise ValueError(f"config version {config['version']} is newer than this clip-embeddings understands; upgrade it")
+        if config.get("on_error", "raise") not in ("raise", "skip"):
+            raise ValueError(f"config on_error must be 'raise' or 'skip', not {config['on_error']!r}")
+        workers = config.get("num_workers", 4)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"config num_workers must be an int >= 1, not {workers!r}")
+        try:
+            LoaderOptions.from_config(config.get("loader_options"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config loader_options: {e}") from None
 
     def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
         if "model" in new_config and new_config.get("fingerprint") not in (None, old_config.get("fingerprint")):

@@ -31,6 +31,7 @@ import base64
 import binascii
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import hashlib
 import http.client
@@ -117,8 +118,10 @@ class LoaderOptions:
         allow_urls: ``False`` refuses http(s) URLs (local files, bytes and data URIs still work).
         allow_private_addresses: ``False`` refuses to connect to any address that is not public
             (loopback, private, link-local such as cloud metadata at 169.254.169.254, CGNAT,
-            multicast, reserved), for the first URL and every redirect. It is checked on the
-            socket actually connected, after DNS resolution, so DNS rebinding cannot slip past;
+            multicast, reserved), for the first URL and every redirect. The host is resolved
+            once, every address it resolves to must be public, and the socket connects to those
+            checked addresses: no connection is ever opened to a refused one (the answer is the
+            same for open and closed ports) and DNS rebinding has no second lookup to exploit;
             proxies from the environment are not used then. Turn it off for services that fetch
             URLs given by untrusted users (SSRF). The default ``True`` keeps local servers usable.
 
@@ -134,6 +137,40 @@ class LoaderOptions:
     max_redirects: int = 5
     allow_urls: bool = True
     allow_private_addresses: bool = True
+
+    def to_config(self) -> dict[str, object]:
+        """The options as a JSON-ready dict, for a database to store with its embedding function.
+
+        Example:
+            >>> LoaderOptions(allow_urls=False).to_config()["allow_urls"]
+            False
+        """
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: Optional[dict]) -> "LoaderOptions":
+        """Rebuild options from :meth:`to_config`'s dict; absent keys take their defaults.
+
+        Example:
+            >>> LoaderOptions.from_config({"allow_private_addresses": False}).allow_private_addresses
+            False
+        """
+        if config is None:
+            return DEFAULT_OPTIONS
+        if not isinstance(config, dict):
+            raise ValueError(f"loader_options must be a dict, not {type(config).__name__}")
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown loader_options {unknown}; known: {sorted(fields)}")
+        for name, value in config.items():
+            want = bool if name.startswith("allow_") else float if name == "url_timeout" else int
+            ok = isinstance(value, bool) if want is bool else (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (want is float or float(value).is_integer()))
+            if not ok:
+                raise ValueError(f"loader_options[{name!r}] must be {want.__name__}, not {value!r}")
+        return cls(**{k: (int(v) if isinstance(v, float) and k != "url_timeout" else v) for k, v in config.items()})
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -477,21 +514,44 @@ class _NotPublic(OSError):
     """Raised on connecting to a non-public address when private addresses are not allowed."""
 
 
-def _connect_public(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
-    """``socket.create_connection`` that refuses a non-public peer, before any byte is sent."""
-    sock = socket.create_connection(address, timeout, source_address)
-    try:
-        ip = ipaddress.ip_address(sock.getpeername()[0].split("%", 1)[0])
-    except (OSError, ValueError):
-        sock.close()
-        raise _NotPublic("cannot tell which address was connected") from None
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if not ip.is_global or ip.is_multicast:
-        sock.close()
-        raise _NotPublic(f"refused to connect to {ip} ({address[0]}): not a public address "
-                         "(LoaderOptions.allow_private_addresses is False)")
-    return sock
+    return ip.is_global and not ip.is_multicast
+
+
+def _connect_public(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+    """``socket.create_connection`` to public addresses only: resolve, check every address, connect.
+
+    The host is resolved once; if any of its addresses is not public the fetch is refused before
+    any socket exists, so nothing reaches a private address, the answer is the same whether its
+    port is open or closed, and a second resolution cannot swap in another address (DNS
+    rebinding): the socket connects to the very addresses that were checked.
+    """
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"cannot resolve {host!r} ({e.strerror})") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    refused = sorted({str(ip) for ip in addresses if not _is_public(ip)})
+    if refused or not addresses:
+        raise _NotPublic(f"refused to connect to {host}: it resolves to {', '.join(refused) or 'nothing'}, "
+                         "not a public address (LoaderOptions.allow_private_addresses is False)")
+    error: Optional[OSError] = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            error = e
+            sock.close()
+    raise error  # type: ignore[misc]  # infos is not empty here
 
 
 class _WatchedHTTPConnection(http.client.HTTPConnection):
