@@ -22,6 +22,7 @@ from clip_embeddings.images import LoaderOptions, load_image
 from clip_embeddings.embedding import MAX_TEXT_WINDOWS
 from clip_embeddings.tokenizer import get_tokenizer, token_windows
 from tests.servers import serving
+from tests.test_fuzz_inputs import hostile_server  # noqa: F401 (a fixture)
 
 
 def test_chunked_text_is_capped_at_max_windows(tiny_model_path):
@@ -197,3 +198,29 @@ def test_premultiplied_la_converts_like_la():
     assert load_image(premultiplied).getpixel((0, 0)) == load_image(la).getpixel((0, 0)) == (100, 100, 100)
     half = Image.new("LA", (4, 4), (0, 128)).convert("La")  # black at half alpha, on white
     assert load_image(half).getpixel((0, 0)) == load_image(half.convert("LA")).getpixel((0, 0))
+
+
+# --- the first round's fuzz corpus, through the LanceDB registry function ----------------------
+
+@pytest.mark.slow
+def test_hostile_batch_through_the_lancedb_function(tmp_path, hostile_server, tiny_model_path):
+    from lancedb.embeddings import get_registry
+
+    from tests.test_fuzz_inputs import OPTIONS, corpus
+
+    url, _ = hostile_server
+    cases = corpus(tmp_path, url)
+    fn = get_registry().get("clip-embeddings").create(model=str(tiny_model_path), on_error="skip",
+                                                      loader_options=OPTIONS, batch_size=16)
+    assert fn.clip().loader_options == OPTIONS
+    vectors = fn.compute_source_embeddings([c.item for c in cases])
+    assert len(vectors) == len(cases)
+    wrong = [f"item {i} [{c.category}] expected {c.expect}, got {'a vector' if v is not None else 'None'}"
+             for i, (c, v) in enumerate(zip(cases, vectors))
+             if c.expect != "either" and (v is not None) != (c.expect == "embed")]
+    assert not wrong, "\n".join(wrong)
+    # The same rows as ClipEF gives for the same batch (bit-flipped files decode, or not, alike).
+    direct = ce.ClipEF(str(tiny_model_path), cache=False, loader_options=OPTIONS).encode_images(
+        [c.item for c in cases], on_error="skip")
+    assert direct.indices == [i for i, v in enumerate(vectors) if v is not None]
+    np.testing.assert_allclose(np.stack([vectors[i] for i in direct.indices]), direct.embeddings, atol=1e-5)
