@@ -197,8 +197,11 @@ class EmbeddingCache:
                 found.update((d, np.frombuffer(v, dtype=np.float32)) for d, v, _ in rows)
                 stale = [d for d, _, used in rows if used < now - _TOUCH_EVERY_NS]
                 if stale:  # least-recently-used needs "used"; rewriting it on every hit would be a write per read
-                    db.execute(f"UPDATE embeddings SET used = ? WHERE fingerprint = ? AND digest IN "
-                               f"({','.join('?' * len(stale))})", [now, fingerprint, *stale])
+                    try:
+                        db.execute(f"UPDATE embeddings SET used = ? WHERE fingerprint = ? AND digest IN "
+                                   f"({','.join('?' * len(stale))})", [now, fingerprint, *stale])
+                    except sqlite3.OperationalError:  # read-only or busy: the hits are still good
+                        pass
             return found
 
         return self._guard(read, {})
