@@ -417,6 +417,36 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Show, prune or clear the embedding cache (``stats`` / ``prune`` / ``clear``)."""
+    from .cache import EmbeddingCache, parse_size
+    from .download import cache_dir
+
+    path = Path(args.path) if args.path else cache_dir() / "embeddings.sqlite3"
+    if args.action != "stats" and not path.is_file():
+        raise UsageError(f"no embedding cache at {path} (nothing to {args.action})")
+    max_bytes = parse_size(args.max_size) if args.max_size is not None else None
+    cache = EmbeddingCache(path, max_bytes=max_bytes)
+    document: dict[str, Any] = {"action": args.action}
+    if args.action == "prune":
+        document["removed"] = cache.prune()
+    elif args.action == "clear":
+        document["removed"] = cache.clear()
+    stats = cache.stats()
+    cache.close()
+    if stats["disabled"]:
+        raise UsageError(f"the embedding cache {path} cannot be used: {stats['disabled']}")
+    document.update(stats)
+    lines = [f"cache: {path}  (set CLIP_CACHE_DIR to move it, CLIP_CACHE_MAX_BYTES to change the cap)"]
+    if "removed" in document:
+        lines.append(f"removed {document['removed']} vector(s)")
+    lines.append(format_table(["entries", "models", "file digests", "live size", "on disk", "cap"], [[
+        stats["entries"], stats["models"], stats["file_digests"], _human_size(stats["live_bytes"]),
+        _human_size(stats["file_bytes"]), _human_size(stats["max_bytes"])]], align="rrrrrr"))
+    emit(args, document, lines)
+    return 0
+
+
 def benchmarks_script() -> Path:
     """Where ``benchmarks/run_all.py`` is in a source checkout (it is not part of the wheel)."""
     return Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
@@ -572,6 +602,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", parents=[debug], help="list model names and what is cached",
                        description="List the named models, whether each is in the cache folder, and its size.")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("cache", parents=[debug], help="show, prune or clear the embedding cache",
+                       description="The embedding cache keeps image vectors so re-indexing unchanged files "
+                                   "never runs the model. `stats` shows its size, `prune` evicts the least "
+                                   "recently used vectors down to the cap and compacts the file, `clear` "
+                                   "empties it.")
+    p.add_argument("action", choices=["stats", "prune", "clear"], help="what to do (default: stats)",
+                   nargs="?", default="stats")
+    p.add_argument("--path", default=None,
+                   help="the cache file (default: embeddings.sqlite3 in $CLIP_CACHE_DIR or ~/.cache/clip)")
+    p.add_argument("--max-size", default=None, metavar="SIZE",
+                   help="the cap for prune, e.g. 500M or 2G (default: $CLIP_CACHE_MAX_BYTES or 1G)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("bench", parents=[debug], help="run the benchmark suite (source checkout only)",
                        description="Run benchmarks/run_all.py with this Python; arguments after `bench` are "

@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .cache import EmbeddingCache
+from .cache import CacheWarning, EmbeddingCache
 from .download import cache_dir
 from .errors import ModelLoadError, ModelMismatchError
 from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions
@@ -37,6 +38,9 @@ from .tokenizer import get_tokenizer, token_windows
 
 CONFIG_VERSION = 1
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# long_text="chunk" embeds at most this many 75-token windows per text (about 20 KB of English):
+# one forward pass each, so a 1 MB text would otherwise cost thousands of them (66 s measured).
+MAX_TEXT_WINDOWS = 64
 
 
 # --- one model per process ------------------------------------------------------------------
@@ -169,7 +173,8 @@ class ClipEF:
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         batch_size: images or texts per forward pass.
         dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (fp16 on CUDA, fp32 on CPU).
-        long_text: ``"truncate"`` keeps the first 77 tokens; ``"chunk"`` averages 77-token windows.
+        long_text: ``"truncate"`` keeps the first 77 tokens; ``"chunk"`` averages 77-token windows
+            (the first ``MAX_TEXT_WINDOWS`` = 64 of them, about 4,800 tokens; the rest is ignored).
         cache: keep image embeddings in the sqlite cache (``True``), not (``False``), or a path.
         on_error: ``"raise"`` stops at the first bad image; ``"skip"`` embeds the rest and reports.
         fast_decode: decode large JPEGs at reduced scale (Pillow draft mode) when that is safe.
@@ -268,8 +273,15 @@ class ClipEF:
     def cache(self) -> EmbeddingCache | None:
         if self.cache_setting is False:
             return None
-        path = cache_dir() / "embeddings.sqlite3" if self.cache_setting is True else Path(self.cache_setting)
-        return _open_cache(str(path))
+        if self.cache_setting is not True:
+            return _open_cache(str(Path(self.cache_setting)))
+        try:
+            root = cache_dir()
+        except OSError as e:  # a read-only home: the cache is an optimisation, embed without it
+            _warn_once(f"no embedding cache: its folder cannot be created ({e}); set CLIP_CACHE_DIR to a "
+                       "writable folder, or pass cache=False")
+            return None
+        return _open_cache(str(root / "embeddings.sqlite3"))
 
     # -- texts --
 
@@ -292,9 +304,9 @@ class ClipEF:
         owners, sequences = [], []
         for i, text in enumerate(texts):
             if self.long_text == "chunk":
-                windows = token_windows(text, context)
+                windows = token_windows(text, context, max_windows=MAX_TEXT_WINDOWS)
             else:
-                ids = tokenizer.encode(text)[: context - 2]
+                ids = tokenizer.encode(text, max_ids=context - 2)[: context - 2]
                 windows = [[tokenizer.sot_token, *ids, tokenizer.eot_token]]
             owners += [i] * len(windows)
             sequences += windows
@@ -424,7 +436,10 @@ class ClipEF:
         return {
             "model": self.model_name, "fingerprint": fp, "dim": dim, "batch_size": self.batch_size,
             "dtype": self.dtype, "long_text": self.long_text, "fast_decode": self.fast_decode,
-            "version": CONFIG_VERSION,
+            # The input policy travels with the function: a collection made with allow_urls=False
+            # must not fetch URLs once reopened (Chroma rebuilds the function from this).
+            "loader_options": self.loader_options.to_config(), "on_error": self.on_error,
+            "num_workers": self.num_workers, "version": CONFIG_VERSION,
         }
 
     @classmethod
@@ -434,6 +449,9 @@ class ClipEF:
         return cls(
             model=config["model"], batch_size=config.get("batch_size", 32), dtype=config.get("dtype", "auto"),
             long_text=config.get("long_text", "truncate"), fast_decode=config.get("fast_decode", True),
+            # Configs written before these keys existed get the defaults they were made with.
+            on_error=config.get("on_error", "raise"), num_workers=config.get("num_workers", 4),
+            loader_options=LoaderOptions.from_config(config.get("loader_options")),
             expected_fingerprint=config["fingerprint"], expected_dim=config["dim"],
         )
 
@@ -444,6 +462,15 @@ class ClipEF:
             raise ValueError(f"not a clip-embeddings config: missing {', '.join(missing)} in {config}")
         if config.get("version", CONFIG_VERSION) > CONFIG_VERSION:
             raise ValueError(f"config version {config['version']} is newer than this clip-embeddings understands; upgrade it")
+        if config.get("on_error", "raise") not in ("raise", "skip"):
+            raise ValueError(f"config on_error must be 'raise' or 'skip', not {config['on_error']!r}")
+        workers = config.get("num_workers", 4)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"config num_workers must be an int >= 1, not {workers!r}")
+        try:
+            LoaderOptions.from_config(config.get("loader_options"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config loader_options: {e}") from None
 
     def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
         if "model" in new_config and new_config.get("fingerprint") not in (None, old_config.get("fingerprint")):
@@ -459,6 +486,30 @@ class ClipEF:
         return f"ClipEF(model={self.model_name!r}, device={self.device!r}, dtype={self.dtype!r}, batch_size={self.batch_size})"
 
 
-@lru_cache(maxsize=None)
+_MAX_OPEN_CACHES = 8
+_open_caches: OrderedDict[str, EmbeddingCache] = OrderedDict()
+_open_caches_lock = threading.Lock()
+_warned: set[str] = set()
+
+
 def _open_cache(path: str) -> EmbeddingCache:
-    return EmbeddingCache(path)
+    """The process's cache object for ``path``; the 8 most recently used stay open, older ones closed.
+
+    Databases rebuild functions constantly, so the objects are shared; but each open cache holds
+    file descriptors, and a process cycling through many cache paths must not run out of them.
+    A closed cache still in use by some call simply reopens.
+    """
+    with _open_caches_lock:
+        cache = _open_caches.pop(path, None)
+        if cache is None:  # not `or`: an empty cache has len() 0
+            cache = EmbeddingCache(path)
+        _open_caches[path] = cache
+        while len(_open_caches) > _MAX_OPEN_CACHES:
+            _open_caches.popitem(last=False)[1].close()
+        return cache
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, CacheWarning, stacklevel=3)

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
+import dataclasses
 import functools
 import hashlib
 import http.client
@@ -45,6 +48,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
@@ -114,8 +118,10 @@ class LoaderOptions:
         allow_urls: ``False`` refuses http(s) URLs (local files, bytes and data URIs still work).
         allow_private_addresses: ``False`` refuses to connect to any address that is not public
             (loopback, private, link-local such as cloud metadata at 169.254.169.254, CGNAT,
-            multicast, reserved), for the first URL and every redirect. It is checked on the
-            socket actually connected, after DNS resolution, so DNS rebinding cannot slip past;
+            multicast, reserved), for the first URL and every redirect. The host is resolved
+            once, every address it resolves to must be public, and the socket connects to those
+            checked addresses: no connection is ever opened to a refused one (the answer is the
+            same for open and closed ports) and DNS rebinding has no second lookup to exploit;
             proxies from the environment are not used then. Turn it off for services that fetch
             URLs given by untrusted users (SSRF). The default ``True`` keeps local servers usable.
 
@@ -131,6 +137,40 @@ class LoaderOptions:
     max_redirects: int = 5
     allow_urls: bool = True
     allow_private_addresses: bool = True
+
+    def to_config(self) -> dict[str, object]:
+        """The options as a JSON-ready dict, for a database to store with its embedding function.
+
+        Example:
+            >>> LoaderOptions(allow_urls=False).to_config()["allow_urls"]
+            False
+        """
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: Optional[dict]) -> "LoaderOptions":
+        """Rebuild options from :meth:`to_config`'s dict; absent keys take their defaults.
+
+        Example:
+            >>> LoaderOptions.from_config({"allow_private_addresses": False}).allow_private_addresses
+            False
+        """
+        if config is None:
+            return DEFAULT_OPTIONS
+        if not isinstance(config, dict):
+            raise ValueError(f"loader_options must be a dict, not {type(config).__name__}")
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown loader_options {unknown}; known: {sorted(fields)}")
+        for name, value in config.items():
+            want = bool if name.startswith("allow_") else float if name == "url_timeout" else int
+            ok = isinstance(value, bool) if want is bool else (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (want is float or float(value).is_integer()))
+            if not ok:
+                raise ValueError(f"loader_options[{name!r}] must be {want.__name__}, not {value!r}")
+        return cls(**{k: (int(v) if isinstance(v, float) and k != "url_timeout" else v) for k, v in config.items()})
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -474,21 +514,44 @@ class _NotPublic(OSError):
     """Raised on connecting to a non-public address when private addresses are not allowed."""
 
 
-def _connect_public(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
-    """``socket.create_connection`` that refuses a non-public peer, before any byte is sent."""
-    sock = socket.create_connection(address, timeout, source_address)
-    try:
-        ip = ipaddress.ip_address(sock.getpeername()[0].split("%", 1)[0])
-    except (OSError, ValueError):
-        sock.close()
-        raise _NotPublic("cannot tell which address was connected") from None
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if not ip.is_global or ip.is_multicast:
-        sock.close()
-        raise _NotPublic(f"refused to connect to {ip} ({address[0]}): not a public address "
-                         "(LoaderOptions.allow_private_addresses is False)")
-    return sock
+    return ip.is_global and not ip.is_multicast
+
+
+def _connect_public(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+    """``socket.create_connection`` to public addresses only: resolve, check every address, connect.
+
+    The host is resolved once; if any of its addresses is not public the fetch is refused before
+    any socket exists, so nothing reaches a private address, the answer is the same whether its
+    port is open or closed, and a second resolution cannot swap in another address (DNS
+    rebinding): the socket connects to the very addresses that were checked.
+    """
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"cannot resolve {host!r} ({e.strerror})") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    refused = sorted({str(ip) for ip in addresses if not _is_public(ip)})
+    if refused or not addresses:
+        raise _NotPublic(f"refused to connect to {host}: it resolves to {', '.join(refused) or 'nothing'}, "
+                         "not a public address (LoaderOptions.allow_private_addresses is False)")
+    error: Optional[OSError] = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            error = e
+            sock.close()
+    raise error  # type: ignore[misc]  # infos is not empty here
 
 
 class _WatchedHTTPConnection(http.client.HTTPConnection):
@@ -641,40 +704,65 @@ def _network_reason(e: BaseException, deadline: _Deadline, timeout: float) -> st
     return f"connection error: {type(e).__name__}: {e}"
 
 
+# Content-Encodings decoded, as zlib window bits. A server may compress even unasked (S3 objects
+# stored with Content-Encoding: gzip): the image inside is decoded, and max_bytes bounds both the
+# bytes received and the bytes they inflate to, so a gzip bomb stops at max_bytes + 1.
+_CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _declared_length(response, fail) -> Optional[int]:
+    declared = response.headers.get("Content-Length")
+    if declared is None:
+        return None
+    text = declared.strip()
+    if not text.isdigit() or not text.isascii():  # "-5", "1e3", "12, 12": the size is unknown
+        raise fail(f"invalid Content-Length header {_shorten(declared, 40)!r} (not a byte count)")
+    return int(text)
+
+
 def _read_body(response, deadline: _Deadline, fail, options: LoaderOptions,
                timeout: float) -> bytes:
     status = getattr(response, "status", None) or response.getcode()
     if status != 200:
         raise fail(f"HTTP {status} {getattr(response, 'reason', '')}".rstrip())
     limit = options.max_bytes
-    declared = response.headers.get("Content-Length")
-    try:
-        length = int(declared) if declared is not None else None
-    except ValueError:
-        length = None
+    length = _declared_length(response, fail)
     if length is not None and length > limit:
         raise fail(f"response larger than {limit} bytes (Content-Length: {length})")
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("identity", *_CONTENT_ENCODINGS):
+        raise fail(f"unsupported Content-Encoding {_shorten(encoding, 40)!r} (identity, gzip and "
+                   "deflate are decoded)")
+    inflater = zlib.decompressobj(_CONTENT_ENCODINGS[encoding]) if encoding in _CONTENT_ENCODINGS else None
     chunks: list[bytes] = []
-    total = 0
+    received = total = 0  # bytes on the wire, bytes of content
     try:
         while True:
-            chunk = response.read(min(_CHUNK, limit + 1 - total))
+            chunk = response.read(min(_CHUNK, limit + 1 - received))
             if not chunk:
                 break
+            received += len(chunk)
+            if inflater is not None:
+                chunk = inflater.decompress(chunk, limit + 1 - total)  # never more than we may keep
             chunks.append(chunk)
             total += len(chunk)
-            if total > limit:
-                raise fail(f"response larger than {limit} bytes (max_bytes)")
+            if received > limit or total > limit:
+                what = "decoded response" if total > limit and inflater is not None else "response"
+                raise fail(f"{what} larger than {limit} bytes (max_bytes)")
             if deadline.expired:
                 break
     except ImageLoadError:
         raise
+    except zlib.error as e:
+        raise fail(f"invalid {encoding} response body ({e})") from None
     except (OSError, http.client.HTTPException, ValueError) as e:
         raise fail(_network_reason(e, deadline, timeout)) from None
     if deadline.expired:
-        raise fail(f"timed out after {timeout:g} s (url_timeout) with {total} bytes received")
-    if length is not None and total < length:
-        raise fail(f"connection closed after {total} of {length} bytes")
+        raise fail(f"timed out after {timeout:g} s (url_timeout) with {received} bytes received")
+    if length is not None and received < length:
+        raise fail(f"connection closed after {received} of {length} bytes")
+    if inflater is not None and not inflater.eof:
+        raise fail(f"truncated {encoding} response body ({received} bytes received)")
     if total == 0:
         raise fail("empty response (0 bytes)")
     return b"".join(chunks)
@@ -687,10 +775,49 @@ def _check_pixels(width: int, height: int, source: str, options: LoaderOptions) 
     if width <= 0 or height <= 0:
         raise ImageLoadError(f"image has no pixels ({width}x{height})", source=source)
     if width * height > options.max_pixels:
-        raise ImageLoadError(
-            f"image too large: {width}x{height} = {width * height} pixels, more than max_pixels="
-            f"{options.max_pixels} (decompression-bomb guard; raise LoaderOptions.max_pixels "
-            "if this image is expected)", source=source)
+        raise _too_many_pixels(width, height, source, options)
+
+
+def _too_many_pixels(width: int, height: int, source: str, options: LoaderOptions) -> ImageLoadError:
+    return ImageLoadError(
+        f"image too large: {width}x{height} = {width * height} pixels, more than max_pixels="
+        f"{options.max_pixels} (decompression-bomb guard; raise LoaderOptions.max_pixels "
+        "if this image is expected)", source=source)
+
+
+# Pillow asks ``Image._decompression_bomb_check(size)`` before it decodes anything: in
+# ``Image.open`` and for each image nested inside another (the PNG or BMP frames of an ICO, which
+# ``Image.open`` decodes at once; ICNS members; GIF frames on seek). Its limit is one global, so
+# the hook below adds this thread's ``max_pixels`` while :func:`decode_image` runs: one check, at
+# the point where every format reveals a size, before a single pixel is allocated.
+_pixel_limit: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("clip_max_pixels", default=None)
+_pillow_bomb_check = Image._decompression_bomb_check
+
+
+class _OverPixelLimit(Image.DecompressionBombError):
+    def __init__(self, size: tuple[int, int]):
+        super().__init__(f"{size[0]}x{size[1]}")
+        self.size = size
+
+
+def _bomb_check(size: tuple[int, int], *args, **kwargs) -> None:
+    limit = _pixel_limit.get()
+    if limit is not None and size[0] * size[1] > limit:
+        raise _OverPixelLimit(tuple(size))
+    _pillow_bomb_check(size, *args, **kwargs)  # Pillow's signature varies (error_only=, ...)
+
+
+if getattr(Image._decompression_bomb_check, "__module__", None) != __name__:  # once, even on reload
+    Image._decompression_bomb_check = _bomb_check
+
+
+@contextlib.contextmanager
+def _max_pixels(limit: int) -> Iterator[None]:
+    token = _pixel_limit.set(limit)
+    try:
+        yield
+    finally:
+        _pixel_limit.reset(token)
 
 
 def _image_digest(image: Image.Image, source: str) -> str:
@@ -818,11 +945,24 @@ def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
     if raw.data is None:
         raise ImageLoadError("nothing to decode (RawImage has neither data nor image)",
                              source=source)
-    data = raw.data
+    with _max_pixels(options.max_pixels):
+        image = _open_and_load(raw.data, source, options, draft_resolution)
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # malformed EXIF: the pixels are fine, keep them as stored
+        pass
+    return _convert(image, source)
+
+
+def _open_and_load(data: bytes, source: str, options: LoaderOptions,
+                   draft_resolution: Optional[int]) -> Image.Image:
+    """``Image.open`` then ``load``, under :func:`_max_pixels` (set by the caller)."""
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageLoadError(_unidentified_reason(data), source=source) from None
+    except _OverPixelLimit as e:  # an ICO's frame, refused before Pillow decoded it
+        raise _too_many_pixels(*e.size, source, options) from None
     except Exception as e:  # DecompressionBombError, SyntaxError from broken headers, ...
         raise ImageLoadError(_pillow_reason(e), source=source) from e
     _check_pixels(image.width, image.height, source, options)
@@ -836,13 +976,11 @@ def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
             side = max(1, math.ceil(DRAFT_MARGIN * draft_resolution))
             image.draft("RGB", (side, side))
         image.load()  # decodes everything; a truncated file raises (LOAD_TRUNCATED_IMAGES False)
+    except _OverPixelLimit as e:
+        raise _too_many_pixels(*e.size, source, options) from None
     except Exception as e:
         raise ImageLoadError(_pillow_reason(e), source=source) from e
-    try:
-        ImageOps.exif_transpose(image, in_place=True)
-    except Exception:  # malformed EXIF: the pixels are fine, keep them as stored
-        pass
-    return _convert(image, source)
+    return image
 
 
 def _convert(image: Image.Image, source: str) -> Image.Image:
@@ -854,7 +992,12 @@ def _convert(image: Image.Image, source: str) -> Image.Image:
         raise ImageLoadError(_pillow_reason(e), source=source) from e
 
 
+_PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}  # Pillow converts these only to their straight-alpha twin
+
+
 def _composite_on_white(image: Image.Image) -> Image.Image:
+    if image.mode in _PREMULTIPLIED:
+        image = image.convert(_PREMULTIPLIED[image.mode])
     rgba = image if image.mode == "RGBA" else image.convert("RGBA")
     alpha = rgba.getchannel("A")
     if alpha.getextrema()[0] == 255:  # fully opaque

@@ -72,7 +72,11 @@ def load(
     if jit:
         if not is_torchscript(path):
             raise ModelLoadError(f"{path}: jit=True needs a TorchScript archive (OpenAI's .pt files); use jit=False.")
-        scripted = torch.jit.load(str(path), map_location=device).eval()
+        try:
+            scripted = torch.jit.load(str(path), map_location=device).eval()
+        except RuntimeError as e:  # torch's own reader: a damaged archive or code it cannot compile
+            first = (str(e).strip().splitlines() or ["RuntimeError"])[0][:300]
+            raise ModelLoadError(f"{path}: torch.jit.load cannot read this TorchScript archive ({first}).") from None
         return scripted, Preprocess(input_resolution(scripted.state_dict()))
     checkpoint = read_checkpoint(path)
     model = build_model(checkpoint.state_dict, quick_gelu=checkpoint.quick_gelu)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -304,35 +305,99 @@ def build_model(state_dict: dict[str, torch.Tensor], *, quick_gelu: bool = True)
             "Accepted: OpenAI CLIP checkpoints, open_clip checkpoints of OpenAI-style models, Hugging Face CLIP folders."
         )
 
-    image_resolution = input_resolution(state_dict)
-    if vit:
-        vision_width, _, vision_patch_size, _ = state_dict["visual.conv1.weight"].shape
-        vision_layers = _count(state_dict, "visual.transformer.resblocks.")
-    else:
-        vision_layers = tuple(_count(state_dict, f"visual.layer{i}.") for i in (1, 2, 3, 4))
-        vision_width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
-        vision_patch_size = None
-
-    transformer_width = state_dict["ln_final.weight"].shape[0]
-    model = CLIP(
-        embed_dim=state_dict["text_projection"].shape[1],
-        image_resolution=image_resolution,
-        vision_layers=vision_layers,
-        vision_width=vision_width,
-        vision_patch_size=vision_patch_size,
-        context_length=state_dict["positional_embedding"].shape[0],
-        vocab_size=state_dict["token_embedding.weight"].shape[0],
-        transformer_width=transformer_width,
-        transformer_heads=transformer_width // 64,
-        transformer_layers=_count(state_dict, "transformer.resblocks."),
-        quick_gelu=quick_gelu,
-    )
+    hyper = _hyper_parameters(state_dict, vit, quick_gelu)
     weights = {k: v for k, v in state_dict.items() if k not in _NON_PARAMETERS}
+    _check_fits(hyper, weights)
+    model = CLIP(**hyper)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise ModelLoadError(f"the state dict does not fit the CLIP architecture its shapes describe: {e}") from None
     return model.float().eval()
+
+
+_DIMS = {  # the tensors hyper-parameters are read from, and how many dimensions each must have
+    "text_projection": 2, "positional_embedding": 2, "token_embedding.weight": 2, "ln_final.weight": 1,
+    "visual.conv1.weight": 4, "visual.positional_embedding": 2, "visual.proj": 2,
+    "visual.attnpool.positional_embedding": 2, "visual.layer1.0.conv1.weight": 4,
+}
+
+
+def _hyper_parameters(state_dict: dict[str, torch.Tensor], vit: bool, quick_gelu: bool) -> dict[str, Any]:
+    """CLIP's constructor arguments, read off the shapes, each checked for what the model needs."""
+    def bad(message: str) -> ModelLoadError:
+        return ModelLoadError(f"not a CLIP state dict: {message}")
+
+    for name, dims in _DIMS.items():
+        tensor = state_dict.get(name)
+        if tensor is not None and (not isinstance(tensor, torch.Tensor) or tensor.dim() != dims):
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise bad(f"{name} has shape {shape}, expected {dims} dimensions")
+    if not vit and "visual.layer1.0.conv1.weight" not in state_dict:
+        raise bad("missing visual.layer1.0.conv1.weight (a ResNet vision tower without its first block)")
+    pos_key = "visual.positional_embedding" if vit else "visual.attnpool.positional_embedding"
+    if pos_key not in state_dict:
+        raise bad(f"missing {pos_key}")
+    tokens = state_dict[pos_key].shape[0] - 1
+    grid = math.isqrt(max(tokens, 0))
+    if tokens < 1 or grid * grid != tokens:
+        raise bad(f"{pos_key} has {tokens + 1} rows: expected 1 + a square number of image positions")
+    transformer_width = state_dict["ln_final.weight"].shape[0]
+    if transformer_width < 64 or transformer_width % 64:
+        raise bad(f"text width {transformer_width} (ln_final.weight) is not a positive multiple of 64, "
+                  "CLIP's attention head size")
+    layers = _count(state_dict, "transformer.resblocks.")
+    if vit:
+        vision_width, _, vision_patch_size, _ = state_dict["visual.conv1.weight"].shape
+        vision_layers: int | tuple[int, ...] = _count(state_dict, "visual.transformer.resblocks.")
+        if vision_width < 64 or vision_width % 64:
+            raise bad(f"vision width {vision_width} (visual.conv1.weight) is not a positive multiple of 64")
+        if vision_patch_size < 1:
+            raise bad("visual.conv1.weight has a patch size of 0")
+        resolution = vision_patch_size * grid
+    else:
+        vision_layers = tuple(_count(state_dict, f"visual.layer{i}.") for i in (1, 2, 3, 4))
+        vision_width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
+        vision_patch_size = None
+        if vision_width < 2 or vision_width % 2:
+            raise bad(f"ResNet width {vision_width} (visual.layer1.0.conv1.weight) must be even")
+        resolution = grid * 32  # the ResNet downsamples by 32 before the attention pool
+    if layers < 1 or (min(vision_layers) if isinstance(vision_layers, tuple) else vision_layers) < 1:
+        raise bad(f"no transformer blocks (text layers {layers}, vision layers {vision_layers})")
+    if state_dict["positional_embedding"].shape[0] < 2 or state_dict["token_embedding.weight"].shape[0] < 1:
+        raise bad("positional_embedding or token_embedding.weight is empty")
+    return dict(
+        embed_dim=state_dict["text_projection"].shape[1], image_resolution=resolution, vision_layers=vision_layers,
+        vision_width=vision_width, vision_patch_size=vision_patch_size,
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0], transformer_width=transformer_width,
+        transformer_heads=transformer_width // 64, transformer_layers=layers, quick_gelu=quick_gelu,
+    )
+
+
+def _check_fits(hyper: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+    """Compare the state dict with the architecture it implies, before a single weight is allocated.
+
+    The model is built on the ``meta`` device (shapes only, no memory), so a 1 MB file whose
+    ``ln_final.weight`` claims a 4096-wide text tower is refused without allocating gigabytes.
+    Non-finite weights are refused too: they would make every embedding NaN.
+    """
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in CLIP(**hyper).state_dict().items()}
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong = [f"{k} {tuple(weights[k].shape)} (expected {expected[k]})" for k in expected
+             if k in weights and tuple(weights[k].shape) != expected[k]]
+    problems = [f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+                for label, items in (("wrong shapes", wrong), ("missing", missing), ("unexpected", unexpected)) if items]
+    if problems:
+        raise ModelLoadError("the state dict does not fit the CLIP architecture its shapes describe "
+                             f"(text width {hyper['transformer_width']}, vision width {hyper['vision_width']}): "
+                             + "; ".join(problems))
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelLoadError(f"the weights hold NaN or infinite values (first in {name}): a damaged or "
+                                 "diverged checkpoint, whose every embedding would be NaN")
 
 
 def cast_weights(model: CLIP, dtype: torch.dtype) -> CLIP:

@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "finetune": ["--pairs", "--epochs", "--lr", "--batch-size", "--output", "--freeze-image", "--freeze-text"],
     "models": ["cache"],
     "bench": ["run_all.py"],
+    "cache": ["stats", "prune", "clear", "--path", "--max-size"],
 }
 
 

@@ -222,3 +222,50 @@ def test_shared_instance_is_built_once_across_threads(monkeypatch):
     for t in threads:
         t.join()
     assert len(built) == 1 and len(seen) == 8 and all(s is built[0] for s in seen)
+
+
+def _random_word(rng: random.Random, alphabet: str, length: int) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(length))
+
+
+@pytest.mark.parametrize("alphabet", ["abcdefghijklmnopqrstuvwxyz", "ab", "aeiou", "éñüßçøåæ", "東京タワー写真中文"])
+def test_long_random_words_match_reference(alphabet, ref):
+    # Long words are where a fast merge could drift from the original's pass-by-pass order:
+    # runs of one letter ("aaaa"), few letters (many competing pairs), multi-byte characters.
+    rng = random.Random(len(alphabet))
+    words = [_random_word(rng, alphabet, n) for n in (50, 301, 1000, 2000)]
+    words += [alphabet[0] * 777, (alphabet[:2] * 400)[:799]]
+    tok = get_tokenizer()
+    for word in words:
+        assert tok.encode(word) == ref.encode(word), word[:40]
+    text = " ".join(words)
+    assert tok.encode(text) == ref.encode(text)
+
+
+def test_one_long_word_is_linear_not_quadratic():
+    # The original's merge is quadratic: 10,000 letters took 5.4 s and 100,000 about 190 s.
+    # Here 100,000 letters take about 0.5 s; the bound leaves room for a slow, shared CI box.
+    import time
+
+    word = _random_word(random.Random(7), "abcdefghijklmnopqrstuvwxyz", 100_000)
+    start = time.perf_counter()
+    ids = Tokenizer().encode(word)
+    row = tokenize(word, truncate=True)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10, f"{elapsed:.1f} s for a 100,000-letter word"
+    assert len(ids) > 10_000 and row[0, :76].tolist() == [SOT, *ids[:75]] and row[0, 76] == EOT
+
+
+def test_truncating_stops_after_the_context():
+    # Truncating callers get the first ids without the rest being tokenized.
+    tok = Tokenizer()
+    text = "cat " * 10 + " ".join(f"w{i}x" for i in range(5000))
+    assert tok.encode(text, max_ids=10) == tok.encode("cat " * 10)
+    tok.encode(text, max_ids=76)
+    assert tok._word_ids.cache_info().misses < 100  # 5,000 distinct words were never looked at
+
+
+def test_long_words_stay_out_of_the_word_cache():
+    tok = Tokenizer(cache_size=8)
+    tok.encode("x" * 10_000 + " cat")
+    assert tok._word_ids.cache_info().currsize == 1  # only "cat": a hostile text cannot fill it with megabytes

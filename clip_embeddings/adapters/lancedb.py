@@ -29,8 +29,10 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 from lancedb.embeddings import EmbeddingFunction, register
+from pydantic import field_validator
 
 from ..embedding import ClipEF
+from ..images import DEFAULT_OPTIONS, LoaderOptions
 from .base import Hit, Modality, Record, Store, row_id
 
 CONFIG_KEY = b"clip_embeddings"  # schema metadata key holding ClipEF.get_config() for LanceDBStore tables
@@ -41,10 +43,12 @@ COLUMNS = ("id", "item_id", "modality", "source", "document", "digest")
 
 @lru_cache(maxsize=None)
 def _shared_ef(model: str, device: str | None, dtype: str | None, batch_size: int, long_text: str,
-               fingerprint: str | None, dim: int | None) -> ClipEF:
+               fingerprint: str | None, dim: int | None, loader_options: LoaderOptions = DEFAULT_OPTIONS,
+               num_workers: int = 4) -> ClipEF:
     # One ClipEF per configuration per process: LanceDB re-creates the function from the schema
     # each time a table is opened, and the model behind it is loaded once anyway (shared_model).
     return ClipEF(model, device=device, dtype=dtype, batch_size=batch_size, long_text=long_text,
+                  num_workers=num_workers, loader_options=loader_options,
                   expected_fingerprint=fingerprint, expected_dim=dim)
 
 
@@ -57,7 +61,10 @@ class ClipLanceEmbeddings(EmbeddingFunction):
     path gets :class:`~clip_embeddings.ModelMismatchError` instead of meaningless neighbours.
 
     Fields: ``model`` (name or weights path), ``device`` (not stored in the schema: each process
-    uses its own default), ``dtype``, ``batch_size``, ``long_text``; ``source="image"`` (paths, URLs or bytes) or ``"text"``; ``on_error``:
+    uses its own default), ``dtype``, ``batch_size``, ``long_text``, ``num_workers``,
+    ``loader_options`` (a :class:`~clip_embeddings.images.LoaderOptions` or its ``to_config()``
+    dict: the URL and size policy, kept in the schema so a reopened table honours it);
+    ``source="image"`` (paths, URLs or bytes) or ``"text"``; ``on_error``:
     ``"raise"`` or ``"skip"`` (a bad image gets a null vector, which LanceDB's ``on_bad_vectors``
     then handles). ``max_retries`` defaults to 0: a corrupt image fails the same way every time,
     so LanceDB's backoff-and-retry (7 tries by default) would only delay the error.
@@ -78,11 +85,23 @@ class ClipLanceEmbeddings(EmbeddingFunction):
     fingerprint: str | None = None
     dim: int | None = None
     max_retries: int = 0
+    # The input policy, stored in the schema with the rest so a reopened table keeps it: a dict
+    # as LoaderOptions.to_config() writes it (a LoaderOptions is accepted too).
+    loader_options: dict[str, Any] | None = None
+    num_workers: int = 4
+
+    @field_validator("loader_options", mode="before")
+    @classmethod
+    def _options_as_dict(cls, value: Any) -> dict[str, Any] | None:
+        if isinstance(value, LoaderOptions):
+            return value.to_config()
+        return None if value is None else LoaderOptions.from_config(value).to_config()
 
     def clip(self) -> ClipEF:
         """The shared :class:`ClipEF` doing the work (checks ``fingerprint`` when one is set)."""
         return _shared_ef(os.fspath(self.model), self.device, self.dtype, self.batch_size, self.long_text,
-                          self.fingerprint, self.dim)
+                          self.fingerprint, self.dim, LoaderOptions.from_config(self.loader_options),
+                          self.num_workers)
 
     def ndims(self) -> int:
         return self.clip().dim
@@ -94,6 +113,8 @@ class ClipLanceEmbeddings(EmbeddingFunction):
         # be able to open a table built on a GPU box (each picks its default device).
         config = {k: v for k, v in super().safe_model_dump().items() if k != "device"}
         config.update(fingerprint=self.clip().fingerprint, dim=self.clip().dim)
+        if self.loader_options is not None:  # the validated dict, not whatever create() was given
+            config["loader_options"] = self.loader_options
         return config
 
     def compute_source_embeddings(self, inputs: Any, *args: Any, **kwargs: Any) -> list[np.ndarray | None]:
