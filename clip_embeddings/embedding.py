@@ -30,7 +30,7 @@ import torch
 
 from .cache import EmbeddingCache
 from .download import cache_dir
-from .errors import ImageLoadError, ModelLoadError, ModelMismatchError
+from .errors import ClipError, ImageLoadError, ModelLoadError, ModelMismatchError
 from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions, decode_image, describe, read_image_source
 from .inference import optimize_for_inference
 from .loading import default_device, load
@@ -220,6 +220,8 @@ class ClipEF:
         num_workers: threads that read, decode and preprocess images ahead of the model.
         loader_options: limits for image inputs (pixel count, bytes, URL timeout).
         download_root: where named models are cached (default ``~/.cache/clip``).
+        server: the URL of a ``clip-embeddings serve`` that computes the embeddings instead of a
+            local model (see :mod:`clip_embeddings.remote`); persisted in the config.
 
     Example:
         >>> import clip_embeddings as ce
@@ -245,6 +247,7 @@ class ClipEF:
         *,
         expected_fingerprint: str | None = None,
         expected_dim: int | None = None,
+        server: str | None = None,
     ):
         if long_text not in ("truncate", "chunk"):
             raise ValueError(f"long_text must be 'truncate' or 'chunk', not {long_text!r}")
@@ -265,10 +268,13 @@ class ClipEF:
         self.download_root = download_root
         self.expected_fingerprint = expected_fingerprint
         self.expected_dim = expected_dim
+        self.server = server
 
     # -- the model, loaded lazily and checked against what a collection expects --
 
     def _loaded(self) -> LoadedModel:
+        if self.server:
+            raise ClipError(f"this ClipEF embeds on the server {self.server}; it has no local model to use here")
         try:
             lm = shared_model(self.model_name, self.device, self.dtype, self.download_root)
         except ModelLoadError as e:
@@ -292,12 +298,17 @@ class ClipEF:
     @property
     def dim(self) -> int:
         """Embedding dimension (512 for ViT-B/32)."""
-        return self._loaded().dim
+        return self._remote().check(self)["dim"] if self.server else self._loaded().dim
 
     @property
     def fingerprint(self) -> str:
         """Identifies the weights + preprocessing + normalisation behind these embeddings."""
-        return self._loaded().fingerprint
+        return self._remote().check(self)["fingerprint"] if self.server else self._loaded().fingerprint
+
+    def _remote(self):
+        from .remote import remote_model
+
+        return remote_model(self.server)
 
     @property
     def cache(self) -> EmbeddingCache | None:
@@ -321,6 +332,8 @@ class ClipEF:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"item {i}: texts must be str, got {type(text).__name__}")
+        if self.server:
+            return self._remote().embed_texts(self, texts)
         lm = self._loaded()
         tokenizer = get_tokenizer()
         context = lm.model.context_length
@@ -380,6 +393,8 @@ class ClipEF:
             ([0], ['file not found'])
         """
         on_error = on_error or self.on_error
+        if self.server:
+            return self._remote().encode_images(self, images, on_error)
         lm = self._loaded()
         cache = self.cache
         draft = lm.preprocess.resolution if self.fast_decode else None
@@ -500,12 +515,13 @@ class ClipEF:
         if self.expected_fingerprint is not None:
             fp, dim = self.expected_fingerprint, self.expected_dim
         else:
-            lm = self._loaded()
-            fp, dim = lm.fingerprint, lm.dim
+            fp, dim = self.fingerprint, self.dim
+        model = self._remote().health()["model"] if self.server else self.model_name  # what the server runs
         return {
-            "model": self.model_name, "fingerprint": fp, "dim": dim, "batch_size": self.batch_size,
+            "model": model, "fingerprint": fp, "dim": dim, "batch_size": self.batch_size,
             "dtype": self.dtype, "long_text": self.long_text, "fast_decode": self.fast_decode,
             "version": CONFIG_VERSION,
+            **({"server": self.server} if self.server else {}),
         }
 
     @classmethod
@@ -515,7 +531,7 @@ class ClipEF:
         return cls(
             model=config["model"], batch_size=config.get("batch_size", 32), dtype=config.get("dtype", "auto"),
             long_text=config.get("long_text", "truncate"), fast_decode=config.get("fast_decode", True),
-            expected_fingerprint=config["fingerprint"], expected_dim=config["dim"],
+            expected_fingerprint=config["fingerprint"], expected_dim=config["dim"], server=config.get("server"),
         )
 
     @staticmethod
