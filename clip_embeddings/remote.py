@@ -127,16 +127,25 @@ class RemoteModel:
                 skipped.append(SkippedItem(index, source, bad["reason"]))
             chunk.clear()
 
+        limits = health.get("limits", {})
+        per_request = min(ef.batch_size, limits.get("max_items", ef.batch_size))
+        # base64 grows bytes by 4/3; the rest of the JSON is small. Stay under the server's body limit.
+        budget = int(limits.get("max_upload_bytes", 2**62) * 0.7)
         for index, item in enumerate(images):
             try:
                 source, digest, data = _encoded(item, ef.loader_options)
+                if len(data) > budget:
+                    raise ImageLoadError(f"{len(data)} bytes encoded, too large for the server's request limit "
+                                         f"of {limits['max_upload_bytes']} bytes", source=source)
             except ImageLoadError as e:
                 if on_error == "raise":
                     raise ImageLoadError(e.reason, index=index, source=e.source or describe(item)) from None
                 skipped.append(SkippedItem(index, e.source or describe(item), e.reason))
                 continue
+            if chunk and sum(len(c[3]) for c in chunk) + len(data) > budget:
+                send()
             chunk.append((index, source, digest, data))
-            if len(chunk) >= ef.batch_size:
+            if len(chunk) >= per_request:
                 send()
         if chunk:
             send()

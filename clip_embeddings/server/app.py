@@ -185,6 +185,7 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
             "batching": dataclasses.asdict(service.batcher.stats) | {"max_batch": limits.max_batch,
                                                                      "max_wait_ms": limits.max_wait_ms},
             "collection": collection, "auth": limits.token is not None,
+            "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_items": limits.max_items},
         }
 
     @app.post("/embed")
