@@ -105,7 +105,8 @@ drop.addEventListener("drop", (event) => {
 $("file").addEventListener("change", () => { if ($("file").files[0]) searchFile($("file").files[0]); });
 
 call("health").then((r) => r.json()).then((h) => {
+  const model = h.model.split("/").pop();  // a checkpoint path: its file name says enough
   $("collection").textContent = h.collection
-    ? h.collection.name + " · " + h.collection.count + " record(s) · " + h.model
-    : h.model + " (no collection)";
+    ? h.collection.name + " · " + h.collection.count + " record(s) · " + model
+    : model + " (no collection)";
 }).catch((e) => status(e.message, true));
