@@ -225,6 +225,21 @@ def test_full_queue_is_429_and_timeout_is_503(collection, no_proxy):
         assert c.post("/embed", json={"texts": ["after"]}).status_code == 200
 
 
+def test_pixel_limit_is_422_and_a_body_that_never_arrives_is_408(collection, no_proxy):
+    app = create_app(collection.ef, collection, ServeLimits(max_pixels=48 * 40 - 1, request_timeout=1.0))
+    with running(app) as url, httpx.Client(base_url=url, timeout=30, trust_env=False) as c:
+        too_big = c.post("/embed", files=[("image", ("big.jpg", jpeg(0, size=(48, 40))))])
+        assert too_big.status_code == 422 and "max_pixels" in too_big.json()["detail"]
+        assert c.post("/embed", files=[("image", ("ok.jpg", jpeg(0, size=(40, 40))))]).status_code == 200
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"texts\": [")  # ...and then nothing more
+            answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
+        assert app.state.service.batcher.stats.jobs == 2  # the two uploads; the slow body queued nothing
+
+
 def test_a_client_that_disconnects_mid_upload_costs_nothing(server, client):
     url, service = server
     jobs = service.batcher.stats.jobs
