@@ -95,11 +95,22 @@ class RemoteModel:
             )
         return health
 
+    def embed(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``POST /embed``, checked to come from the weights this client checked at first contact
+        (a server restarted with other weights must not slip vectors from another space in)."""
+        answer = self.request("POST", "/embed", payload)
+        if answer.get("fingerprint") != self.health()["fingerprint"]:
+            raise ModelMismatchError(
+                f"the embedding server at {self.url} now runs weights with fingerprint {answer.get('fingerprint')}, "
+                f"not {self.health()['fingerprint']} as when this process first asked; restart this process")
+        return answer
+
     def embed_texts(self, ef: ClipEF, texts: Sequence[str]) -> np.ndarray:
         health = self.check(ef)
-        parts = [np.asarray(self.request("POST", "/embed", {"texts": list(texts[i : i + ef.batch_size])})["texts"],
+        step = _per_request(ef, health)
+        parts = [np.asarray(self.embed({"texts": list(texts[i : i + step])})["texts"],
                             dtype=np.float32).reshape(-1, health["dim"])
-                 for i in range(0, len(texts), ef.batch_size)]
+                 for i in range(0, len(texts), step)]
         return np.concatenate(parts) if parts else np.zeros((0, health["dim"]), np.float32)
 
     def encode_images(self, ef: ClipEF, images: Iterable[Any], on_error: str) -> ImageEmbeddings:
@@ -112,7 +123,7 @@ class RemoteModel:
         chunk: list[tuple[int, str, str, bytes]] = []  # (index, source, digest, encoded bytes)
 
         def send() -> None:
-            answer = self.request("POST", "/embed", {
+            answer = self.embed({
                 "images": [{"base64": base64.b64encode(data).decode("ascii")} for *_, data in chunk],
                 "on_error": "skip",
             })
@@ -128,7 +139,7 @@ class RemoteModel:
             chunk.clear()
 
         limits = health.get("limits", {})
-        per_request = min(ef.batch_size, limits.get("max_items", ef.batch_size))
+        per_request = _per_request(ef, health)
         # base64 grows bytes by 4/3; the rest of the JSON is small. Stay under the server's body limit.
         budget = int(limits.get("max_upload_bytes", 2**62) * 0.7)
         for index, item in enumerate(images):
@@ -152,6 +163,11 @@ class RemoteModel:
         indices = sorted(vectors)
         embeddings = np.stack([vectors[i] for i in indices]) if indices else np.zeros((0, health["dim"]), np.float32)
         return ImageEmbeddings(embeddings, indices, [digests[i] for i in indices], sorted(skipped, key=lambda s: s.index))
+
+
+def _per_request(ef: ClipEF, health: dict[str, Any]) -> int:
+    """Items per request: the function's batch size, within the server's per-request limit."""
+    return max(1, min(ef.batch_size, health.get("limits", {}).get("max_items", ef.batch_size)))
 
 
 def _encoded(item: Any, options: LoaderOptions) -> tuple[str, str, bytes]:

@@ -290,6 +290,9 @@ def test_remote_clipef_gives_the_local_vectors_ids_and_errors(server, local, sam
     assert [s.reason for s in got.skipped] == [s.reason for s in want.skipped]
     np.testing.assert_allclose(got.embeddings, want.embeddings, rtol=0, atol=SHARED_PASS_ATOL)
     np.testing.assert_array_equal(remote.embed_texts(["a cat", "a dog"]), local.embed_texts(["a cat", "a dog"]))
+    many = [f"photo number {i}" for i in range(20)]  # more than the server's max_items=16 in one request
+    np.testing.assert_allclose(ce.ClipEF(server=server[0], batch_size=64).embed_texts(many), local.embed_texts(many),
+                               rtol=0, atol=SHARED_PASS_ATOL)
     with pytest.raises(ImageLoadError, match="item 4"):
         remote.encode_images(items, on_error="raise")
     assert (remote.fingerprint, remote.dim) == (local.fingerprint, local.dim)

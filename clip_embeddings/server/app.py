@@ -253,9 +253,9 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
         except (ValueError, TypeError) as e:
             raise BadRequest(str(e)) from None
         k = integer(body, "k", min(5, len(labels)), 1, len(labels))
-        await service.run("call", lambda: classifier.prototypes)  # text encoding, on the model's thread
         embedded = await service.embed_images(body.images, choice(body, "on_error", "raise", ("raise", "skip")))
-        result = classifier.classify_embeddings(embedded, top_k=k)
+        # On the model's thread: the label prototypes may need encoding (they are cached after).
+        result = await service.run("call", lambda: classifier.classify_embeddings(embedded, top_k=k))
         return {
             "labels": result.labels,
             "results": [{"index": i, "labels": top, "probabilities": scores}
