@@ -105,24 +105,31 @@ def test_embed_skip_reports_bad_items_by_index(client, local):
     np.testing.assert_array_equal(np.asarray(answer["images"], np.float32), local.embed_images([good]))
 
 
-def test_concurrent_single_image_requests_share_passes_and_match_alone(server, local, no_proxy):
+def test_concurrent_requests_share_passes_and_match_alone(server, local, no_proxy):
     url, service = server
-    images = [jpeg(seed) for seed in range(12)]
+    # Single images, and texts of different lengths (so a shared pass pads them to another width).
+    inputs = [("image", jpeg(seed)) for seed in range(8)] + [("text", "a cat " * n) for n in range(1, 9)]
     before = service.batcher.stats.passes, service.batcher.stats.jobs
-    barrier = threading.Barrier(len(images))
+    barrier = threading.Barrier(len(inputs))
 
-    def one(data: bytes) -> np.ndarray:
+    def one(item: tuple[str, object]) -> np.ndarray:
+        kind, value = item
         with httpx.Client(base_url=url, timeout=60, trust_env=False) as c:
             barrier.wait()  # all requests leave together, inside one batching window
-            return np.asarray(c.post("/embed", files=[("image", ("x.jpg", data))]).json()["images"], np.float32)[0]
+            if kind == "image":
+                answer = c.post("/embed", files=[("image", ("x.jpg", value))]).json()["images"]
+            else:
+                answer = c.post("/embed", json={"texts": [value]}).json()["texts"]
+            return np.asarray(answer, np.float32)[0]
 
-    with ThreadPoolExecutor(len(images)) as pool:
-        got = list(pool.map(one, images))
+    with ThreadPoolExecutor(len(inputs)) as pool:
+        got = list(pool.map(one, inputs))
     passes = service.batcher.stats.passes - before[0]
-    assert service.batcher.stats.jobs - before[1] == len(images)
-    assert passes < len(images) and service.batcher.stats.largest > 1, f"{len(images)} requests took {passes} passes"
-    for data, row in zip(images, got):
-        np.testing.assert_allclose(row, local.embed_images([data])[0], rtol=0, atol=SHARED_PASS_ATOL)
+    assert service.batcher.stats.jobs - before[1] == len(inputs)
+    assert passes < len(inputs) and service.batcher.stats.largest > 1, f"{len(inputs)} requests took {passes} passes"
+    for (kind, value), row in zip(inputs, got):
+        alone = local.embed_images([value])[0] if kind == "image" else local.embed_texts([value])[0]
+        np.testing.assert_allclose(row, alone, rtol=0, atol=SHARED_PASS_ATOL)
 
 
 # --- /search, thumbnails, /classify --------------------------------------------------------------
