@@ -41,7 +41,7 @@ MODES = ("one at a time", "32 clients")
 def start_server(weights: Path, port: int, args) -> subprocess.Popen:
     command = [sys.executable, "-m", "clip_embeddings.cli", "serve", "--model", str(weights), "--device", args.device,
                "--port", str(port), "--max-batch", str(args.clients), "--max-wait-ms", str(args.max_wait_ms),
-               "--max-queue", str(4 * args.clients)]
+               "--max-queue", str(4 * args.clients)] + (["--threads", str(args.threads)] if args.threads else [])
     env = {**os.environ, "PYTHONPATH": str(c.ROOT)}
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -117,6 +117,10 @@ def run(args) -> dict:
     import clip_embeddings as ce
     from tests.servers import free_port
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the in-process ceiling runs like the server
     weights = c.weights_file(args.model, args.data_dir)
     images = [c.photo_jpeg(i, (640, 480)) for i in range(args.requests)]
     port = free_port()
@@ -190,6 +194,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads, in the server and the in-process ceiling (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 32 requests, 1 repeat")
     parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA)
 

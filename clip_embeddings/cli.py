@@ -353,6 +353,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ef = store.ef
     else:
         ef = _make_ef(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # before the model's first pass, which sizes torch's pool
     token = args.token or os.environ.get("CLIP_EMBEDDINGS_TOKEN") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"warning: serving on {args.host} without --token: anyone who can reach it can use it", file=sys.stderr)
@@ -545,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long a request waits for others to share its pass (default: 5)")
     group.add_argument("--max-items", type=_positive_int, default=64, metavar="N",
                        help="most texts, images or labels in one request (default: 64)")
+    group.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="torch threads for the model (default: torch's, one per core); fewer leaves cores "
+                            "for decoding uploads and for other processes")
     group.add_argument("--allow-private-urls", action="store_true",
                        help="let image URLs reach loopback/private addresses (off by default: no SSRF)")
     p.set_defaults(func=cmd_serve)

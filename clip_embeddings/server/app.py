@@ -32,7 +32,7 @@ from ..errors import ClipError
 from ..images import LoaderOptions, load_image
 from ..zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 from .batcher import Batcher, QueueFull
-from .inputs import BadRequest, Body, ImageInput, choice, integer, read_body, url_image, where_filter
+from .inputs import BadRequest, Body, ImageInput, choice, integer, read_body, where_filter
 
 STATIC = resources.files("clip_embeddings.server") / "static"
 _ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
