@@ -27,7 +27,7 @@ import torch
 
 from .cache import CacheWarning, EmbeddingCache
 from .download import cache_dir
-from .errors import ModelLoadError, ModelMismatchError
+from .errors import ClipError, ModelLoadError, ModelMismatchError
 from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from .inference import optimize_for_inference
 from .loading import default_device, load
@@ -181,6 +181,8 @@ class ClipEF:
         num_workers: threads that read, decode and preprocess images ahead of the model.
         loader_options: limits for image inputs (pixel count, bytes, URL timeout).
         download_root: where named models are cached (default ``~/.cache/clip``).
+        server: the URL of a ``clip-embeddings serve`` that computes the embeddings instead of a
+            local model (see :mod:`clip_embeddings.remote`); persisted in the config.
 
     Example:
         >>> import clip_embeddings as ce
@@ -206,6 +208,7 @@ class ClipEF:
         *,
         expected_fingerprint: str | None = None,
         expected_dim: int | None = None,
+        server: str | None = None,
     ):
         if long_text not in ("truncate", "chunk"):
             raise ValueError(f"long_text must be 'truncate' or 'chunk', not {long_text!r}")
@@ -226,10 +229,13 @@ class ClipEF:
         self.download_root = download_root
         self.expected_fingerprint = expected_fingerprint
         self.expected_dim = expected_dim
+        self.server = server
 
     # -- the model, loaded lazily and checked against what a collection expects --
 
     def _loaded(self) -> LoadedModel:
+        if self.server:
+            raise ClipError(f"this ClipEF embeds on the server {self.server}; it has no local model to use here")
         try:
             lm = shared_model(self.model_name, self.device, self.dtype, self.download_root)
         except ModelLoadError as e:
@@ -262,12 +268,17 @@ class ClipEF:
     @property
     def dim(self) -> int:
         """Embedding dimension (512 for ViT-B/32)."""
-        return self._loaded().dim
+        return self._remote().check(self)["dim"] if self.server else self._loaded().dim
 
     @property
     def fingerprint(self) -> str:
         """Identifies the weights + preprocessing + normalisation behind these embeddings."""
-        return self._loaded().fingerprint
+        return self._remote().check(self)["fingerprint"] if self.server else self._loaded().fingerprint
+
+    def _remote(self):
+        from .remote import remote_model
+
+        return remote_model(self.server)
 
     @property
     def cache(self) -> EmbeddingCache | None:
@@ -298,6 +309,8 @@ class ClipEF:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"item {i}: texts must be str, got {type(text).__name__}")
+        if self.server:
+            return self._remote().embed_texts(self, texts)
         lm = self._loaded()
         tokenizer = get_tokenizer()
         context = lm.model.context_length
@@ -385,6 +398,10 @@ class ClipEF:
             >>> for batch in ClipEF().image_pipeline().batches(paths):  # doctest: +SKIP
             ...     store_somewhere([r.vector for r in batch if r.ok])
         """
+        if self.server:  # the same reading and guards here; the server's model does the rest
+            encoder = self._remote().encoder(self)
+            return ImagePipeline(encoder, options=self.loader_options, batch_size=encoder.per_request,
+                                 num_workers=self.num_workers)
         return ImagePipeline(self._loaded(), options=self.loader_options, cache=self.cache,
                              batch_size=self.batch_size, num_workers=self.num_workers, fast_decode=self.fast_decode)
 
@@ -431,15 +448,16 @@ class ClipEF:
         if self.expected_fingerprint is not None:
             fp, dim = self.expected_fingerprint, self.expected_dim
         else:
-            lm = self._loaded()
-            fp, dim = lm.fingerprint, lm.dim
+            fp, dim = self.fingerprint, self.dim
+        model = self._remote().health()["model"] if self.server else self.model_name  # what the server runs
         return {
-            "model": self.model_name, "fingerprint": fp, "dim": dim, "batch_size": self.batch_size,
+            "model": model, "fingerprint": fp, "dim": dim, "batch_size": self.batch_size,
             "dtype": self.dtype, "long_text": self.long_text, "fast_decode": self.fast_decode,
             # The input policy travels with the function: a collection made with allow_urls=False
             # must not fetch URLs once reopened (Chroma rebuilds the function from this).
             "loader_options": self.loader_options.to_config(), "on_error": self.on_error,
             "num_workers": self.num_workers, "version": CONFIG_VERSION,
+            **({"server": self.server} if self.server else {}),
         }
 
     @classmethod
@@ -452,7 +470,7 @@ class ClipEF:
             # Configs written before these keys existed get the defaults they were made with.
             on_error=config.get("on_error", "raise"), num_workers=config.get("num_workers", 4),
             loader_options=LoaderOptions.from_config(config.get("loader_options")),
-            expected_fingerprint=config["fingerprint"], expected_dim=config["dim"],
+            expected_fingerprint=config["fingerprint"], expected_dim=config["dim"], server=config.get("server"),
         )
 
     @staticmethod

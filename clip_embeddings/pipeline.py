@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -79,10 +79,10 @@ class ImageResult:
 
 @dataclass
 class _Prepared:
-    """One input after the worker thread is done with it: a tensor, a cache hit, or an error."""
+    """One input after the worker thread is done with it: a payload to encode, a cache hit, or an error."""
 
     result: ImageResult
-    tensor: torch.Tensor | None = None
+    payload: Any = None
 
 
 # --- reading and decoding, one item at a time ---------------------------------------------------
@@ -240,13 +240,48 @@ def preprocess_many(items: Iterable[Any], preprocess: Preprocess, options: Loade
     return ordered_map(one, items, workers=workers, window=4 * max(1, workers))
 
 
+# --- what turns prepared inputs into vectors ------------------------------------------------------
+
+class Encoder(Protocol):
+    """The model end of the pipeline: ``prepare`` runs in worker threads, ``encode`` once per batch.
+
+    ``encode`` returns unit rows for the payloads it could embed, in order, and the reasons of those
+    it could not, by position. ``cache_key`` files its vectors in the embedding cache (``None``:
+    do not cache).
+    """
+
+    cache_key: str | None
+
+    def prepare(self, item: Any, raw: RawImage) -> Any: ...
+
+    def encode(self, payloads: list[Any]) -> tuple[np.ndarray, dict[int, str]]: ...
+
+
+class LocalEncoder:
+    """The shared model in this process: preprocess in the workers, one forward pass per batch."""
+
+    def __init__(self, loaded: LoadedModel, options: LoaderOptions = DEFAULT_OPTIONS, fast_decode: bool = True):
+        self.loaded, self.options, self.fast_decode = loaded, options, fast_decode
+        self.cache_key = loaded.cache_key
+
+    def prepare(self, item: Any, raw: RawImage) -> torch.Tensor:
+        return preprocess_one(item, self.loaded.preprocess, self.options, fast_decode=self.fast_decode, raw=raw)
+
+    def encode(self, payloads: list[torch.Tensor]) -> tuple[np.ndarray, dict[int, str]]:
+        lm = self.loaded
+        with torch.inference_mode():
+            features = lm.model.encode_image(torch.stack(payloads).to(lm.device)).float().cpu().numpy()
+        return l2_normalize(features), {}
+
+
 # --- the embedding pipeline -----------------------------------------------------------------------
 
 class ImagePipeline:
     """Images in, unit vectors out, in input order, one model batch at a time.
 
     Args:
-        loaded: the shared model (``ClipEF`` passes its own).
+        encoder: what embeds a batch: a :class:`LocalEncoder` (or, as a shortcut, the
+            ``LoadedModel`` it wraps), or a server's (``ClipEF(server=...)``).
         options: limits for image inputs.
         cache: the embedding cache, or ``None``.
         batch_size: images per forward pass.
@@ -260,15 +295,14 @@ class ImagePipeline:
         [(0, True, None), (1, False, 'file not found')]
     """
 
-    def __init__(self, loaded: LoadedModel, *, options: LoaderOptions = DEFAULT_OPTIONS,
+    def __init__(self, encoder: Encoder | LoadedModel, *, options: LoaderOptions = DEFAULT_OPTIONS,
                  cache: EmbeddingCache | None = None, batch_size: int = 32, num_workers: int = 4,
                  fast_decode: bool = True):
-        self.loaded = loaded
+        self.encoder = encoder if hasattr(encoder, "encode") else LocalEncoder(encoder, options, fast_decode)
         self.options = options
-        self.cache = cache
+        self.cache = cache if self.encoder.cache_key is not None else None
         self.batch_size = max(1, batch_size)
         self.num_workers = num_workers
-        self.fast_decode = fast_decode
 
     def batches(self, entries: Iterable[Any], *, item_of: Callable[[Any], Any] | None = None,
                 progress: bool = False, total: int | None = None) -> Iterator[list[ImageResult]]:
@@ -298,7 +332,7 @@ class ImagePipeline:
         """Runs in a worker thread: a cache hit, a preprocessed tensor, or the item's error."""
         result = ImageResult(index, entry, source_of(item))
         try:
-            key, cache = self.loaded.cache_key, self.cache
+            key, cache = self.encoder.cache_key, self.cache
             path = local_path(item)
             stat = None
             if cache is not None and path is not None:
@@ -321,32 +355,40 @@ class ImagePipeline:
                     if hit is not None:
                         result.vector, result.cached = hit, True
                         return _Prepared(result)
-                tensor = preprocess_one(item, self.loaded.preprocess, self.options,
-                                        fast_decode=self.fast_decode, raw=raw)
-            return _Prepared(result, tensor)
+                payload = self.encoder.prepare(item, raw)
+            return _Prepared(result, payload)
         except Exception as e:  # noqa: BLE001 - reported per item
             error = _as_load_error(e, index, item)
             result.digest, result.reason, result.source = None, error.reason, error.source or result.source
             return _Prepared(result)
 
     def _finish(self, pending: list[_Prepared]) -> list[ImageResult]:
-        """One forward pass over the batch's tensors (each distinct content once), then the cache."""
+        """One encoder call over the batch's payloads (each distinct content once), then the cache."""
         first: dict[str, int] = {}
-        tensors: list[torch.Tensor] = []
+        payloads: list[Any] = []
         for p in pending:
-            if p.tensor is not None and p.result.digest not in first:
-                first[p.result.digest] = len(tensors)
-                tensors.append(p.tensor)
-        if tensors:
-            lm = self.loaded
-            with torch.inference_mode():
-                features = lm.model.encode_image(torch.stack(tensors).to(lm.device)).float().cpu().numpy()
-            vectors = l2_normalize(features)
-            for p in pending:
-                if p.tensor is not None:
-                    p.result.vector = vectors[first[p.result.digest]]
-            if self.cache is not None:
-                self.cache.put(lm.cache_key, {d: vectors[row] for d, row in first.items()})
+            if p.payload is not None and p.result.digest not in first:
+                first[p.result.digest] = len(payloads)
+                payloads.append(p.payload)
+        if not payloads:
+            return [p.result for p in pending]
+        vectors, failed = self.encoder.encode(payloads)
+        row_of = {}
+        for position in range(len(payloads)):
+            if position not in failed:
+                row_of[position] = len(row_of)
+        for p in pending:
+            if p.payload is None:
+                continue
+            position = first[p.result.digest]
+            if position in failed:
+                p.result.reason = failed[position]
+            else:
+                p.result.vector = vectors[row_of[position]]
+        if self.cache is not None:
+            good = {d: vectors[row_of[pos]] for d, pos in first.items() if pos not in failed}
+            if good:
+                self.cache.put(self.encoder.cache_key, good)
         return [p.result for p in pending]
 
 

@@ -60,7 +60,8 @@ class ImageLoader:
     def __call__(self, uris: Sequence[str | None]) -> list[np.ndarray | None]:
         wanted = [i for i, uri in enumerate(uris) if uri is not None]
         out: list[np.ndarray | None] = [None] * len(uris)
-        draft = self.ef.loaded_model().preprocess.resolution if self.ef is not None and self.ef.fast_decode else None
+        local = self.ef is not None and self.ef.fast_decode and not self.ef.server  # a server decodes its own
+        draft = self.ef.loaded_model().preprocess.resolution if local else None
         images = decode_many([uris[i] for i in wanted], self.options, workers=self.num_workers, draft_resolution=draft)
         for i, image in zip(wanted, images):
             if isinstance(image, ImageLoadError):
