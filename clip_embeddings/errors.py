@@ -51,3 +51,17 @@ class ImageLoadError(ClipError, ValueError):
 
 class ModelMismatchError(ClipError, ValueError):
     """A collection was built with another model (or preprocessing) than the one at hand."""
+
+
+class MissingExtraError(ClipError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install.
+
+    Example:
+        >>> str(MissingExtraError("qdrant-client is not installed: pip install 'clip-embeddings[qdrant]'",
+        ...                       extra="qdrant", module="qdrant_client"))
+        "qdrant-client is not installed: pip install 'clip-embeddings[qdrant]'"
+    """
+
+    def __init__(self, message: str, *, extra: str, module: str):
+        super().__init__(message, name=module)
+        self.extra = extra
