@@ -48,12 +48,18 @@ def _make_ef(args: argparse.Namespace, **options: Any):
 
 def _open_store(kind: str, location: str, name: str, ef: Any = None):
     """The store behind ``--db/--location/--collection`` (created on first index)."""
-    from ._extras import require
     from .adapters import open_store
 
-    module, extra = _DB_MODULES[kind]
-    require(module, extra=extra)  # "pip install 'clip-embeddings[qdrant]'", not a bare ModuleNotFoundError
+    _require_db(kind)
     return open_store(kind, location, name, ef=ef)
+
+
+def _require_db(kind: str) -> None:
+    """Fail with "pip install 'clip-embeddings[qdrant]'", not a bare ModuleNotFoundError later."""
+    from ._extras import require
+
+    module, extra = _DB_MODULES[kind]
+    require(module, extra=extra)
 
 
 def _loaded(ef: Any) -> Any:
@@ -238,6 +244,7 @@ def _open_search_store(args: argparse.Namespace):
 
     Searching only reads: a location that holds no database is reported, never created.
     """
+    _require_db(args.db)
     _check_database_exists(args.db, args.location, args.collection)
     if args.model:
         # The store checks these weights against the collection's, so a wrong --model fails
@@ -270,7 +277,7 @@ def _check_database_exists(db: str, location: str, collection: str) -> None:
         raise UsageError(f"no {db} collection {collection!r} at {location}: the folder does not exist; {fix}")
     if not path.is_dir():
         raise UsageError(f"--location {location} is a file; a local {db} database is a folder")
-    if not any(path.glob(marker) for marker in _DB_MARKERS[db]):
+    if not any(next(path.glob(marker), None) for marker in _DB_MARKERS[db]):
         raise UsageError(f"no {db} database at {location} (the folder has none of its files); {fix}")
 
 
