@@ -26,7 +26,6 @@ from typing import Any
 
 from .console import UsageError, emit, format_table, one_line, report_error, status
 
-DEFAULT_MODEL = "ViT-B/32"
 DBS = ("chroma", "qdrant", "lancedb")
 # The module each database needs and the extra that installs it, checked before anything is opened.
 _DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qdrant"), "lancedb": ("lancedb", "lancedb")}
@@ -34,7 +33,9 @@ _DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qd
 
 def default_model() -> str:
     """The model commands use unless told otherwise: ``$CLIP_WEIGHTS`` if set, else ViT-B/32."""
-    return os.environ.get("CLIP_WEIGHTS") or DEFAULT_MODEL
+    from .loading import default_model as library_default
+
+    return library_default()  # one rule for the library and the command line
 
 
 

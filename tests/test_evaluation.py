@@ -122,6 +122,6 @@ def test_labels_file_errors(tmp_path):
     with pytest.raises(ValueError, match="1 labels for 2"):
         read_labels(path, folders)
     with pytest.raises(FileNotFoundError):
-        evaluate(tmp_path / "nowhere", ef=ce.ClipEF("unused.pt"))
+        evaluate(tmp_path / "nowhere", ef=ce.ClipEF("ViT-B/32"))  # a name: nothing loads before the check
     with pytest.raises(ValueError, match="no class subfolders"):
-        evaluate(tmp_path, ef=ce.ClipEF("unused.pt"))
+        evaluate(tmp_path, ef=ce.ClipEF("ViT-B/32"))
