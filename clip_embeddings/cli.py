@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -272,6 +273,9 @@ def _check_database_exists(db: str, location: str, collection: str) -> None:
     """
     if location == ":memory:" or "://" in location:
         return
+    if re.fullmatch(r"[\w.-]+:\d{1,5}", location):
+        raise UsageError(f"--location {location} looks like a server address without a scheme: "
+                         f"use http://{location} (or https://)")
     path = Path(location).expanduser()
     fix = f"index into it first with `clip-embeddings index FOLDER --db {db} --location {location} --collection {collection}`"
     if not path.exists():

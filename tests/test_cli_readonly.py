@@ -61,3 +61,10 @@ def test_classify_writes_nothing_in_cwd(cwd, tiny_env, sample_images, isolated_c
     assert tree(cwd) == []
     # The embedding cache is the one place it may write, and that lives in CLIP_CACHE_DIR.
     assert set(tree(isolated_cache)) >= set(before)
+
+
+def test_search_at_host_port_without_scheme_says_the_fix(cwd, capsys):
+    assert cli.main(["search", "a cat", "--location", "localhost:8000", "--collection", "photos"]) == 1
+    err = capsys.readouterr().err
+    assert "without a scheme" in err and "http://localhost:8000" in err and err.count("\n") == 1
+    assert tree(cwd) == []

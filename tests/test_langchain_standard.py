@@ -9,16 +9,13 @@ Our own checks of what the per-call options return (the numpy-nearest items) fol
 from __future__ import annotations
 
 import pytest
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests, RetrieversIntegrationTests
+from langchain_tests.unit_tests import EmbeddingsUnitTests
 
-pytest.importorskip("langchain_tests", reason="langchain-tests is in the test extra")
-
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests, RetrieversIntegrationTests  # noqa: E402
-from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
-
-import clip_embeddings as ce  # noqa: E402
-from clip_embeddings.adapters import open_store  # noqa: E402
-from clip_embeddings.integrations.langchain import ClipEmbeddings, ClipRetriever  # noqa: E402
-from tests.test_stores_parametrised import Corpus, assert_ranking  # noqa: E402
+import clip_embeddings as ce
+from clip_embeddings.adapters import open_store
+from clip_embeddings.integrations.langchain import ClipEmbeddings, ClipRetriever
+from tests.test_stores_parametrised import Corpus, assert_ranking
 
 # langchain-tests has async tests without a mark of their own (LangChain runs its suites in
 # pytest-asyncio's "auto" mode); marking this module, not the whole project, keeps that choice
