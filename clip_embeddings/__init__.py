@@ -16,6 +16,7 @@ from .evaluation import evaluate
 from .finetune import contrastive_loss, finetune, linear_probe
 from .errors import (
     ClipError,
+    CollectionNotFoundError,
     DownloadError,
     ImageLoadError,
     ModelLoadError,
@@ -40,6 +41,7 @@ __all__ = [
     "ImageEmbeddings",
     "SkippedItem",
     "ClipError",
+    "CollectionNotFoundError",
     "DownloadError",
     "ImageLoadError",
     "ModelLoadError",

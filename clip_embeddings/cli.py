@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -26,17 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .console import UsageError, emit, format_table, one_line, report_error, status
+from .loading import default_model
 
 DBS = ("chroma", "qdrant", "lancedb")
-# The module each database needs and the extra that installs it, checked before anything is opened.
-_DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qdrant"), "lancedb": ("lancedb", "lancedb")}
-
-
-def default_model() -> str:
-    """The model commands use unless told otherwise: ``$CLIP_WEIGHTS`` if set, else ViT-B/32."""
-    from .loading import default_model as library_default
-
-    return library_default()  # one rule for the library and the command line
 
 
 
@@ -46,22 +37,6 @@ def _make_ef(args: argparse.Namespace, **options: Any):
     from .embedding import ClipEF
 
     return ClipEF(args.model or default_model(), device=args.device, batch_size=args.batch_size, **options)
-
-
-def _open_store(kind: str, location: str, name: str, ef: Any = None):
-    """The store behind ``--db/--location/--collection`` (created on first index)."""
-    from .adapters import open_store
-
-    _require_db(kind)
-    return open_store(kind, location, name, ef=ef)
-
-
-def _require_db(kind: str) -> None:
-    """Fail with "pip install 'clip-embeddings[qdrant]'", not a bare ModuleNotFoundError later."""
-    from ._extras import require
-
-    module, extra = _DB_MODULES[kind]
-    require(module, extra=extra)
 
 
 def _loaded(ef: Any) -> Any:
@@ -179,7 +154,11 @@ def _human_size(n: int) -> str:
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_index(args: argparse.Namespace) -> int:
-    """Embed every image under FOLDER into a collection and report what was skipped and why."""
+    """Embed every image under FOLDER (and its captions) into a collection, writing as it goes."""
+    from .adapters import open_store
+    from .adapters.base import IngestReport
+    from .errors import ImageLoadError
+
     folder = Path(args.folder)
     # Checked before loading a model, so a typo costs milliseconds, not a model load.
     if not folder.exists():
@@ -187,22 +166,104 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder (index takes a directory of images)")
     if getattr(args, "engine", "local") == "ray":
-        from .distributed.ray import run_index_cli  # Ray is optional: imported only when asked for
-
-        return run_index_cli(args)
-    extensions = frozenset(e.strip() for e in args.extensions.split(",") if e.strip()) if args.extensions else None
-    store = _open_store(args.db, args.location, args.collection, _make_ef(args, on_error=args.on_error))
+        return _index_with_ray(args, folder)
+    captions = _captions(args)
+    store = open_store(args.db, args.location, args.collection, _make_ef(args, on_error=args.on_error))
     # A progress bar is for people watching; in logs and pipes it is only noise.
     options: dict[str, Any] = {"recursive": not args.no_recursive, "on_error": args.on_error,
-                               "progress": sys.stderr.isatty()}
-    if extensions:
-        options["extensions"] = extensions
-    report = store.index_folder(folder, **options)
-    print(f"indexed {folder} into {args.db} collection {args.collection!r} at {args.location}")
-    print(f"  stored {report.stored} item(s), skipped {len(report.skipped)}, cache hits {report.cache_hits}; "
-          f"the collection now holds {store.count()} record(s)")
-    _print_skipped(report.skipped)
+                               "progress": sys.stderr.isatty(), "captions": captions}
+    if args.extensions:
+        options["extensions"] = _extensions(args.extensions)
+    report = IngestReport()
+    where = f"{args.db} collection {args.collection!r} at {args.location}"
+    try:
+        for batch in store.stream_folder(folder, **options):
+            report.add(batch)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {report.new} new item(s) were stored in {where} before the stop "
+              f"({report.stored} of this folder's items are in it); run the same command again to resume, "
+              "it stores only what is missing", file=sys.stderr)
+        return 130
+    except ImageLoadError as e:
+        raise UsageError(f"{e} (stopped there with --on-error raise; the {report.stored} item(s) before it are "
+                         "stored, and a re-run resumes after fixing or removing it)") from e
+    counts = {"items": store.count(), "images": store.count("image"), "texts": store.count("text")}
+    document = {"folder": str(folder), "db": args.db, "location": str(args.location), "collection": args.collection,
+                **report.to_dict(), "collection_counts": counts}
+    emit(args, document, [
+        f"indexed {folder} into {where}",
+        f"  {report}".split("\n")[0],
+        f"  the collection now holds {counts['items']} item(s): {counts['images']} image(s), {counts['texts']} text(s)",
+    ])
+    if not getattr(args, "json", False):
+        _print_skipped(report.skipped)
     return 0
+
+
+def _captions(args: argparse.Namespace) -> dict[str, str] | bool:
+    """``--captions FILE`` read now (a bad file fails before the model loads); else auto, or none."""
+    if args.no_captions:
+        return False
+    if args.captions is None:
+        return True
+    from .captions import read_captions_file
+
+    path = Path(args.captions)
+    if not path.is_file():
+        raise UsageError(f"{path}: captions file not found")
+    return read_captions_file(path)
+
+
+def _extensions(text: str) -> frozenset[str]:
+    return frozenset(e.strip() for e in text.split(",") if e.strip())
+
+
+def _index_with_ray(args: argparse.Namespace, folder: Path) -> int:
+    """``index --engine ray``: list the images here, embed them on the cluster, write through the Store."""
+    from .adapters import open_store
+    from .distributed.ray import import_ray, index_with_ray
+    from .embedding import ClipEF
+    from .images import IMAGE_EXTENSIONS, iter_image_files
+
+    ray = import_ray()
+    wanted = _extensions(args.extensions) if args.extensions else IMAGE_EXTENSIONS
+    files = [str(p) for p in iter_image_files(folder, extensions=wanted, recursive=not args.no_recursive)]
+    if not files:
+        raise UsageError(f"no images found in {folder}")
+    if not ray.is_initialized():
+        ray.init(address=None if args.address == "local" else args.address, include_dashboard=False)
+    model = args.model or default_model()
+    ef = ClipEF(str(Path(model).resolve()) if Path(model).exists() else model, device="cpu",
+                batch_size=args.batch_size, cache=False)
+    store = open_store(args.db, args.location, args.collection, ef)
+    report = index_with_ray(files, model=model, sink=store, num_actors=args.num_actors, batch_size=args.batch_size,
+                            num_gpus=args.num_gpus or 0, progress=sys.stderr.isatty())  # bars are noise in logs
+    document = {"folder": str(folder), "db": args.db, "location": str(args.location), "collection": args.collection,
+                "engine": "ray", "stored": report.stored, "elapsed_s": report.elapsed,
+                "skipped": [{"source": s, "reason": r} for s, r in report.skipped], "collection_items": store.count()}
+    emit(args, document, [
+        f"indexed {folder} into {args.db} collection {args.collection!r} at {args.location} with Ray "
+        f"({args.num_actors} actors)",
+        f"  stored {report.stored} item(s), skipped {len(report.skipped)} in {report.elapsed:.1f} s "
+        f"({report.items_per_second:.0f} items/s); the collection now holds {store.count()} item(s)",
+    ])
+    if report.skipped and not getattr(args, "json", False):
+        print(f"\nskipped {len(report.skipped)} item(s):")
+        print(format_table(["source", "reason"], report.skipped, align="ll", max_width=80))
+    if report.skipped and args.on_error == "raise":
+        return 1  # the good items are stored (idempotently); the status says not all were
+    return 0
+
+
+def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scale-out (Ray)")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="embed in this process (local) or on a Ray cluster (ray; pip install clip-embeddings[ray])")
+    group.add_argument("--address", default="auto", metavar="ADDR",
+                       help="Ray cluster address: auto (the running cluster), ray://HOST:10001, or local (default: auto)")
+    group.add_argument("--num-actors", type=_positive_int, default=2, metavar="N", help="model replicas (default: 2)")
+    group.add_argument("--num-gpus", type=float, default=0, metavar="G",
+                       help="GPUs per actor; fractions share a GPU (default: 0, CPU)")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -212,9 +273,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.image is not None and not os.path.exists(args.image) and "://" not in args.image:
         raise UsageError(f"{args.image}: image not found")
     store = _open_search_store(args)
-    if store.count() == 0:
-        raise UsageError(f"{args.db} collection {args.collection!r} at {args.location} is empty; "
-                         "fill it with `clip-embeddings index` first")
+    if store.count(args.modality) == 0:
+        hint = ("fill it with `clip-embeddings index` first" if args.modality == "image" else
+                "index a folder with captions (captions.json, captions.csv or .txt files beside the images)")
+        raise UsageError(f"{args.db} collection {args.collection!r} at {args.location} holds no {args.modality} "
+                         f"records; {hint}")
     _loaded(store.ef)
     if args.image is not None:
         hits = store.query(image=args.image, k=args.k, modality=args.modality)
@@ -244,51 +307,25 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _open_search_store(args: argparse.Namespace):
     """Open an existing collection; without --model, with the model it was indexed with.
 
-    Searching only reads: a location that holds no database is reported, never created.
+    Searching only reads: ``open_store(create=False)`` reports a location without a database, never makes one.
     """
-    _require_db(args.db)
-    _check_database_exists(args.db, args.location, args.collection)
-    if args.model:
-        # The store checks these weights against the collection's, so a wrong --model fails
-        # with a message naming the right one instead of returning meaningless neighbours.
-        return _open_store(args.db, args.location, args.collection, _loaded(_make_ef(args)))
+    from .adapters import open_store
+
+    from .errors import CollectionNotFoundError
+
+    # With --model the store checks those weights against the collection's, so a wrong one fails
+    # with a message naming the right one instead of returning meaningless neighbours.
+    ef = _loaded(_make_ef(args)) if args.model else None
     try:
-        store = _open_store(args.db, args.location, args.collection, None)
-    except ValueError as e:
-        if "does not exist" not in str(e):
-            raise
+        store = open_store(args.db, args.location, args.collection, ef, create=False)
+    except CollectionNotFoundError as e:
         raise UsageError(f"no {args.db} collection {args.collection!r} at {args.location}; "
                          "create it with `clip-embeddings index FOLDER ...` first") from e
+    if ef is not None:
+        return store
     # The rebuilt embedding function keeps the stored model; where to run it is this machine's call.
     store.ef.device, store.ef.batch_size = args.device, args.batch_size
     return store
-
-
-def _check_database_exists(db: str, location: str, collection: str) -> None:
-    """Refuse a local ``location`` with no database in it before any client can create one there.
-
-    Chroma, Qdrant and LanceDB all create their folder (and files in it) when opened, so a typo
-    in ``--location`` would otherwise leave an empty database behind and report "no collection".
-    Server URLs and ``:memory:`` are left to the store.
-    """
-    if location == ":memory:" or "://" in location:
-        return
-    if re.fullmatch(r"[\w.-]+:\d{1,5}", location):
-        raise UsageError(f"--location {location} looks like a server address without a scheme: "
-                         f"use http://{location} (or https://)")
-    path = Path(location).expanduser()
-    fix = f"index into it first with `clip-embeddings index FOLDER --db {db} --location {location} --collection {collection}`"
-    if not path.exists():
-        raise UsageError(f"no {db} collection {collection!r} at {location}: the folder does not exist; {fix}")
-    if not path.is_dir():
-        raise UsageError(f"--location {location} is a file; a local {db} database is a folder")
-    if not any(next(path.glob(marker), None) for marker in _DB_MARKERS[db]):
-        raise UsageError(f"no {db} database at {location} (the folder has none of its files); {fix}")
-
-
-# What each database leaves in its folder once something was stored there (a missing collection
-# in an existing database is the store's to report).
-_DB_MARKERS = {"chroma": ["chroma.sqlite3"], "qdrant": ["meta.json", "collection"], "lancedb": ["*.lance"]}
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -525,9 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recursive", action="store_true", help="only index FOLDER itself, not its sub-folders")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                    help="skip unreadable images and list them at the end, or stop at the first one (default: skip)")
-    from .distributed.ray import add_ray_arguments  # --engine/--address/--num-actors/--num-gpus; no Ray import
-
-    add_ray_arguments(p)
+    captions = p.add_mutually_exclusive_group()
+    captions.add_argument("--captions", metavar="FILE",
+                          help="captions to store as text records: a JSON {\"path\": \"caption\"} object or a CSV "
+                               "with path,caption columns, paths relative to FOLDER (default: FOLDER/captions.json "
+                               "or FOLDER/captions.csv if present, and a .txt file beside an image)")
+    captions.add_argument("--no-captions", action="store_true", help="store images only, even if captions exist")
+    _add_ray_arguments(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[debug, store, _model_options(for_search=True)],

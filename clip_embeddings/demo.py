@@ -26,8 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import default_model
 from .console import format_table, report_error, status
+from .loading import default_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 

@@ -4,10 +4,8 @@ Databases rebuild an embedding function from its stored config whenever they ple
 on every add and query), so ``ClipEF`` objects are cheap: the model lives in a process-wide
 registry, loaded once per (weights, device, dtype) and shared by every instance and thread.
 
-Images stream through a small thread pool that reads, decodes and preprocesses a bounded window
-ahead of the model, so file IO and JPEG decoding overlap the forward pass and memory stays flat
-however many images come. A bad item is reported by index, source and reason; under
-``on_error="skip"`` the rest of the batch is still embedded.
+Images go through :mod:`clip_embeddings.pipeline`, the one image path of the library. A bad item
+is reported by index, source and reason; under ``on_error="skip"`` the rest is still embedded.
 """
 
 from __future__ import annotations
@@ -17,9 +15,7 @@ import json
 import os
 import threading
 import warnings
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,16 +26,16 @@ import torch
 
 from .cache import EmbeddingCache
 from .download import cache_dir
-from .errors import ImageLoadError, ModelLoadError, ModelMismatchError
-from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions, decode_image, describe, read_image_source
+from .errors import ModelLoadError, ModelMismatchError
+from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from .inference import optimize_for_inference
 from .loading import check_model_reference, default_device, default_model, load
 from .model import CLIP, cast_weights
-from .preprocess import Preprocess, resize_target
+from .pipeline import ImagePipeline, OnError, SkippedItem, l2_normalize
+from .preprocess import Preprocess
 from .tokenizer import get_tokenizer, token_windows
 
 CONFIG_VERSION = 1
-OnError = Literal["raise", "skip"]
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -144,19 +140,7 @@ def _known_names() -> frozenset[str]:
     return frozenset(available_models())
 
 
-# --- the image pipeline ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SkippedItem:
-    """An input that could not be embedded: where it was in the batch, what it was, and why."""
-
-    index: int
-    source: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"item {self.index} ({self.source}): {self.reason}"
-
+# --- results ------------------------------------------------------------------------------
 
 @dataclass
 class ImageEmbeddings:
@@ -170,34 +154,6 @@ class ImageEmbeddings:
     digests: list[str]
     skipped: list[SkippedItem] = field(default_factory=list)
     cache_hits: int = 0
-
-
-@lru_cache(maxsize=None)
-def _decode_pool(workers: int) -> ThreadPoolExecutor:
-    # Shared across instances: databases rebuild embedding functions too often to own threads.
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clip-decode")
-
-
-def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
-    """``map`` in input order that keeps at most ``window`` items in flight (bounded memory)."""
-    in_flight: deque[Future] = deque()
-    try:
-        for item in items:
-            in_flight.append(pool.submit(fn, *item))
-            if len(in_flight) >= window:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
-    finally:
-        for future in in_flight:
-            future.cancel()
-
-
-def _local_path(item: Any) -> str | None:
-    """The absolute path of an item that names a local file, else None."""
-    if isinstance(item, os.PathLike) or (isinstance(item, str) and "://" not in item[:16] and not item.startswith("data:")):
-        return os.path.abspath(os.fspath(item))
-    return None
 
 
 # --- the embedding function -----------------------------------------------------------------
@@ -296,6 +252,15 @@ class ClipEF:
             )
         return lm
 
+    def loaded_model(self) -> LoadedModel:
+        """The shared model behind this function (loaded on first use), checked against the collection's.
+
+        Example:
+            >>> ClipEF().loaded_model().precision  # doctest: +SKIP
+            'fp32'
+        """
+        return self._loaded()
+
     @property
     def dim(self) -> int:
         """Embedding dimension (512 for ViT-B/32)."""
@@ -340,10 +305,10 @@ class ClipEF:
                 windows = [[tokenizer.sot_token, *ids, tokenizer.eot_token]]
             owners += [i] * len(windows)
             sequences += windows
-        vectors = _l2_normalize(self._encode_token_sequences(lm, sequences))
+        vectors = l2_normalize(self._encode_token_sequences(lm, sequences))
         out = np.zeros((len(texts), lm.dim), dtype=np.float32)
         np.add.at(out, np.asarray(owners, dtype=np.int64), vectors)  # a text's windows: mean of unit vectors
-        return _l2_normalize(out)
+        return l2_normalize(out)
 
     def _encode_token_sequences(self, lm: LoadedModel, sequences: list[list[int]]) -> np.ndarray:
         out = np.empty((len(sequences), lm.dim), dtype=np.float32)
@@ -387,82 +352,36 @@ class ClipEF:
             ([0], ['file not found'])
         """
         on_error = on_error or self.on_error
-        lm = self._loaded()
-        cache = self.cache
-        draft = lm.preprocess.resolution if self.fast_decode else None
-        prepare = lambda index, item: self._prepare_image(index, item, lm, cache, draft)  # noqa: E731
-
-        vectors: dict[int, np.ndarray] = {}
-        digests: dict[int, str] = {}
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        rows: list[np.ndarray] = []
+        indices: list[int] = []
+        digests: list[str] = []
         skipped: list[SkippedItem] = []
-        pending: list[tuple[int, str, torch.Tensor]] = []
         hits = 0
-
-        def flush() -> None:
-            if not pending:
-                return
-            batch = torch.stack([t for _, _, t in pending]).to(lm.device)
-            with torch.inference_mode():
-                features = _l2_normalize(lm.model.encode_image(batch).float().cpu().numpy())
-            for (index, digest, _), vector in zip(pending, features):
-                vectors[index], digests[index] = vector, digest
-            if cache is not None:
-                cache.put(lm.cache_key, {d: v for (_, d, _), v in zip(pending, features)})
-            pending.clear()
-
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, disable=not progress, unit="img", desc="embedding images")
-        with bar:
-            stream = _ordered_map(_decode_pool(self.num_workers), prepare, enumerate(images), 2 * self.batch_size)
-            for index, kind, digest, payload in stream:
-                bar.update(1)
-                if kind == "error":
+        for batch in self.image_pipeline().batches(images, progress=progress, total=total):
+            for r in batch:
+                if not r.ok:
                     if on_error == "raise":
-                        raise payload
-                    skipped.append(SkippedItem(index, payload.source or "", payload.reason))
-                elif kind == "hit":
-                    vectors[index], digests[index] = payload, digest
-                    hits += 1
-                else:
-                    pending.append((index, digest, payload))
-                    if len(pending) >= self.batch_size:
-                        flush()
-            flush()
+                        raise r.error()
+                    skipped.append(r.skipped())
+                    continue
+                rows.append(r.vector)
+                indices.append(r.index)
+                digests.append(r.digest)
+                hits += r.cached
+        embeddings = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+        return ImageEmbeddings(embeddings, indices, digests, skipped, hits)
 
-        indices = sorted(vectors)
-        embeddings = np.stack([vectors[i] for i in indices]) if indices else np.zeros((0, lm.dim), np.float32)
-        return ImageEmbeddings(embeddings, indices, [digests[i] for i in indices], skipped, hits)
+    def image_pipeline(self) -> ImagePipeline:
+        """The image pipeline with this function's model, cache, limits and batching.
 
-    def _prepare_image(self, index: int, item: Any, lm: LoadedModel, cache: EmbeddingCache | None,
-                       draft: int | None) -> tuple[int, str, str, Any]:
-        """Runs in a worker thread: a cache hit, a preprocessed tensor, or the item's error."""
-        try:
-            path = _local_path(item)
-            stat = None
-            if cache is not None and path is not None:
-                try:
-                    stat = os.stat(path)
-                except (OSError, ValueError):  # ValueError: a NUL byte or a lone surrogate in the name
-                    stat = None  # read_image_source below says what is wrong with it
-                known = cache.file_digest(path, stat) if stat else None
-                hit = cache.get(lm.cache_key, [known]).get(known) if known else None
-                if hit is not None:
-                    return index, "hit", known, hit
-            raw = read_image_source(item, self.loader_options)
-            if cache is not None:
-                if stat is not None:
-                    cache.record_file_digest(path, stat, raw.digest)
-                hit = cache.get(lm.cache_key, [raw.digest]).get(raw.digest)
-                if hit is not None:
-                    return index, "hit", raw.digest, hit
-            image = decode_image(raw, self.loader_options, draft_resolution=draft)
-            _check_resize(image, lm.preprocess.resolution, self.loader_options, raw.source)
-            return index, "tensor", raw.digest, lm.preprocess(image)
-        except ImageLoadError as e:
-            return index, "error", "", ImageLoadError(e.reason, index=index, source=e.source or describe(item))
-        except Exception as e:  # one odd item must not cost the batch: report it like any other
-            return index, "error", "", ImageLoadError(f"{type(e).__name__}: {e}", index=index, source=_safe_describe(item))
+        Example:
+            >>> for batch in ClipEF().image_pipeline().batches(paths):  # doctest: +SKIP
+            ...     store_somewhere([r.vector for r in batch if r.ok])
+        """
+        return ImagePipeline(self._loaded(), options=self.loader_options, cache=self.cache,
+                             batch_size=self.batch_size, num_workers=self.num_workers, fast_decode=self.fast_decode)
 
     # -- the mixed-input protocol databases call --
 
@@ -550,30 +469,3 @@ class ClipEF:
 @lru_cache(maxsize=None)
 def _open_cache(path: str) -> EmbeddingCache:
     return EmbeddingCache(path)
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-
-
-def _check_resize(image: Any, resolution: int, options: LoaderOptions, source: str) -> None:
-    """Refuse an image whose resize (shorter side to ``resolution``) would exceed ``max_pixels``.
-
-    CLIP resizes the shorter side to R before the R x R centre crop, so a thin image is a memory
-    bomb the header check cannot see: a 1 x 100000 PNG (100 k pixels) becomes 224 x 22.4 M pixels
-    (15 GB of RGB) for ViT-B/32. ``max_pixels`` bounds every stage, this one included.
-    """
-    width, height = resize_target(image.width, image.height, resolution)
-    if width * height > options.max_pixels:
-        raise ImageLoadError(
-            f"extreme aspect ratio: {image.width}x{image.height} would be resized to {width}x{height} = "
-            f"{width * height} pixels before the {resolution}x{resolution} crop, more than max_pixels="
-            f"{options.max_pixels}; crop or pad it first, or raise LoaderOptions.max_pixels", source=source)
-
-
-def _safe_describe(item: Any) -> str:
-    try:
-        return describe(item)
-    except Exception:
-        return f"<{type(item).__name__}>"

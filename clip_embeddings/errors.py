@@ -53,6 +53,19 @@ class ModelMismatchError(ClipError, ValueError):
     """A collection was built with another model (or preprocessing) than the one at hand."""
 
 
+class CollectionNotFoundError(ClipError, ValueError):
+    """A collection (or the database holding it) does not exist, and nothing was asked to create it.
+
+    Example:
+        >>> from clip_embeddings.adapters import open_store
+        >>> try:
+        ...     open_store("chroma", "no-such-folder", "photos")
+        ... except CollectionNotFoundError as e:
+        ...     print(e)
+        no chroma database at no-such-folder; create it by indexing into it first
+    """
+
+
 class MissingExtraError(ClipError, ImportError):
     """An optional dependency is not installed; the message names the extra to install.
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .embedding import ClipEF, SkippedItem
 from .images import IMAGE_EXTENSIONS, iter_image_files
-from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier, _top_k
+from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier, best_columns
 
 __all__ = ["ClassAccuracy", "EvalResult", "evaluate", "read_labels"]
 
@@ -151,7 +151,7 @@ def evaluate(dataset_dir: str | os.PathLike, labels=None, *, ef: ClipEF | None =
 
     embedded = ef.encode_images(paths, progress=progress, total=len(paths))
     k = min(5, len(folders))
-    best = _top_k(embedded.embeddings @ prototypes.T, k)
+    best = best_columns(embedded.embeddings @ prototypes.T, k)
     truth = np.asarray(targets, dtype=np.int64)[embedded.indices]
     hit1 = best[:, 0] == truth
     hit5 = (best == truth[:, None]).any(axis=1)

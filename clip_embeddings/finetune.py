@@ -19,7 +19,6 @@ import copy
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import OnError, SkippedItem
 from .errors import ImageLoadError
-from .images import ImageLike, describe, load_image
+from .images import ImageLike
 from .loading import default_device, load
 from .model import CLIP
+from .pipeline import OnError, SkippedItem, preprocess_many
 from .preprocess import Preprocess
 from .tokenizer import tokenize
 
@@ -138,29 +137,22 @@ def _resolve_model(model_or_path: CLIP | str | os.PathLike, device: torch.device
 
 
 class _Pairs:
-    """Decodes and preprocesses the images of a batch of pairs in worker threads."""
+    """The images of a batch of pairs as tensors, through the library's one image pipeline."""
 
     def __init__(self, pairs: Sequence[tuple[ImageLike, str]], preprocess: Preprocess, on_error: OnError, workers: int):
         self.pairs = pairs
         self.preprocess = preprocess
         self.on_error = on_error
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clip-finetune")
+        self.workers = workers
         self.skipped: dict[int, SkippedItem] = {}
-
-    def _one(self, index: int) -> torch.Tensor | ImageLoadError:
-        item = self.pairs[index][0]
-        try:
-            # Pixels are capped only by Pillow's own bomb guard; CLIP never needs more than R.
-            return self.preprocess(load_image(item, draft_resolution=self.preprocess.resolution))
-        except ImageLoadError as e:
-            return ImageLoadError(e.reason, index=index, source=e.source or describe(item))
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
         images, captions = [], []
-        for index, out in zip(indices, self.pool.map(self._one, indices)):
+        prepared = preprocess_many([self.pairs[i][0] for i in indices], self.preprocess, workers=self.workers)
+        for index, out in zip(indices, prepared):
             if isinstance(out, ImageLoadError):
                 if self.on_error == "raise":
-                    raise out
+                    raise ImageLoadError(out.reason, index=index, source=out.source)
                 self.skipped.setdefault(index, SkippedItem(index, out.source or "", out.reason))
                 continue
             images.append(out)
@@ -170,7 +162,7 @@ class _Pairs:
         return torch.stack(images), captions
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        """Nothing to release: each batch's threads end with the batch."""
 
 
 def finetune(

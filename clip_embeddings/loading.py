@@ -123,3 +123,4 @@ def load(
         cast_weights(model, dtype)
     model = model.to(device)
     return model, Preprocess(model.visual.input_resolution)
+

@@ -186,7 +186,7 @@ def clear_prototype_cache() -> None:
 def _cache_key(ef: ClipEF, labels: tuple[str, ...], templates: tuple[str, ...]) -> tuple:
     # Beyond (fingerprint, labels, templates): the dtype changes the vectors slightly and
     # long_text="chunk" changes them for prompts over 77 tokens, so both are part of the identity.
-    lm = ef._loaded()
+    lm = ef.loaded_model()
     return (lm.fingerprint, str(lm.dtype), ef.long_text, labels, templates)
 
 
@@ -231,13 +231,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+def best_columns(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the ``k`` largest scores per row, best first; ties go to the lower index."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def _logit_scale(ef: ClipEF) -> float:
-    return float(ef._loaded().model.logit_scale.detach().float().exp().item())
+    return float(ef.loaded_model().model.logit_scale.detach().float().exp().item())
 
 
 def _check_labels(labels: Sequence[str], what: str = "labels") -> tuple[str, ...]:
@@ -337,7 +337,7 @@ class ZeroShotClassifier:
         cosine = (vectors.astype(np.float32) @ prototypes.T).reshape(len(vectors), len(self.labels))
         scale = self.logit_scale
         probs = _softmax(scale * cosine)
-        order = _top_k(cosine, min(top_k, len(self.labels)))
+        order = best_columns(cosine, min(top_k, len(self.labels)))
         return ClassificationResult(
             labels=list(self.labels), probs=probs, cosine=cosine,
             top_labels=[[self.labels[j] for j in row] for row in order],

@@ -159,13 +159,15 @@ def test_store_skip_keeps_good_items_and_reports_bad(tmp_path, tiny_model_path, 
     assert sources == {"rgba.png", "rotated.jpg"}
 
 
-def test_store_raise_names_the_first_bad_item_and_writes_nothing(tmp_path, tiny_model_path, photos):
+def test_store_raise_stops_at_the_first_bad_item_keeping_those_before_it(tmp_path, tiny_model_path, photos):
+    # A streaming ingest under "raise": everything before the bad item is stored, nothing after it.
     paths, _, _ = photos
     store = ChromaStore(chromadb.PersistentClient(str(tmp_path / "db")), "photos", ce.ClipEF(str(tiny_model_path)))
     with pytest.raises(ce.ImageLoadError) as e:
         store.add_images(_bad_batch(tmp_path, paths), on_error="raise")
     assert e.value.index == 1 and "corrupt.jpg" in str(e.value)
-    assert store.count() == 0
+    assert store.count() == 1
+    assert [h.source.rsplit("/", 1)[-1] for h in store.query("anything", k=5)] == ["rgba.png"]
 
 
 def test_index_folder_is_idempotent_and_cached(tmp_path, tiny_model_path, sample_images):
@@ -177,7 +179,7 @@ def test_index_folder_is_idempotent_and_cached(tmp_path, tiny_model_path, sample
     client = chromadb.PersistentClient(str(tmp_path / "db"))
     store = ChromaStore(client, "photos", ce.ClipEF(str(tiny_model_path)))
     calls = [0]
-    store.ef._loaded().model.visual.register_forward_hook(lambda m, a, out: calls.__setitem__(0, calls[0] + len(out)))
+    store.ef.loaded_model().model.visual.register_forward_hook(lambda m, a, out: calls.__setitem__(0, calls[0] + len(out)))
 
     first = store.index_folder(tmp_path / "photos", progress=False)
     assert first.stored == len(sample_images) == store.count() == calls[0]

@@ -58,7 +58,7 @@ def test_index_then_search_finds_the_indexed_photo(tmp_path, tiny_model_path, sa
     common = ["--db", "chroma", "--location", str(db), "--collection", "photos"]
     index = run_cli("index", str(sample_images[0].parent), *common, model=tiny_model_path)
     assert index.returncode == 0, index.stderr
-    assert f"stored {len(sample_images)} item(s), skipped 0" in index.stdout
+    assert f"new {len(sample_images)}, updated 0, already present 0, duplicates 0, skipped 0" in index.stdout
 
     target = next(p for p in sample_images if p.name == "rocket.jpg")
     search = run_cli("search", "--image", str(target), "-k", "3", *common, model=tiny_model_path)
@@ -123,7 +123,7 @@ def test_index_and_search_other_databases(db, tmp_path, tiny_env, other_tiny_mod
     common = ["--db", db, "--location", str(tmp_path / db), "--collection", "photos"]
     folder = sample_images[0].parent
     assert cli.main(["index", str(folder), "--extensions", ".jpg", "--no-recursive", *common]) == 0
-    assert f"stored {len(sample_images)} item(s)" in capsys.readouterr().out
+    assert f"new {len(sample_images)}, " in capsys.readouterr().out
     assert cli.main(["search", "--image", str(sample_images[2]), "-k", "2", *common]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:4].strip() == "1"]
     assert rows[0][-1] == str(sample_images[2].resolve()) and float(rows[0][1]) == pytest.approx(1.0, abs=1e-3)
@@ -143,7 +143,7 @@ def test_index_lists_skipped_files_with_reasons(tmp_path, tiny_env, sample_image
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     assert cli.main(["index", str(folder), "--location", str(tmp_path / "db"), "--collection", "photos"]) == 0
     out = capsys.readouterr().out
-    assert "stored 1 item(s), skipped 1" in out
+    assert "new 1, updated 0, already present 0, duplicates 0, skipped 1" in out
     assert "broken.jpg" in out.split("skipped 1 item(s):")[1]
 
     assert cli.main(["index", str(folder), "--location", str(tmp_path / "db"), "--collection", "photos",

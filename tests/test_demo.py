@@ -18,7 +18,7 @@ def test_demo_prints_tables_and_saves_contact_sheet(tmp_path, tiny_model_path):
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "1. indexed 7 photo(s)" in out and "stored 7 item(s), skipped 0" in out
+    assert "1. indexed 7 photo(s)" in out and "new 7, updated 0, already present 0, duplicates 0, skipped 0" in out
     assert "2. text -> image search" in out
     assert "3. zero-shot classification over 7 labels" in out
     for header in (["query", "rank", "score", "image", "expected"], ["image", "prediction", "probability"]):

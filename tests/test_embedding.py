@@ -21,7 +21,7 @@ def _ef(path, **kw):
 def _count_image_forwards(ef) -> list[int]:
     """Counts the vision tower's forward passes (images, not calls) on the shared model."""
     calls = [0]
-    ef._loaded().model.visual.register_forward_hook(lambda m, args, out: calls.__setitem__(0, calls[0] + len(out)))
+    ef.loaded_model().model.visual.register_forward_hook(lambda m, args, out: calls.__setitem__(0, calls[0] + len(out)))
     return calls
 
 

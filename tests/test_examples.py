@@ -29,7 +29,7 @@ def test_every_example_has_help():
 def test_qdrant_quickstart(tiny_model_path, tmp_path):
     done = run("qdrant_quickstart.py", "--model", str(tiny_model_path), "--location", str(tmp_path / "q"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "stored 7 item(s), skipped 0" in done.stdout
+    assert "new 7, updated 0, already present 0, duplicates 0, skipped 0" in done.stdout
     # The probe image is its own nearest image.
     assert "image -> image: astronaut.jpg\n  1.000  astronaut.jpg" in done.stdout
 

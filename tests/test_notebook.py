@@ -58,7 +58,7 @@ def test_notebook_runs_on_tiny_model(tmp_path, monkeypatch, tiny_model_path):
     text, kinds, images = outputs_of(nb)
     assert f"model: {tiny_model_path.name}" in text
     assert "image embeddings: (7, 64)" in text
-    assert "stored 7 item(s)" in text
+    assert "new 7, " in text
     assert "top hit for cat.jpg: cat.jpg (score 1.000)" in text
     assert "cat.jpg         ->" in text  # the classification table
     heatmap = tmp_path / "out" / "similarity_heatmap.png"

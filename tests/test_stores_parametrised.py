@@ -199,14 +199,16 @@ def test_other_model_raises_model_mismatch(kind, tmp_path, corpus, other_tiny_mo
 @pytest.mark.parametrize("kind", KINDS)
 def test_re_adding_everything_keeps_counts(kind, tmp_path, corpus):
     store, _ = build(kind, tmp_path, corpus)
-    before = store.count()
-    # Qdrant: one point per item; others: one row per image plus one per caption or text.
-    assert before == (7 + 3 if kind == "qdrant" else 7 + 7 + 3)
-    again = store.add_images(corpus.images, captions=corpus.captions, metadatas=corpus.metadatas)
-    store.add_texts(TEXTS)
-    store.add_images(corpus.images)  # and once more without captions
+    # One counting rule everywhere: an item is an image (with its caption) or a text; per
+    # modality, the vectors of that kind (7 images; 7 captions + 3 texts).
+    assert (store.count(), store.count("image"), store.count("text")) == (7 + 3, 7, 7 + 3)
+    again = store.add_images(corpus.images, captions=corpus.captions)
+    texts = store.add_texts(TEXTS)
+    bare = store.add_images(corpus.images)  # and once more without captions
     assert again.ids == corpus.image_ids
-    assert store.count() == before
+    assert (again.new, again.updated, again.present) == (0, 0, 7)
+    assert (texts.new, texts.present, bare.new, bare.present) == (0, 3, 0, 7)
+    assert (store.count(), store.count("image"), store.count("text")) == (7 + 3, 7, 7 + 3)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -219,10 +221,11 @@ def test_bad_images_are_skipped_and_named(kind, tmp_path, corpus):
 
     with pytest.raises(ce.ImageLoadError, match="corrupt.jpg"):
         store.add_images(batch, on_error="raise")
-    assert store.count() == 0  # "raise" writes nothing
+    assert store.count() == 1  # "raise" stops at the bad item: the one before it is stored
 
     report = store.add_images(batch, on_error="skip")
     assert report.ids == corpus.image_ids[:3]
+    assert (report.new, report.present) == (2, 1)
     assert [(s.index, Path(s.source).name) for s in report.skipped] == [(1, "corrupt.jpg"), (3, "missing.jpg")]
     assert "missing.jpg" in str(report) and "corrupt.jpg" in str(report)
     assert store.count() == 3
@@ -237,9 +240,14 @@ def test_open_store_rejects_unknown_kinds_and_lancedb_urls(tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_open_store_without_ef_needs_an_existing_collection(kind, tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+def test_open_store_without_ef_needs_an_existing_collection(kind, tmp_path, corpus):
+    with pytest.raises(ce.CollectionNotFoundError, match=f"no {kind} database at"):
         open_store(kind, str(tmp_path / kind), "nothing-here")
+    assert not (tmp_path / kind).exists()  # opening to read creates nothing
+    store, location = build(kind, tmp_path, corpus)
+    close(store)
+    with pytest.raises(ce.CollectionNotFoundError, match="does not exist"):
+        open_store(kind, location, "nothing-here")
 
 
 @pytest.mark.server

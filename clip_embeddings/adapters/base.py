@@ -1,9 +1,10 @@
 """The one ingestion and query path every database adapter shares.
 
-load → batch → encode → normalise happens in :class:`~clip_embeddings.ClipEF`; this module turns
-its output into records with content-derived ids and hands them to a store, which only translates
-records to its database and back. Adding a database means writing ``_write``, ``_search``,
-``count`` and ``_stored_config``: nothing about images, batching or errors.
+read → decode → preprocess → embed happens in :mod:`clip_embeddings.pipeline`, one batch at a
+time; this module turns each batch into records with content-derived ids and writes it at once,
+so an interrupted ingest keeps what it wrote and a re-run writes only what is missing. A store
+only translates records to its database and back: adding a database means writing ``_write``,
+``_search``, ``_stored``, ``count`` and ``_stored_config``, nothing about images, batching or errors.
 
 An *item* is one thing a user adds: an image (perhaps with a caption) or a text. Its id is derived
 from its content, so adding the same folder twice stores nothing new. Databases with named vectors
@@ -17,16 +18,18 @@ import hashlib
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from ..embedding import ClipEF, OnError, SkippedItem
-from ..errors import ImageLoadError, ModelMismatchError
-from ..images import IMAGE_EXTENSIONS, ImageLike, describe, iter_image_files
+from ..captions import caption_for, folder_captions
+from ..embedding import ClipEF
+from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
+from ..images import IMAGE_EXTENSIONS, ImageLike, iter_image_files
+from ..pipeline import ImageResult, OnError, SkippedItem
 
 Modality = Literal["image", "text"]
 _NAMESPACE = uuid.UUID("9b1f6c1e-3c1a-4f51-9a57-2f0e6c0c1ce5")  # fixed forever: ids must be stable
@@ -73,20 +76,65 @@ class Hit:
 
 @dataclass
 class IngestReport:
-    """What an ingest stored and what it could not, item by item."""
+    """What an ingest did, item by item; the same counts in every database.
+
+    An *item* is one image (with its caption, if any) or one text. ``new`` items were not stored
+    before; ``updated`` ones were, and got a new caption or metadata merged in; ``present`` ones
+    were stored already with the same content, so nothing was written;
+    ``duplicates`` are inputs whose content (or id) came earlier in the same ingest and is stored
+    once; ``skipped`` inputs could not be embedded, each with its reason. ``ids`` lists the item ids
+    of every input now in the store, new or present, once each, in input order.
+
+    Example:
+        >>> print(IngestReport(ids=["a", "b"], new=1, present=1, duplicates=1))
+        new 1, updated 0, already present 1, duplicates 1, skipped 0 (cache hits 0)
+    """
 
     ids: list[str] = field(default_factory=list)
+    new: int = 0
+    updated: int = 0
+    present: int = 0
+    duplicates: int = 0
     skipped: list[SkippedItem] = field(default_factory=list)
     cache_hits: int = 0
 
     @property
     def stored(self) -> int:
+        """Items of this ingest that are now in the store (new, updated or already present)."""
         return len(self.ids)
 
+    def add(self, other: IngestReport) -> IngestReport:
+        """Fold a later batch's report into this one (in place); returns ``self``."""
+        self.ids += other.ids
+        self.new += other.new
+        self.updated += other.updated
+        self.present += other.present
+        self.duplicates += other.duplicates
+        self.skipped += other.skipped
+        self.cache_hits += other.cache_hits
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts and the skipped items (index, source, reason) as plain JSON-able values."""
+        return {"new": self.new, "updated": self.updated, "present": self.present, "duplicates": self.duplicates,
+                "skipped": [{"index": s.index, "source": s.source, "reason": s.reason} for s in self.skipped],
+                "cache_hits": self.cache_hits}
+
     def __str__(self) -> str:
-        lines = [f"stored {self.stored} item(s), skipped {len(self.skipped)}, cache hits {self.cache_hits}"]
+        lines = [f"new {self.new}, updated {self.updated}, already present {self.present}, duplicates {self.duplicates}, "
+                 f"skipped {len(self.skipped)} (cache hits {self.cache_hits})"]
         lines += [f"  skipped {s}" for s in self.skipped]
         return "\n".join(lines)
+
+
+@dataclass
+class _Entry:
+    """One image to ingest with what the caller said about it."""
+
+    image: ImageLike
+    id: str | None = None
+    caption: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class Store(ABC):
@@ -113,8 +161,16 @@ class Store(ABC):
         """The ``k`` nearest records of ``modality`` to a unit vector."""
 
     @abstractmethod
-    def count(self) -> int:
-        """Number of stored items (Qdrant points) or rows (one per modality elsewhere)."""
+    def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
+        """For the (item id, modality) records that exist: their stored (digest, document)."""
+
+    @abstractmethod
+    def count(self, modality: Modality | None = None) -> int:
+        """Stored items (an image with its caption is one), or with ``modality`` its vectors of that kind.
+
+        The same rule in every database: two captioned images count 2, and 2 images + 2 texts
+        with ``modality="image"`` and ``"text"``.
+        """
 
     @abstractmethod
     def _stored_config(self) -> dict[str, Any] | None:
@@ -148,75 +204,205 @@ class Store(ABC):
                              "pass ef=ClipEF(...) to open it")
         return ClipEF.build_from_config(stored)
 
-    def _missing(self) -> ValueError:
-        return ValueError(f"{self.describe()} does not exist; pass ef=ClipEF(...) to create it")
+    def _missing(self) -> CollectionNotFoundError:
+        return CollectionNotFoundError(f"{self.describe()} does not exist; pass ef=ClipEF(...) to create it")
+
+    # -- ingest: every batch is written as soon as it is embedded --
 
     def add_images(
         self,
-        images: Sequence[ImageLike],
+        images: Iterable[ImageLike],
         *,
         ids: Sequence[str] | None = None,
         captions: Sequence[str | None] | None = None,
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         on_error: OnError | None = None,
         progress: bool = False,
+        total: int | None = None,
     ) -> IngestReport:
         """Embed and store images (and optional captions); ids default to content-derived ones.
 
-        With ``on_error="raise"`` nothing is written unless every image embeds; with ``"skip"``
-        the good ones are written and the report lists the rest with reasons.
-        """
-        on_error = on_error or self.ef.on_error
-        _check_lengths(len(images), ids=ids, captions=captions, metadatas=metadatas)
-        result = self.ef.encode_images(images, on_error=on_error, progress=progress, total=len(images))
-        caption_vectors = {}
-        if captions is not None:
-            with_caption = [i for i in result.indices if captions[i]]
-            caption_vectors = dict(zip(with_caption, self.ef.embed_texts([captions[i] for i in with_caption])))
-        records = []
-        for row, index in enumerate(result.indices):
-            item = ids[index] if ids is not None else item_id("image", result.digests[row])
-            common = dict(
-                digest=result.digests[row],
-                source=_source_text(images[index]),
-                document=captions[index] if captions is not None else None,
-                metadata=dict(metadatas[index] or {}) if metadatas is not None else {},
-            )
-            records.append(Record(item, "image", result.embeddings[row], **common))
-            if index in caption_vectors:
-                records.append(Record(item, "text", caption_vectors[index], **common))
-        self._write_all(records)
-        return IngestReport(_unique([r.id for r in records]), result.skipped, result.cache_hits)
+        ``images`` may be any iterable, a generator too: each batch is written as soon as it is
+        embedded, so an interrupted ingest keeps what it wrote and a re-run stores only the rest.
+        With ``on_error="skip"`` bad images are listed in the report with their reasons; with
+        ``"raise"`` the ingest stops at the first bad image, after storing every image before it.
 
-    def add_texts(self, texts: Sequence[str], *, ids: Sequence[str] | None = None,
+        Example:
+            >>> report = store.add_images(["cat.jpg", "cat.jpg", "missing.jpg"], on_error="skip")  # doctest: +SKIP
+            >>> report.new, report.duplicates, [s.reason for s in report.skipped]  # doctest: +SKIP
+            (1, 1, ['file not found'])
+        """
+        report = IngestReport()
+        for batch in self.stream_images(images, ids=ids, captions=captions, metadatas=metadatas,
+                                        on_error=on_error, progress=progress, total=total):
+            report.add(batch)
+        return report
+
+    def stream_images(
+        self,
+        images: Iterable[ImageLike],
+        *,
+        ids: Sequence[str] | None = None,
+        captions: Sequence[str | None] | None = None,
+        metadatas: Sequence[dict[str, Any] | None] | None = None,
+        on_error: OnError | None = None,
+        progress: bool = False,
+        total: int | None = None,
+    ) -> Iterator[IngestReport]:
+        """:meth:`add_images` one written batch at a time: yields each batch's report after its write.
+
+        Example:
+            >>> for batch in store.stream_images(paths):  # doctest: +SKIP
+            ...     print(f"{batch.new} more stored")
+        """
+        if isinstance(images, Sized):
+            _check_lengths(len(images), ids=ids, captions=captions, metadatas=metadatas)
+            total = len(images) if total is None else total
+        entries = (
+            _Entry(image, ids[i] if ids is not None else None, captions[i] if captions is not None else None,
+                   metadatas[i] if metadatas is not None else None)
+            for i, image in enumerate(images)
+        )
+        return self._ingest(entries, on_error or self.ef.on_error, progress, total)
+
+    def _ingest(self, entries: Iterable[_Entry], on_error: OnError, progress: bool,
+                total: int | None) -> Iterator[IngestReport]:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        seen: set[str] = set()  # item ids of this ingest: the same content twice is stored once
+        pipeline = self.ef.image_pipeline()
+        for batch in pipeline.batches(entries, item_of=lambda e: e.image, progress=progress, total=total):
+            report, items, failure = IngestReport(), [], None
+            for r in batch:
+                if not r.ok:
+                    if on_error == "raise":
+                        failure = r.error()
+                        break
+                    report.skipped.append(r.skipped())
+                    continue
+                report.cache_hits += r.cached
+                item = r.entry.id or item_id("image", r.digest)
+                if item in seen:
+                    report.duplicates += 1
+                    continue
+                seen.add(item)
+                items.append((item, r))
+            captioned = [(item, r) for item, r in items if r.entry.caption]
+            caption_vectors = self.ef.embed_texts([r.entry.caption for _, r in captioned]) if captioned else []
+            records = {item: [_image_record(item, r)] for item, r in items}
+            for (item, r), vector in zip(captioned, caption_vectors):
+                records[item].append(replace(records[item][0], modality="text", vector=vector))
+            self._store(records, report)
+            yield report
+            if failure is not None:
+                raise failure
+
+    def add_texts(self, texts: Iterable[str], *, ids: Sequence[str] | None = None,
                   metadatas: Sequence[dict[str, Any] | None] | None = None) -> IngestReport:
-        """Embed and store texts; ids default to content-derived ones."""
+        """Embed and store texts; ids default to content-derived ones; a repeated text is stored once.
+
+        Example:
+            >>> store.add_texts(["a cat", "a cat", "a dog"]).duplicates  # doctest: +SKIP
+            1
+        """
+        texts = list(texts)
         _check_lengths(len(texts), ids=ids, metadatas=metadatas)
-        vectors = self.ef.embed_texts(list(texts))
-        records = [
-            Record(
-                ids[i] if ids is not None else item_id("text", text_digest(t)), "text", vectors[i], text_digest(t),
-                document=t, metadata=dict(metadatas[i] or {}) if metadatas is not None else {},
-            )
-            for i, t in enumerate(texts)
-        ]
-        self._write_all(records)
-        return IngestReport([r.id for r in records])
+        report, seen = IngestReport(), set()
+        for start in range(0, len(texts), self.write_batch):
+            chunk = range(start, min(start + self.write_batch, len(texts)))
+            records: dict[str, list[Record]] = {}
+            for i in chunk:
+                if not isinstance(texts[i], str):
+                    raise TypeError(f"item {i}: texts must be str, got {type(texts[i]).__name__}")
+                digest = text_digest(texts[i])
+                item = ids[i] if ids is not None else item_id("text", digest)
+                if item in seen:
+                    report.duplicates += 1
+                    continue
+                seen.add(item)
+                meta = dict(metadatas[i] or {}) if metadatas is not None else {}
+                records[item] = [Record(item, "text", np.empty(0, np.float32), digest, document=texts[i], metadata=meta)]
+            vectors = self.ef.embed_texts([rs[0].document for rs in records.values()]) if records else []
+            for rs, vector in zip(records.values(), vectors):
+                rs[0].vector = vector
+            self._store(records, report)
+        return report
+
+    def _store(self, records: dict[str, list[Record]], report: IngestReport) -> None:
+        """Write what is not stored yet (or carries metadata to merge); count items new, updated, present."""
+        keys = [(r.id, r.modality) for rs in records.values() for r in rs]
+        stored = self._stored(keys) if keys else {}
+        writes: list[Record] = []
+        for item, rs in records.items():
+            changed = [r for r in rs if not _same(stored.get((r.id, r.modality)), r) or r.metadata]
+            writes += changed
+            report.ids.append(item)
+            if not changed:
+                report.present += 1
+            elif any((r.id, r.modality) in stored for r in rs):
+                report.updated += 1
+            else:
+                report.new += 1
+        self._write_batches(writes)
+
+    def write_records(self, records: Iterable[Record]) -> IngestReport:
+        """Store ready-made records (the Ray engine's path) exactly as an ingest would.
+
+        Records of one item (its image and caption) are grouped by id; only what is not stored
+        yet is written, and the report counts items new, updated, present and duplicated.
+
+        Example:
+            >>> store.write_records(records_from_batch(batch)).new  # doctest: +SKIP
+            64
+        """
+        grouped: dict[str, list[Record]] = {}
+        report = IngestReport()
+        for record in records:
+            rows = grouped.setdefault(record.id, [])
+            if any(r.modality == record.modality for r in rows):
+                report.duplicates += 1
+                continue
+            rows.append(record)
+        self._store(grouped, report)
+        return report
+
+    def _write_batches(self, records: list[Record]) -> None:
+        for start in range(0, len(records), self.write_batch):
+            self._write(records[start : start + self.write_batch])
 
     def index_folder(self, folder: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_EXTENSIONS,
-                     recursive: bool = True, on_error: OnError = "skip", progress: bool = True) -> IngestReport:
-        """Index every image file under ``folder``; re-running it stores nothing new.
+                     recursive: bool = True, on_error: OnError = "skip", progress: bool = True,
+                     captions: Mapping[str, str] | bool = True) -> IngestReport:
+        """Index every image file under ``folder``; re-running it stores only what is missing.
+
+        The folder is walked lazily in a stable order and each batch is written as soon as it is
+        embedded. Captions (``captions=True``) come from :func:`clip_embeddings.captions.folder_captions`:
+        a ``captions.json`` or ``captions.csv`` at the folder's root, or a ``.txt`` file beside an
+        image; pass a mapping of paths (relative to ``folder``) to captions, or ``False`` for none.
 
         Example:
             >>> report = store.index_folder("photos/")  # doctest: +SKIP
             >>> print(report)  # doctest: +SKIP
-            stored 1200 item(s), skipped 2, cache hits 0
+            new 1200, updated 0, already present 0, duplicates 3, skipped 2 (cache hits 0)
         """
+        report = IngestReport()
+        for batch in self.stream_folder(folder, extensions=extensions, recursive=recursive, on_error=on_error,
+                                        progress=progress, captions=captions):
+            report.add(batch)
+        return report
+
+    def stream_folder(self, folder: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_EXTENSIONS,
+                      recursive: bool = True, on_error: OnError = "skip", progress: bool = True,
+                      captions: Mapping[str, str] | bool = True) -> Iterator[IngestReport]:
+        """:meth:`index_folder` one written batch at a time (the CLI reports progress from it)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ImageLoadError("not a folder (index_folder takes a directory of images)", source=str(folder))
-        files = list(iter_image_files(folder, extensions=extensions, recursive=recursive))
-        return self.add_images(files, on_error=on_error, progress=progress)
+        lookup = folder_captions(folder) if captions is True else (captions or {})
+        sidecars = captions is not False
+        entries = (_Entry(path, caption=caption_for(lookup, folder, path, sidecars=sidecars))
+                   for path in iter_image_files(folder, extensions=extensions, recursive=recursive))
+        return self._ingest(entries, on_error, progress, None)
 
     def query(self, text: str | ImageLike | None = None, *, image: ImageLike | None = None, k: int = 5,
               modality: Modality = "image", where: dict[str, Any] | None = None) -> list[Hit]:
@@ -228,30 +414,30 @@ class Store(ABC):
         """
         if (text is None) == (image is None):
             raise ValueError("query takes a text or image=..., exactly one of them")
+        if modality not in ("image", "text"):
+            raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
         if isinstance(text, str):
             vector = self.ef.embed_texts([text])[0]
         else:
             vector = self.ef.encode_images([image if image is not None else text], on_error="raise").embeddings[0]
         return self._search(vector, k, modality, where)
 
-    def _write_all(self, records: list[Record]) -> None:
-        for start in range(0, len(records), self.write_batch):
-            self._write(records[start : start + self.write_batch])
+
+def _image_record(item: str, result: ImageResult) -> Record:
+    entry = result.entry
+    return Record(item, "image", result.vector, result.digest, source=result.source, document=entry.caption,
+                  metadata=dict(entry.metadata or {}))
+
+
+def _same(stored: tuple[str | None, str | None] | None, record: Record) -> bool:
+    """A stored row holds this record already: same content (and, for a text, the same words)."""
+    if stored is None:
+        return False
+    digest, document = stored
+    return digest == record.digest and (record.modality == "image" or document == record.document)
 
 
 def _check_lengths(n: int, **columns: Sequence | None) -> None:
     for name, column in columns.items():
         if column is not None and len(column) != n:
             raise ValueError(f"{name} has {len(column)} entries but there are {n} items")
-
-
-def _source_text(item: ImageLike) -> str:
-    """What a search result shows as an image's origin: an absolute path, a URL, or a description."""
-    if not isinstance(item, (str, os.PathLike)) or str(item).startswith("data:"):
-        return describe(item)
-    text = os.fspath(item)
-    return text if "://" in text[:16] else os.path.abspath(text)
-
-
-def _unique(values: list[str]) -> list[str]:
-    return list(dict.fromkeys(values))

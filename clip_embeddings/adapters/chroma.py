@@ -26,9 +26,10 @@ from .._extras import require
 require("chromadb", extra="chroma")  # before the imports below: names the extra when it is missing
 from chromadb.utils.embedding_functions import register_embedding_function  # noqa: E402
 
-from ..embedding import ClipEF, _decode_pool
+from ..embedding import ClipEF
 from ..errors import ImageLoadError
-from ..images import DEFAULT_OPTIONS, LoaderOptions, load_image
+from ..images import DEFAULT_OPTIONS, LoaderOptions
+from ..pipeline import decode_many
 from .base import Hit, Modality, Record, Store, row_id
 
 register_embedding_function(ClipEF)
@@ -38,24 +39,38 @@ class ImageLoader:
     """Chroma data loader: turns ``uris`` (paths or http(s) URLs) into images, in parallel.
 
     Used by ``add(uris=...)``, ``upsert(uris=...)`` and ``query(query_uris=...)``; a bad URI
-    raises an error naming its position and the reason.
+    raises an error naming its position and the reason. It decodes through the same pipeline and
+    limits as ``ClipEF``: build it with :meth:`for_function` so the URL policy a collection was
+    made with is the one its uris are fetched under.
+
+    Example:
+        >>> ef = ce.ClipEF(loader_options=LoaderOptions(allow_urls=False))  # doctest: +SKIP
+        >>> client.create_collection("photos", embedding_function=ef, data_loader=ImageLoader.for_function(ef))  # doctest: +SKIP
     """
 
-    def __init__(self, options: LoaderOptions = DEFAULT_OPTIONS, num_workers: int = 4):
+    def __init__(self, options: LoaderOptions = DEFAULT_OPTIONS, num_workers: int = 4, ef: ClipEF | None = None):
         self.options = options
         self.num_workers = num_workers
+        self.ef = ef
+
+    @classmethod
+    def for_function(cls, ef: ClipEF) -> ImageLoader:
+        """A loader with ``ef``'s loader options, worker count and JPEG draft decoding.
+
+        A file added by uri then gives the very vector that ``ef.embed_images([path])`` gives.
+        """
+        return cls(ef.loader_options, ef.num_workers, ef)
 
     def __call__(self, uris: Sequence[str | None]) -> list[np.ndarray | None]:
-        def load(index: int, uri: str | None) -> np.ndarray | None:
-            if uri is None:
-                return None
-            try:
-                return np.asarray(load_image(uri, self.options))
-            except ImageLoadError as e:
-                raise ImageLoadError(e.reason, index=index, source=e.source) from None
-
-        pool = _decode_pool(self.num_workers)
-        return [f.result() for f in [pool.submit(load, i, uri) for i, uri in enumerate(uris)]]
+        wanted = [i for i, uri in enumerate(uris) if uri is not None]
+        out: list[np.ndarray | None] = [None] * len(uris)
+        draft = self.ef.loaded_model().preprocess.resolution if self.ef is not None and self.ef.fast_decode else None
+        images = decode_many([uris[i] for i in wanted], self.options, workers=self.num_workers, draft_resolution=draft)
+        for i, image in zip(wanted, images):
+            if isinstance(image, ImageLoadError):
+                raise ImageLoadError(image.reason, index=i, source=image.source)
+            out[i] = np.asarray(image)
+        return out
 
 
 class ChromaStore(Store):
@@ -73,15 +88,18 @@ class ChromaStore(Store):
         self.name = name
         existing = {c if isinstance(c, str) else c.name for c in client.list_collections()}
         if name in existing:
-            # Without an embedding_function argument Chroma rebuilds ClipEF from the stored config.
-            given = {"embedding_function": ef} if ef is not None else {}
-            self.collection = client.get_collection(name, data_loader=ImageLoader(), **given)
+            if ef is None:
+                # Chroma rebuilds ClipEF from the stored config; the loader must follow its policy.
+                ef = client.get_collection(name).configuration.get("embedding_function")
+                if not isinstance(ef, ClipEF):
+                    raise ValueError(f"Chroma collection {name!r} was not made with clip-embeddings (its function: {ef!r})")
+            self.collection = client.get_collection(name, embedding_function=ef, data_loader=ImageLoader.for_function(ef))
         elif ef is None:
             raise self._missing()
         else:
             try:
                 self.collection = client.create_collection(
-                    name, embedding_function=ef, data_loader=ImageLoader(), metadata=metadata,
+                    name, embedding_function=ef, data_loader=ImageLoader.for_function(ef), metadata=metadata,
                     configuration={"hnsw": {"space": "cosine"}},
                 )
             except Exception as e:
@@ -89,12 +107,9 @@ class ChromaStore(Store):
                 # and all but one lose the create race: open the winner's (its model is checked below).
                 if "already exists" not in str(e).lower():
                     raise
-                self.collection = client.get_collection(name, embedding_function=ef, data_loader=ImageLoader())
-        # Chroma keeps a placeholder default on the collection and resolves the stored function
-        # from the configuration at embedding time; take the stored one the same way.
-        self.ef = ef or self.collection.configuration.get("embedding_function")
-        if not isinstance(self.ef, ClipEF):
-            raise ValueError(f"Chroma collection {name!r} was not made with clip-embeddings (its function: {self.ef!r})")
+                self.collection = client.get_collection(name, embedding_function=ef,
+                                                        data_loader=ImageLoader.for_function(ef))
+        self.ef = ef
         self.check_model()
 
     @classmethod
@@ -143,8 +158,17 @@ class ChromaStore(Store):
             hits.append(Hit(item, 1.0 - float(distance), modality, source, doc or None, meta))
         return hits
 
-    def count(self) -> int:
-        return self.collection.count()
+    def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
+        rows = {row_id(item, modality): (item, modality) for item, modality in keys}
+        got = self.collection.get(ids=list(rows), include=["metadatas", "documents"])
+        return {rows[i]: ((meta or {}).get("digest"), doc) for i, meta, doc in zip(got["ids"], got["metadatas"], got["documents"])}
+
+    def count(self, modality: Modality | None = None) -> int:
+        if modality is not None:
+            return len(self.collection.get(where={"modality": modality}, include=[])["ids"])
+        # One row per modality: an item is an image row, or a text row with no image row beside it.
+        ids = self.collection.get(include=[])["ids"]
+        return len({i.removesuffix(":text") for i in ids})
 
 
 def _metadata(record: Record) -> dict[str, Any]:

@@ -238,8 +238,17 @@ class LanceDBStore(Store):
             for r in rows
         ]
 
-    def count(self) -> int:
-        return self.table.count_rows()
+    def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
+        rows = {row_id(item, modality): (item, modality) for item, modality in keys}
+        ids = ", ".join(_sql(i) for i in rows)
+        found = self.table.search().where(f"id IN ({ids})").select(["id", "digest", "document"]).limit(len(rows))
+        return {rows[r["id"]]: (r["digest"], r["document"]) for r in found.to_list()}
+
+    def count(self, modality: Modality | None = None) -> int:
+        if modality is not None:
+            return self.table.count_rows(f"modality = {_sql(modality)}")
+        # A caption row carries its image's source; a text added on its own has none.
+        return self.table.count_rows("modality = 'image' OR source IS NULL")
 
 
 def to_sql(where: dict[str, Any]) -> str:

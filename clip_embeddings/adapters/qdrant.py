@@ -125,8 +125,21 @@ class QdrantStore(Store):
             hits.append(Hit(item, float(point.score), modality, source, document, payload))
         return hits
 
-    def count(self) -> int:
-        return self.client.count(self.name, exact=True).count
+    def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
+        wanted = {point_id(item): item for item, _ in keys}
+        points = self.client.retrieve(self.name, ids=list(wanted), with_payload=["digest", "document"], with_vectors=True)
+        found = {}
+        for point in points:
+            item, payload = wanted[str(point.id)], point.payload or {}
+            for modality in (point.vector or {}):
+                found[(item, modality)] = (payload.get("digest"), payload.get("document"))
+        return found
+
+    def count(self, modality: Modality | None = None) -> int:
+        if modality is None:
+            return self.client.count(self.name, exact=True).count
+        has = qmodels.Filter(must=[qmodels.HasVectorCondition(has_vector=modality)])
+        return self.client.count(self.name, count_filter=has, exact=True).count
 
 
 def point_id(item: str) -> str:

@@ -34,11 +34,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import numpy as np
 
-from ..adapters.base import Modality, Record, Store, _source_text, item_id, row_id, text_digest
+from ..adapters import open_store, parse_sink
+from ..adapters.base import Modality, Record, Store, item_id, row_id, text_digest
+from ..pipeline import source_of
 from ..embedding import ClipEF
 from ..images import describe
 
@@ -58,7 +59,7 @@ __all__ = [
 
 _INSTALL_HINT = "Ray is not installed: pip install 'clip-embeddings[ray]' (or pip install 'ray[data]')"
 
-def _ray() -> Any:
+def import_ray() -> Any:
     """The ``ray`` module, or an ImportError that says what to install."""
     try:
         import ray
@@ -157,7 +158,7 @@ class ClipBatchEmbedder:
         if paths and not isinstance(item, str):
             return paths[i]
         try:
-            return _source_text(item)
+            return source_of(item)
         except Exception:  # noqa: BLE001 - the description is for humans, never a reason to fail
             return f"<{type(item).__name__}>"
 
@@ -209,7 +210,7 @@ def embed_dataset(ds: ray.data.Dataset, *, model: str, column: str = "source", m
         >>> out.select_columns(["source", "error"]).take_all()  # doctest: +SKIP
         [{'source': '/data/cat.jpg', 'error': None}, {'source': '/data/bad.jpg', 'error': 'not an image (...)'}]
     """
-    ray = _ray()
+    ray = import_ray()
     if num_actors < 1 or batch_size < 1:
         raise ValueError("num_actors and batch_size must be at least 1")
     if column not in ds.schema().names:
@@ -255,11 +256,11 @@ def _portable_model(model: str | os.PathLike) -> str:
 # --- the writing step: records into a Store, nothing database-specific here ---------------------
 
 def open_sink(sink: str | Store | tuple[Any, str], ef: ClipEF) -> Store:
-    """The :class:`Store` that ``sink`` names; every database write goes through its ``_write``.
+    """The :class:`Store` that ``sink`` names; every database write goes through its ``write``.
 
-    ``sink`` is a Store, a ``(chromadb client, collection name)`` pair, or a URL:
-    ``lancedb://DIR/TABLE``, ``chroma+http://HOST:PORT/COLLECTION`` or
-    ``qdrant+http://HOST:6333/COLLECTION`` (``+https`` for TLS).
+    ``sink`` is a Store, a ``(chromadb client, collection name)`` pair, or an address that
+    :func:`clip_embeddings.adapters.parse_sink` reads: ``lancedb://DIR/TABLE``,
+    ``chroma+http://HOST:PORT/COLLECTION`` or ``qdrant+http://HOST:6333/COLLECTION`` (``+https`` for TLS).
 
     Example:
         >>> store = open_sink("chroma+http://127.0.0.1:8000/photos", ClipEF())  # doctest: +SKIP
@@ -270,37 +271,10 @@ def open_sink(sink: str | Store | tuple[Any, str], ef: ClipEF) -> Store:
         from ..adapters.chroma import ChromaStore
 
         return ChromaStore(sink[0], sink[1], ef)
-    if not isinstance(sink, str) or "://" not in sink:
+    if not isinstance(sink, str):
         raise ValueError(f"not a sink: {sink!r} (expected a Store, (client, name), lancedb://DIR/TABLE, "
                          "chroma+http://HOST:PORT/NAME or qdrant+http://HOST:PORT/NAME)")
-    scheme, rest = sink.split("://", 1)
-    if scheme == "lancedb":
-        location, _, name = rest.rstrip("/").rpartition("/")
-        if not location or not name:
-            raise ValueError(f"{sink!r}: expected lancedb://DIR/TABLE")
-        return _open_store("lancedb", location, name, ef)
-    db, _, transport = scheme.partition("+")
-    if db in ("chroma", "qdrant") and transport in ("http", "https"):
-        url = urlparse(f"{transport}://{rest}")
-        name = url.path.strip("/")
-        if not url.hostname or not name or "/" in name:
-            raise ValueError(f"{sink!r}: expected {db}+{transport}://HOST:PORT/COLLECTION")
-        if db == "qdrant":
-            return _open_store("qdrant", f"{transport}://{url.netloc}", name, ef)
-        import chromadb
-
-        from ..adapters.chroma import ChromaStore
-
-        client = chromadb.HttpClient(host=url.hostname, port=url.port or 8000, ssl=transport == "https")
-        return ChromaStore(client, name, ef)
-    raise ValueError(f"{sink!r}: unknown sink scheme {scheme!r} (lancedb, chroma+http(s), qdrant+http(s))")
-
-
-def _open_store(kind: str, location: str, name: str, ef: ClipEF) -> Store:
-    try:
-        from ..adapters import open_store
-    except ImportError as e:
-        raise ImportError(f"a {kind} sink needs clip_embeddings.adapters.open_store, which is missing here ({e})") from e
+    kind, location, name = parse_sink(sink)
     return open_store(kind, location, name, ef=ef)
 
 
@@ -331,12 +305,15 @@ def records_from_batch(batch: pa.Table) -> list[Record]:
 class RayIngestReport:
     """What a Ray ingest wrote, what it skipped (``(source, reason)`` pairs), and how long it took.
 
-    ``stored`` counts records upserted; content seen twice counts twice but is stored once.
+    ``stored`` counts the items of the job now in the store, of which ``new`` were written by it and
+    ``present`` were there already (a re-run, or content seen twice); each is stored once.
     """
 
     stored: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     elapsed: float = 0.0
+    new: int = 0
+    present: int = 0
 
     @property
     def items_per_second(self) -> float:
@@ -354,7 +331,7 @@ def sources_dataset(sources: Sequence[str | os.PathLike], *, rows_per_block: int
 
     Paths are made absolute here, on the driver, because actors resolve them elsewhere.
     """
-    ray = _ray()
+    ray = import_ray()
     absolute = [s if "://" in s[:16] or s.startswith("data:") else os.path.abspath(s) for s in map(os.fspath, sources)]
     # from_items builds the blocks here; from_arrow would start a metadata task per block, and
     # the idle workers left behind can abort noisily when Ray reclaims their CPU for the actors.
@@ -370,7 +347,7 @@ def index_with_ray(sources: Sequence[str | os.PathLike] | ray.data.Dataset, *, m
     """Embed ``sources`` on the Ray cluster and upsert them into ``sink``; bad items are reported.
 
     The driver streams the embedded rows out of the pipeline and writes them through the sink's
-    :class:`Store` (``_write``, an upsert), so every database is written exactly as a
+    :class:`Store` (``write_records``), so every database is written exactly as a
     single-process ``store.add_images`` would, and re-running a job stores nothing new. The
     driver loads the model once on CPU: the store records its fingerprint and refuses a
     collection built with other weights before any actor starts.
@@ -390,7 +367,7 @@ def index_with_ray(sources: Sequence[str | os.PathLike] | ray.data.Dataset, *, m
         >>> report.stored, report.skipped  # doctest: +SKIP
         (2, [])
     """
-    ray = _ray()
+    ray = import_ray()
     start = time.perf_counter()
     ef = ClipEF(_portable_model(model), device="cpu", dtype=dtype, batch_size=batch_size, cache=False)
     store = open_sink(sink, ef)
@@ -409,10 +386,10 @@ def index_with_ray(sources: Sequence[str | os.PathLike] | ray.data.Dataset, *, m
     context.enable_progress_bars = progress
     try:
         for batch in _batches(embedded, write_batch or store.write_batch):
-            records = records_from_batch(batch)
-            if records:
-                store._write(records)
-            report.stored += len(records)
+            written = store.write_records(records_from_batch(batch))
+            report.stored += written.stored
+            report.new += written.new
+            report.present += written.present
             bad = batch.filter(batch.column("error").is_valid())
             report.skipped += list(zip(bad.column("source").to_pylist(), bad.column("error").to_pylist()))
     finally:
@@ -424,63 +401,3 @@ def index_with_ray(sources: Sequence[str | os.PathLike] | ray.data.Dataset, *, m
 def _batches(ds: ray.data.Dataset, size: int) -> Iterator[pa.Table]:
     # Streaming: actors keep embedding while the driver writes, and nothing is held whole.
     yield from ds.iter_batches(batch_size=size, batch_format="pyarrow")
-
-
-# --- the command line --------------------------------------------------------------------------
-
-def run_index_cli(args: Any) -> int:
-    """``clip-embeddings index FOLDER --engine ray``: what ``cli.cmd_index`` calls; returns the exit status.
-
-    Reads from ``args`` (an ``argparse.Namespace``): ``folder``, ``db``, ``location``,
-    ``collection``, ``model``, ``batch_size``, ``extensions`` (``".jpg,.png"`` or None),
-    ``no_recursive``, ``on_error``, and the Ray flags ``address`` (default ``"auto"``),
-    ``num_actors`` (2) and ``num_gpus`` (0, per actor). Connects to the cluster (or starts a local
-    Ray when ``address`` is ``"local"``), lists the images on the driver, and prints the report.
-
-    Example:
-        $ clip-embeddings index /data/photos --engine ray --address auto --num-actors 8 --num-gpus 1 \\
-              --db qdrant --location http://10.0.0.5:6333 --collection photos
-    """
-    ray = _ray()
-    from ..cli import _open_store as cli_open_store
-    from ..console import UsageError, format_table
-    from ..images import IMAGE_EXTENSIONS, iter_image_files
-
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise UsageError(f"{folder}: not a folder (index takes a directory of images)")
-    extensions = getattr(args, "extensions", None)
-    wanted = frozenset(e.strip() for e in extensions.split(",") if e.strip()) if extensions else IMAGE_EXTENSIONS
-    files = [str(p) for p in iter_image_files(folder, extensions=wanted, recursive=not getattr(args, "no_recursive", False))]
-    if not files:
-        raise UsageError(f"no images found in {folder}")
-    address = getattr(args, "address", None) or "auto"
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, include_dashboard=False)
-    ef = ClipEF(_portable_model(args.model), device="cpu", batch_size=args.batch_size, cache=False)
-    store = cli_open_store(args.db, args.location, args.collection, ef)
-    report = index_with_ray(files, model=args.model, sink=store, num_actors=getattr(args, "num_actors", 2),
-                            batch_size=args.batch_size, num_gpus=getattr(args, "num_gpus", 0) or 0,
-                            progress=sys.stderr.isatty())  # progress bars are noise in logs
-    print(f"indexed {folder} into {args.db} collection {args.collection!r} at {args.location} with Ray "
-          f"({getattr(args, 'num_actors', 2)} actors)")
-    print(f"  stored {report.stored} item(s), skipped {len(report.skipped)} in {report.elapsed:.1f} s "
-          f"({report.items_per_second:.0f} items/s); the collection now holds {store.count()} record(s)")
-    if report.skipped:
-        print(f"\nskipped {len(report.skipped)} item(s):")
-        print(format_table(["source", "reason"], report.skipped, align="ll", max_width=80))
-    if report.skipped and getattr(args, "on_error", "skip") == "raise":
-        return 1  # the good items are stored (idempotently); the status says not all were
-    return 0
-
-
-def add_ray_arguments(parser: Any) -> None:
-    """Add ``--engine``, ``--address``, ``--num-actors`` and ``--num-gpus`` to the ``index`` parser."""
-    group = parser.add_argument_group("scale-out (Ray)")
-    group.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="embed in this process (local) or on a Ray cluster (ray; pip install clip-embeddings[ray])")
-    group.add_argument("--address", default="auto", metavar="ADDR",
-                       help="Ray cluster address: auto (the running cluster), ray://HOST:10001, or local (default: auto)")
-    group.add_argument("--num-actors", type=int, default=2, metavar="N", help="model replicas (default: 2)")
-    group.add_argument("--num-gpus", type=float, default=0, metavar="G",
-                       help="GPUs per actor; fractions share a GPU (default: 0, CPU)")
