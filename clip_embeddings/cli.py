@@ -28,6 +28,7 @@ from .console import UsageError, emit, format_table, one_line, report_error, sta
 from .loading import default_model
 
 DBS = ("chroma", "qdrant", "lancedb")
+_DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qdrant"), "lancedb": ("lancedb", "lancedb")}
 
 
 
@@ -165,6 +166,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise UsageError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder (index takes a directory of images)")
+    from ._extras import require
+
+    require(*_DB_MODULES[args.db])  # before any model loads: "pip install 'clip-embeddings[qdrant]'"
     if getattr(args, "engine", "local") == "ray":
         return _index_with_ray(args, folder)
     captions = _captions(args)
@@ -309,10 +313,12 @@ def _open_search_store(args: argparse.Namespace):
 
     Searching only reads: ``open_store(create=False)`` reports a location without a database, never makes one.
     """
+    from ._extras import require
     from .adapters import open_store
-
     from .errors import CollectionNotFoundError
 
+    # A missing database client is the first thing to say, wherever the location points.
+    require(*_DB_MODULES[args.db])
     # With --model the store checks those weights against the collection's, so a wrong one fails
     # with a message naming the right one instead of returning meaningless neighbours.
     ef = _loaded(_make_ef(args)) if args.model else None

@@ -29,7 +29,7 @@ def test_search_at_a_missing_location_creates_nothing(kind, tmp_path, cwd, tiny_
         assert cli.main(["search", "a cat", "--db", kind, "--location", str(location), "--collection", "photos",
                          *extra]) == 1
         err = capsys.readouterr().err
-        assert err.startswith(f"error: no {kind} collection 'photos' at {location}: the folder does not exist")
+        assert err.startswith(f"error: no {kind} collection 'photos' at {location}")
         assert "clip-embeddings index" in err and err.count("\n") == 1
         assert not location.exists() and tree(cwd) == []
     # A relative location, resolved against cwd, is not created either.
@@ -43,7 +43,7 @@ def test_search_in_a_folder_without_a_database_leaves_it_as_it_was(kind, tmp_pat
     folder.mkdir()
     (folder / "notes.txt").write_text("hello")
     assert cli.main(["search", "a cat", "--db", kind, "--location", str(folder), "--collection", "photos"]) == 1
-    assert f"no {kind} database at {folder}" in capsys.readouterr().err
+    assert f"no {kind} collection 'photos' at {folder}" in capsys.readouterr().err
     assert tree(folder) == ["notes.txt"] and tree(cwd) == []
 
 

@@ -68,9 +68,10 @@ CLI = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("db, hidden", [("qdrant", "qdrant_client"), ("lancedb", "lancedb"), ("chroma", "chromadb")])
-def test_cli_names_the_extra_in_one_line(db, hidden, tmp_path):
+def test_cli_names_the_extra_in_one_line(db, hidden, tmp_path, tiny_model_path):
     for command in (["search", "a cat"], ["index", str(tmp_path)]):
-        done = without(hidden, CLI, *command, "--db", db, "--location", str(tmp_path / "db"), "--collection", "c")
+        done = without(hidden, CLI, *command, "--db", db, "--location", str(tmp_path / "db"), "--collection", "c",
+                       "--model", str(tiny_model_path))
         assert done.returncode == 1 and done.stdout == ""
         (line,) = done.stderr.strip().splitlines()
         assert line.startswith("error: ") and f"pip install 'clip-embeddings[{db}]'" in line, done.stderr
