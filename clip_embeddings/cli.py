@@ -25,10 +25,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .console import UsageError, emit, format_table, one_line, report_error
+from .console import UsageError, emit, format_table, one_line, report_error, status
 from .loading import default_model
 
 DBS = ("chroma", "qdrant", "lancedb")
+_DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qdrant"), "lancedb": ("lancedb", "lancedb")}
 
 
 
@@ -38,6 +39,25 @@ def _make_ef(args: argparse.Namespace, **options: Any):
     from .embedding import ClipEF
 
     return ClipEF(args.model or default_model(), device=args.device, batch_size=args.batch_size, **options)
+
+
+def _loaded(ef: Any) -> Any:
+    """``ef`` with its model loaded, under a status line on a terminal (a first load takes seconds)."""
+    with status(f"loading model {ef.model_name} ..."):
+        ef.dim  # noqa: B018  (loads, and checks the weights against a collection's fingerprint)
+    return ef
+
+
+def _skipped_lines(skipped: Sequence[Any]) -> list[str]:
+    if not skipped:
+        return []
+    return ["", f"skipped {len(skipped)} item(s):",
+            format_table(["#", "source", "reason"], [[s.index, s.source, s.reason] for s in skipped],
+                         align="rll", max_width=80)]
+
+
+def _skipped_json(skipped: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"index": s.index, "source": s.source, "reason": s.reason} for s in skipped]
 
 
 def _images_in(paths: Sequence[str]) -> list[str]:
@@ -147,6 +167,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise UsageError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder (index takes a directory of images)")
+    from ._extras import require
+
+    require(*_DB_MODULES[args.db])  # before any model loads: "pip install 'clip-embeddings[qdrant]'"
     if getattr(args, "engine", "local") == "ray":
         return _index_with_ray(args, folder)
     captions = _captions(args)
@@ -260,33 +283,46 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "index a folder with captions (captions.json, captions.csv or .txt files beside the images)")
         raise UsageError(f"{args.db} collection {args.collection!r} at {args.location} holds no {args.modality} "
                          f"records; {hint}")
+    _loaded(store.ef)
     if args.image is not None:
         hits = store.query(image=args.image, k=args.k, modality=args.modality)
     else:
         hits = store.query(args.query, k=args.k, modality=args.modality)
     query = f"image {args.image}" if args.image is not None else repr(args.query)
-    print(f"{len(hits)} nearest {args.modality} record(s) to {query} in {args.db} collection {args.collection!r}:")
-    if not hits:
-        return 0
-    rows = [[rank, h.score, h.id, h.source or h.document or ""] for rank, h in enumerate(hits, 1)]
-    headers = ["rank", "score", "id", "source" if args.modality == "image" else "document"]
-    if args.modality == "image" and any(h.document for h in hits):
-        headers.append("caption")
-        for row, h in zip(rows, hits):
-            row.append(h.document or "")
-    print(format_table(headers, rows, align="rrll", max_width=250))  # whole paths: they get copied
+    document = {
+        "command": "search", "db": args.db, "location": args.location, "collection": args.collection,
+        "query": {"text": args.query} if args.image is None else {"image": args.image},
+        "modality": args.modality, "k": args.k,
+        "hits": [{"rank": rank, "id": h.id, "score": h.score, "source": h.source, "document": h.document,
+                  "modality": h.modality, "metadata": h.metadata} for rank, h in enumerate(hits, 1)],
+    }
+    text = [f"{len(hits)} nearest {args.modality} record(s) to {query} in {args.db} collection {args.collection!r}:"]
+    if hits:
+        rows = [[rank, h.score, h.id, h.source or h.document or ""] for rank, h in enumerate(hits, 1)]
+        headers = ["rank", "score", "id", "source" if args.modality == "image" else "document"]
+        if args.modality == "image" and any(h.document for h in hits):
+            headers.append("caption")
+            for row, h in zip(rows, hits):
+                row.append(h.document or "")
+        text.append(format_table(headers, rows, align="rrll", max_width=250))  # whole paths: they get copied
+    emit(args, document, text)
     return 0
 
 
 def _open_search_store(args: argparse.Namespace):
-    """Open an existing collection; without --model, with the model it was indexed with."""
-    from .adapters import open_store
+    """Open an existing collection; without --model, with the model it was indexed with.
 
+    Searching only reads: ``open_store(create=False)`` reports a location without a database, never makes one.
+    """
+    from ._extras import require
+    from .adapters import open_store
     from .errors import CollectionNotFoundError
 
+    # A missing database client is the first thing to say, wherever the location points.
+    require(*_DB_MODULES[args.db])
     # With --model the store checks those weights against the collection's, so a wrong one fails
     # with a message naming the right one instead of returning meaningless neighbours.
-    ef = _make_ef(args) if args.model else None
+    ef = _loaded(_make_ef(args)) if args.model else None
     try:
         store = open_store(args.db, args.location, args.collection, ef, create=False)
     except CollectionNotFoundError as e:
@@ -305,17 +341,25 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     labels = _label_list(args)
     images = _images_in(args.images)
-    result = classify(images, labels, _templates(args.templates), ef=_make_ef(args), top_k=args.k, on_error="skip")
+    result = classify(images, labels, _templates(args.templates), ef=_loaded(_make_ef(args)), top_k=args.k,
+                      on_error="skip")
     names = _short_names(images)
     rows = []
     for index, top_labels, top_scores in zip(result.indices, result.top_labels, result.top_scores):
         for rank, (label, prob) in enumerate(zip(top_labels, top_scores), 1):
             rows.append([names[index] if rank == 1 else "", rank, label, prob])
-    print(f"zero-shot classification of {len(images)} image(s) over {len(labels)} label(s) "
-          f"({args.templates} templates):")
+    document = {
+        "command": "classify", "labels": labels, "templates": args.templates,
+        "results": [{"image": images[index], "labels": [{"label": label, "probability": float(prob)}
+                                                        for label, prob in zip(top_labels, top_scores)]}
+                    for index, top_labels, top_scores in zip(result.indices, result.top_labels, result.top_scores)],
+        "skipped": _skipped_json(result.skipped),
+    }
+    text = [f"zero-shot classification of {len(images)} image(s) over {len(labels)} label(s) "
+            f"({args.templates} templates):"]
     if rows:
-        print(format_table(["image", "rank", "label", "probability"], rows, align="lrlr"))
-    _print_skipped(result.skipped)
+        text.append(format_table(["image", "rank", "label", "probability"], rows, align="lrlr"))
+    emit(args, document, text + _skipped_lines(result.skipped))
     return 0 if result.indices else 1
 
 
@@ -326,10 +370,8 @@ def _short_names(paths: Sequence[str]) -> list[str]:
 
 
 def _print_skipped(skipped: Sequence[Any]) -> None:
-    if skipped:
-        print(f"\nskipped {len(skipped)} item(s):")
-        print(format_table(["#", "source", "reason"], [[s.index, s.source, s.reason] for s in skipped],
-                           align="rll", max_width=80))
+    for line in _skipped_lines(skipped):
+        print(line)
 
 
 def _label_list(args: argparse.Namespace) -> list[str]:
@@ -355,19 +397,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not os.path.isfile(args.labels):
             raise UsageError(f"{args.labels}: labels file not found")
         labels = _read_labels(args.labels) if args.labels.endswith(".json") else args.labels
-    result = evaluate(dataset, labels, ef=_make_ef(args, on_error="skip"), templates=_templates(args.templates),
-                      progress=sys.stderr.isatty())
-    print(f"zero-shot evaluation on {dataset}: {result.n} image(s), {len(result.per_class)} class(es), "
-          f"{args.templates} templates")
-    print(f"  top-1 accuracy: {result.top1:.2%}")
+    result = evaluate(dataset, labels, ef=_loaded(_make_ef(args, on_error="skip")),
+                      templates=_templates(args.templates), progress=sys.stderr.isatty())
     classes = len(result.per_class)
-    print(f"  top-5 accuracy: {result.top5:.2%}" + (f" (top-{classes}: only {classes} classes)" if classes < 5 else ""))
+    skipped = getattr(result, "skipped", [])
+    document = {
+        "command": "eval", "dataset": str(dataset), "templates": args.templates, "n": result.n,
+        "top1": result.top1, "top5": result.top5,
+        "per_class": [{"class": folder, "label": c.label, "n": c.n, "top1": _number(c.top1), "top5": _number(c.top5)}
+                      for folder, c in result.per_class.items()],
+        "skipped": _skipped_json(skipped),
+    }
+    text = [f"zero-shot evaluation on {dataset}: {result.n} image(s), {classes} class(es), {args.templates} templates",
+            f"  top-1 accuracy: {result.top1:.2%}",
+            f"  top-5 accuracy: {result.top5:.2%}" + (f" (top-{classes}: only {classes} classes)" if classes < 5 else "")]
     if result.per_class:
         rows = [[folder, c.label, c.n, _percent(c.top1), _percent(c.top5)] for folder, c in result.per_class.items()]
-        print()
-        print(format_table(["class", "label", "n", "top-1", "top-5"], rows, align="llrrr"))
-    _print_skipped(getattr(result, "skipped", []))
+        text += ["", format_table(["class", "label", "n", "top-1", "top-5"], rows, align="llrrr")]
+    emit(args, document, text + _skipped_lines(skipped))
     return 0
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: a class folder without images has no accuracy (null)."""
+    return None if value != value else float(value)
 
 
 def _percent(value: float) -> str:
@@ -389,14 +442,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         device=args.device, warmup_steps=args.warmup_steps, on_error=args.on_error, progress=sys.stderr.isatty(),
     )
     frozen = [name for name, flag in (("image", args.freeze_image), ("text", args.freeze_text)) if flag]
-    print(f"fine-tuned {args.model} on {len(pairs)} pair(s) for {args.epochs} epoch(s)"
-          + (f", {frozen[0]} tower frozen" if frozen else ""))
-    if result.epoch_losses:
-        print(format_table(["epoch", "mean loss"], [[i, float(v)] for i, v in enumerate(result.epoch_losses, 1)]))
-    _print_skipped(result.skipped)
     output = result.output or args.output
-    print(f"saved checkpoint: {output}")
-    print(f"use it with --model {output} (or ce.load({str(output)!r}) in Python)")
+    document = {
+        "command": "finetune", "model": args.model, "pairs": len(pairs), "epochs": args.epochs,
+        "frozen": frozen, "epoch_losses": [float(v) for v in result.epoch_losses], "output": str(output),
+        "skipped": _skipped_json(result.skipped),
+    }
+    text = [f"fine-tuned {args.model} on {len(pairs)} pair(s) for {args.epochs} epoch(s)"
+            + (f", {frozen[0]} tower frozen" if frozen else "")]
+    if result.epoch_losses:
+        text.append(format_table(["epoch", "mean loss"], [[i, float(v)] for i, v in enumerate(result.epoch_losses, 1)]))
+    text += _skipped_lines(result.skipped)
+    text += [f"saved checkpoint: {output}", f"use it with --model {output} (or ce.load({str(output)!r}) in Python)"]
+    emit(args, document, text)
     return 0
 
 
@@ -407,14 +465,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .download import MODELS, cache_dir
 
     root = cache_dir()
-    rows = []
+    rows, models = [], []
     for name, url in MODELS.items():
         file = root / unquote(Path(urlparse(url).path).name)
-        cached = file.is_file()
-        rows.append([name, "cached" if cached else "not cached", _human_size(file.stat().st_size) if cached else "-",
-                     file.name])
-    print(f"cache: {root}  (set CLIP_CACHE_DIR to move it)")
-    print(format_table(["model", "status", "size", "file"], rows, align="llrl"))
+        size = file.stat().st_size if file.is_file() else None
+        rows.append([name, "not cached" if size is None else "cached", "-" if size is None else _human_size(size), file.name])
+        models.append({"name": name, "cached": size is not None, "bytes": size, "path": str(file)})
+    text = [f"cache: {root}  (set CLIP_CACHE_DIR to move it)",
+            format_table(["model", "status", "size", "file"], rows, align="llrl")]
+    emit(args, {"command": "models", "cache": str(root), "models": models}, text)
     return 0
 
 

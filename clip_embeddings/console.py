@@ -6,11 +6,12 @@ the same way without importing the command line, and so nothing in the library i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
 
 
 class UsageError(Exception):
@@ -108,6 +109,31 @@ def emit(args: Any, document: dict[str, Any], text: str | Sequence[str] | None =
     if text is None:
         return
     print(text if isinstance(text, str) else "\n".join(text))
+
+
+@contextlib.contextmanager
+def status(message: str, stream: TextIO | None = None) -> Iterator[None]:
+    """Show ``message`` on stderr while the block runs, then erase it; only on a terminal.
+
+    Loading a model takes seconds and prints nothing; a person at a terminal should see why the
+    command waits. Logs, pipes and ``--json`` consumers read stdout or redirected stderr, so they
+    get nothing.
+
+    Example:
+        >>> with status("loading model ViT-B/32 ..."):  # doctest: +SKIP
+        ...     ef.dim
+    """
+    stream = sys.stderr if stream is None else stream
+    shown = hasattr(stream, "isatty") and stream.isatty()
+    if shown:
+        stream.write(message)
+        stream.flush()
+    try:
+        yield
+    finally:
+        if shown:
+            stream.write("\r\x1b[K")  # back to the line start, clear it: the next output starts clean
+            stream.flush()
 
 
 def _jsonable(value: Any) -> Any:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .console import format_table, report_error, status
 from .loading import default_model
-from .console import format_table, report_error
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -121,21 +121,41 @@ def load_captions(folder: Path) -> dict[str, str]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def photos_in(images: Path) -> list[str]:
+    """The photos the demo runs on, or a one-line reason and the fix (checked before any model loads).
+
+    The sample photos live in the source checkout (``examples/images``), not in the installed
+    package, so an installed ``python -m clip_embeddings.demo`` needs ``--images``.
+    """
+    from .console import UsageError
+    from .images import iter_image_files
+
+    if images == EXAMPLES and not images.is_dir():
+        raise UsageError(
+            "the sample photos are not installed with the package (they are in examples/images of the source "
+            "checkout): pass --images DIR with a folder of your photos, or run the demo from a clone of the repository")
+    if not images.is_dir():
+        raise UsageError(f"{images}: folder not found (--images takes a folder of photos)")
+    files = [str(p) for p in iter_image_files(images)]
+    if not files:
+        raise UsageError(f"{images}: no photos in it (jpg, png, webp...)")
+    return files
+
+
 def run(model: str, output: Path, images: Path = EXAMPLES) -> int:
     """Run the demo and print its tables; returns the exit status."""
     import chromadb
 
     from . import ClipEF
     from .adapters.chroma import ChromaStore
-    from .images import iter_image_files
     from .zeroshot import classify
 
+    files = photos_in(images)
     captions = load_captions(images)
-    files = [str(p) for p in iter_image_files(images)]
-    if not files:
-        raise FileNotFoundError(f"{images}: no example images (the demo runs from a source checkout)")
 
     ef = ClipEF(model, on_error="skip")
+    with status(f"loading model {model} ..."):
+        ef.dim  # noqa: B018  (the first load takes seconds: say why the terminal waits)
     print(f"clip-embeddings demo: model {model} (embedding dim {ef.dim}, fingerprint {ef.fingerprint})\n")
     output.mkdir(parents=True, exist_ok=True)  # only once the model loaded: a failed run leaves nothing
 

@@ -30,7 +30,7 @@ from .download import cache_dir
 from .errors import ClipError, ModelLoadError, ModelMismatchError
 from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from .inference import optimize_for_inference
-from .loading import default_device, load
+from .loading import check_model_reference, default_device, default_model, load
 from .model import CLIP, cast_weights
 from .pipeline import ImagePipeline, OnError, SkippedItem, l2_normalize
 from .preprocess import Preprocess
@@ -169,7 +169,9 @@ class ClipEF:
     Qdrant, LanceDB and LangChain. Cheap to construct: weights load on first use, once per process.
 
     Args:
-        model: a name from ``available_models()`` or a local checkpoint path (as ``load`` takes).
+        model: a name from ``available_models()`` or a local checkpoint path (as ``load`` takes);
+            default ``$CLIP_WEIGHTS`` when set, else ``"ViT-B/32"``. A name that is not known and
+            a path that does not exist raise :class:`ModelLoadError` here, not at first use.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         batch_size: images or texts per forward pass.
         dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (fp16 on CUDA, fp32 on CPU).
@@ -194,7 +196,7 @@ class ClipEF:
 
     def __init__(
         self,
-        model: str | os.PathLike = "ViT-B/32",
+        model: str | os.PathLike | None = None,
         device: str | None = None,
         batch_size: int = 32,
         dtype: str | None = "auto",
@@ -216,6 +218,11 @@ class ClipEF:
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         if batch_size < 1 or num_workers < 1:
             raise ValueError("batch_size and num_workers must be at least 1")
+        model = default_model() if model is None else model
+        if expected_fingerprint is None:
+            # A typo fails here, not at the first add; a function rebuilt from a collection's
+            # config keeps failing on use, with a ModelMismatchError saying how to open it.
+            check_model_reference(model)
         self.model_name = os.fspath(model)
         self.device = device
         self.batch_size = batch_size

@@ -64,3 +64,17 @@ class CollectionNotFoundError(ClipError, ValueError):
         ...     print(e)
         no chroma database at no-such-folder; create it by indexing into it first
     """
+
+
+class MissingExtraError(ClipError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install.
+
+    Example:
+        >>> str(MissingExtraError("qdrant-client is not installed: pip install 'clip-embeddings[qdrant]'",
+        ...                       extra="qdrant", module="qdrant_client"))
+        "qdrant-client is not installed: pip install 'clip-embeddings[qdrant]'"
+    """
+
+    def __init__(self, message: str, *, extra: str, module: str):
+        super().__init__(message, name=module)
+        self.extra = extra

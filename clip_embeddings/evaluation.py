@@ -135,7 +135,11 @@ def evaluate(dataset_dir: str | os.PathLike, labels=None, *, ef: ClipEF | None =
     if batch_size is not None:
         ef = copy.copy(ef)  # the caller's instance keeps its own batch size
         ef.batch_size = batch_size
-    classifier = ZeroShotClassifier(ef, label_texts, DEFAULT_TEMPLATES if templates is None else templates)
+    # Class names may repeat (openai/CLIP's ImageNet list has 'missile' and 'sunglasses' twice):
+    # one prototype per distinct name, one row per class, as the original's per-class weights.
+    distinct = list(dict.fromkeys(label_texts))
+    classifier = ZeroShotClassifier(ef, distinct, DEFAULT_TEMPLATES if templates is None else templates)
+    prototypes = classifier.prototypes[[distinct.index(label) for label in label_texts]]
 
     paths, targets = [], []
     for target, folder in enumerate(folders):
@@ -147,7 +151,7 @@ def evaluate(dataset_dir: str | os.PathLike, labels=None, *, ef: ClipEF | None =
 
     embedded = ef.encode_images(paths, progress=progress, total=len(paths))
     k = min(5, len(folders))
-    best = best_columns(embedded.embeddings @ classifier.prototypes.T, k)
+    best = best_columns(embedded.embeddings @ prototypes.T, k)
     truth = np.asarray(targets, dtype=np.int64)[embedded.indices]
     hit1 = best[:, 0] == truth
     hit5 = (best == truth[:, None]).any(axis=1)

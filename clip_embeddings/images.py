@@ -837,6 +837,20 @@ def _image_digest(image: Image.Image, source: str) -> str:
 
 
 def _array_to_image(arr: np.ndarray, source: str, options: LoaderOptions) -> Image.Image:
+    """A numpy image, (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), as an 8-bit PIL image.
+
+    How the value range is decided (the dtype alone cannot say it: Chroma declares images as
+    ``int64``/``float64`` arrays, and its ``ImageLoader`` returns ``int32`` for mode-I files and
+    ``float32`` holding 0..255 for mode-F files):
+
+    - ``uint8`` is 8-bit and ``uint16`` is 16-bit (scaled by 255/65535), whatever the values.
+    - ``bool`` is black and white.
+    - Any other integer dtype is read by its values: all in 0..255 is 8-bit; else all in
+      0..65535 is 16-bit (a 16-bit image whose brightest pixel is at most 255 would read as 8-bit:
+      pass it as ``uint16`` to say so). Negative values or values above 65535 are refused.
+    - Floats: all in [0, 1] is normalised data (times 255); else all in [0, 255] is 8-bit data
+      (rounded). Values outside [0, 255], NaN and infinity are refused.
+    """
     shape = tuple(arr.shape)
     if arr.ndim == 3 and shape[2] == 1:
         arr = arr[:, :, 0]
@@ -855,25 +869,42 @@ def _array_to_image(arr: np.ndarray, source: str, options: LoaderOptions) -> Ima
     elif kind == "b":
         out = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
-        out = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        out = _sixteen_bit_to_eight(arr)
+    elif kind in "iu":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 255:
+            out = arr.astype(np.uint8)
+        elif lo >= 0 and hi <= 65535:
+            out = _sixteen_bit_to_eight(arr)
+        else:
+            raise ImageLoadError(
+                f"{arr.dtype} array values must lie in 0..255 (8-bit) or 0..65535 (16-bit), got "
+                f"[{lo}, {hi}]; rescale it to one of those ranges first", source=source)
     elif kind == "f":
         work = arr.astype(np.float32) if arr.dtype.itemsize < 4 else arr
         if not np.isfinite(work).all():
             raise ImageLoadError(f"array contains NaN or infinity (dtype {arr.dtype})",
                                  source=source)
         lo, hi = float(work.min()), float(work.max())
-        if lo < 0.0 or hi > 1.0:
+        if lo < 0.0 or hi > 255.0:
             raise ImageLoadError(
-                f"float array values must be in [0, 1], got [{lo:.4g}, {hi:.4g}]; for 0..255 "
-                "data pass arr.astype(numpy.uint8)", source=source)
-        out = np.rint(work * 255.0).astype(np.uint8)
+                f"{arr.dtype} array values must lie in [0, 1] (normalised) or [0, 255] (8-bit), "
+                f"got [{lo:.4g}, {hi:.4g}]; rescale it first, e.g. to uint8", source=source)
+        scale = 255.0 if hi <= 1.0 else 1.0
+        out = np.rint(work * scale).astype(np.uint8)
     else:
-        raise ImageLoadError(f"unsupported array dtype {arr.dtype} (shape {shape}): use uint8 "
-                             "(0..255), uint16, bool or float in [0, 1]", source=source)
+        raise ImageLoadError(f"unsupported array dtype {arr.dtype} (shape {shape}): use an integer "
+                             "dtype (0..255 or 0..65535), bool, or float in [0, 1] or [0, 255]",
+                             source=source)
     image = Image.fromarray(np.ascontiguousarray(out))
     if np.may_share_memory(out, arr):  # Pillow maps L and RGBA arrays: snapshot the pixels
         image = image.copy()
     return image
+
+
+def _sixteen_bit_to_eight(arr: np.ndarray) -> np.ndarray:
+    """0..65535 to 0..255, rounded to nearest (the same rounding as 16-bit files get)."""
+    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1013,7 +1044,7 @@ def _gray_to_rgb(gray8: np.ndarray) -> Image.Image:
 
 def _sixteen_to_uint8(arr: np.ndarray, transparent: object) -> Image.Image:
     """16-bit gray (0..65535) to 8 bits, full range to full range; a tRNS value becomes white."""
-    out = ((arr.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    out = _sixteen_bit_to_eight(arr)
     if isinstance(transparent, int):
         out[arr == transparent] = 255
     return _gray_to_rgb(out)

@@ -14,6 +14,48 @@ from .model import CLIP, build_model, cast_weights, input_resolution
 from .preprocess import Preprocess
 
 
+DEFAULT_MODEL = "ViT-B/32"
+
+
+def default_model() -> str:
+    """The model used when none is named: ``$CLIP_WEIGHTS`` (a name or a local checkpoint), else ViT-B/32.
+
+    ``ClipEF()``, ``ce.classify(...)``, the command line, the demo and the examples all read it, so
+    one environment variable points every entry point at local weights (offline, or fine-tuned).
+
+    Example:
+        >>> import os
+        >>> os.environ["CLIP_WEIGHTS"] = "/models/tuned.pt"
+        >>> default_model()
+        '/models/tuned.pt'
+        >>> del os.environ["CLIP_WEIGHTS"]
+        >>> default_model()
+        'ViT-B/32'
+    """
+    return os.environ.get("CLIP_WEIGHTS") or DEFAULT_MODEL
+
+
+def check_model_reference(name_or_path: str | os.PathLike) -> None:
+    """Raise :class:`ModelLoadError` now if ``name_or_path`` cannot name any model; download nothing.
+
+    A known name or an existing path passes (whether the file is a good checkpoint is only known
+    once it is read); anything else fails with the message loading would give, listing the names
+    and the nearest one.
+
+    Example:
+        >>> check_model_reference("ViT-B/32")
+        >>> check_model_reference("ViT-B/23")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        clip_embeddings.errors.ModelLoadError: Unknown model 'ViT-B/23'...
+    """
+    if isinstance(name_or_path, str) and name_or_path in MODELS:
+        return
+    if Path(name_or_path).expanduser().exists():
+        return
+    resolve_checkpoint(name_or_path)  # neither a name nor a file: raises what load() would
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -86,16 +128,3 @@ def load(
     model = model.to(device)
     return model, Preprocess(model.visual.input_resolution)
 
-
-DEFAULT_MODEL = "ViT-B/32"
-
-
-def default_model() -> str:
-    """The model used unless one is named: ``$CLIP_WEIGHTS`` if set, else ViT-B/32.
-
-    Example:
-        >>> import os; os.environ.pop("CLIP_WEIGHTS", None) and None
-        >>> default_model()
-        'ViT-B/32'
-    """
-    return os.environ.get("CLIP_WEIGHTS") or DEFAULT_MODEL

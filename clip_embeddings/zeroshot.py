@@ -355,7 +355,8 @@ def classify(images, labels: Sequence[str], templates: Sequence[str] | None = No
              ef: ClipEF | None = None, top_k: int = 5, on_error: OnError | None = None) -> ClassificationResult:
     """Zero-shot classify images among ``labels`` in one call.
 
-    ``ef`` defaults to ``ClipEF()`` (ViT-B/32); ``templates`` to :data:`DEFAULT_TEMPLATES`.
+    ``ef`` defaults to ``ClipEF()`` (``$CLIP_WEIGHTS`` when set, else ViT-B/32); ``templates``
+    to :data:`DEFAULT_TEMPLATES`.
 
     Example:
         >>> classify("cat.jpg", ["cat", "dog"]).top_labels[0]  # doctest: +SKIP

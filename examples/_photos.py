@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 IMAGES = Path(__file__).resolve().parent / "images"
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=os.environ.get("CLIP_WEIGHTS", "ViT-B/32"),
+    # The library's rule (clip_embeddings.loading.default_model), without importing torch for --help.
+    parser.add_argument("--model", default=os.environ.get("CLIP_WEIGHTS") or "ViT-B/32",
                         help="model name or local weights path (default: $CLIP_WEIGHTS or ViT-B/32)")
+    parser.add_argument("--debug", action="store_true", help="print full tracebacks instead of one-line errors")
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run an example as the command line runs a command: an error is one line on stderr, exit 1.
+
+    Without weights (offline, no ``$CLIP_WEIGHTS``) a user reads the same line as from
+    ``clip-embeddings``, with the same hint, instead of a traceback.
+    """
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        from clip_embeddings.console import report_error
+
+        report_error(e, debug="--debug" in sys.argv[1:])
+        sys.exit(1)
+
+
+def scratch_dir(given: str | None, prefix: str) -> str:
+    """``given``, or a temporary folder that is removed when the example exits."""
+    if given:
+        return given
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def photos_with_captions(folder: str | os.PathLike = IMAGES) -> tuple[list[Path], list[str | None]]:

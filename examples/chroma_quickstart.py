@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import chromadb
 import numpy as np
 from PIL import Image
 
 import clip_embeddings as ce
-from _photos import IMAGES, add_model_argument, photos_with_captions
+from _photos import IMAGES, add_model_argument, photos_with_captions, run, scratch_dir
 from clip_embeddings.adapters.chroma import ImageLoader
 
 
@@ -26,7 +25,7 @@ def main() -> None:
     parser.add_argument("--db", default=None, help="Chroma directory (default: a temporary one)")
     args = parser.parse_args()
 
-    client = chromadb.PersistentClient(args.db or tempfile.mkdtemp(prefix="chroma-"))
+    client = chromadb.PersistentClient(scratch_dir(args.db, "chroma-"))
     photos = client.get_or_create_collection(
         "photos", embedding_function=ce.ClipEF(args.model), data_loader=ImageLoader()
     )
@@ -51,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -10,10 +10,9 @@ rows on ``add`` and queries on ``search``, here or in any later process that imp
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
-from _photos import IMAGES, add_model_argument, photos_with_captions
+from _photos import IMAGES, add_model_argument, photos_with_captions, run, scratch_dir
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,7 +40,7 @@ def main() -> None:
         image_uri: str = clip.SourceField()
         vector: Vector(clip.ndims()) = clip.VectorField()
 
-    db_dir = args.db or tempfile.mkdtemp(prefix="lancedb-quickstart-")
+    db_dir = scratch_dir(args.db, "lancedb-quickstart-")
     files, _ = photos_with_captions(args.images)
     table = lancedb.connect(db_dir).create_table("photos", schema=Photo, mode="overwrite")
     table.add([{"image_uri": str(p)} for p in files])  # LanceDB calls CLIP on the image_uri column
@@ -58,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

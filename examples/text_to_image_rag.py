@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _photos import IMAGES, add_model_argument, photos_with_captions
+from _photos import IMAGES, add_model_argument, photos_with_captions, run
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -58,3 +58,38 @@ def test_demo_help(capsys):
         assert e.code == 0
     out = capsys.readouterr().out
     assert "--model" in out and "--output" in out
+
+
+def installed_copy(tmp_path):
+    """The package as pip installs it: clip_embeddings/ alone in site-packages, no examples/ beside it."""
+    import shutil
+    from pathlib import Path
+
+    import clip_embeddings
+
+    site = tmp_path / "site-packages"
+    shutil.copytree(Path(clip_embeddings.__file__).parent, site / "clip_embeddings",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return site
+
+
+def test_installed_demo_without_photos_says_how_in_one_line(tmp_path, tiny_model_path):
+    site = installed_copy(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(site), "CLIP_WEIGHTS": str(tiny_model_path)}
+    output = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "clip_embeddings.demo", "--output", str(output)],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: the sample photos are not installed with the package") and "--images DIR" in line
+    assert not output.exists()  # refused before anything was written
+
+
+def test_installed_demo_runs_on_given_photos(tmp_path, tiny_model_path, sample_images):
+    site = installed_copy(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(site), "CLIP_WEIGHTS": str(tiny_model_path)}
+    result = subprocess.run([sys.executable, "-m", "clip_embeddings.demo", "--output", str(tmp_path / "out"),
+                             "--images", str(sample_images[0].parent)],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1. indexed 7 photo(s)" in result.stdout and (tmp_path / "out" / "contact_sheet.png").is_file()

@@ -64,6 +64,19 @@ def test_wrong_labels_give_exactly_the_predicted_accuracy(dataset, tmp_path):
     assert evaluate(root, swapped, ef=ef, progress=False).top1 == result.top1
 
 
+def test_repeated_class_names_share_one_prototype(dataset):
+    # openai/CLIP's ImageNet class list names two classes 'missile' and two 'sunglasses'.
+    assert len(set(ce.zeroshot.IMAGENET_CLASSES)) == len(ce.zeroshot.IMAGENET_CLASSES) - 2
+    root, ef = dataset
+    folders = sorted(FOLDERS)
+    texts = [f.replace("_", " ") for f in folders]
+    result = evaluate(root, [texts[0], texts[0], *texts[2:]], ef=ef, progress=False)
+    assert result.labels == [texts[0], texts[0], *texts[2:]] and result.n == 12
+    # The classes whose names are untouched stay perfect; the first keeps its image in its top 5.
+    assert all(result.per_class[f].top1 == 1.0 for f in folders[2:])
+    assert result.per_class[folders[0]].top5 == 1.0
+
+
 def test_top5_is_capped_at_the_number_of_classes(dataset, tmp_path):
     root, ef = dataset
     for folder in sorted(FOLDERS)[:3]:
@@ -122,6 +135,6 @@ def test_labels_file_errors(tmp_path):
     with pytest.raises(ValueError, match="1 labels for 2"):
         read_labels(path, folders)
     with pytest.raises(FileNotFoundError):
-        evaluate(tmp_path / "nowhere", ef=ce.ClipEF("unused.pt"))
+        evaluate(tmp_path / "nowhere", ef=ce.ClipEF("ViT-B/32"))  # a name: nothing loads before the check
     with pytest.raises(ValueError, match="no class subfolders"):
-        evaluate(tmp_path, ef=ce.ClipEF("unused.pt"))
+        evaluate(tmp_path, ef=ce.ClipEF("ViT-B/32"))

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ["chroma_quickstart.py", "qdrant_quickstart.py", "lancedb_quickstart.py", "text_to_image_rag.py"]
 NAMES = {p.name for p in (ROOT / "examples" / "images").glob("*.jpg")}
@@ -56,3 +58,37 @@ def test_chroma_quickstart(tiny_model_path, tmp_path):
     assert "cat.jpg looks like ['cat'," in done.stdout
     answers = [line for line in done.stdout.splitlines() if line.startswith("  '") and " → " in line]
     assert len(answers) == 3 and all(line.split(" → ")[1].split()[0] + ".jpg" in NAMES for line in answers)
+
+
+@pytest.mark.slow  # a fresh Python (and torch import) per example
+def test_without_weights_examples_print_the_clis_one_line_error(tmp_path):
+    """No such weights: each example says what the CLI says, in one line, with no traceback."""
+    missing = str(tmp_path / "no-such-weights.pt")
+    cli = subprocess.run([sys.executable, "-m", "clip_embeddings.cli", "classify", str(ROOT / "examples/images/cat.jpg"),
+                          "--labels", "a,b", "--model", missing], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    (expected,) = cli.stderr.strip().splitlines()
+    assert cli.returncode == 1 and expected.startswith("error: ") and missing in expected
+    for script in EXAMPLES:
+        done = run(script, "--model", missing, *(["--location", str(tmp_path / "q")] if "qdrant" in script else []))
+        assert done.returncode == 1, (script, done.stdout, done.stderr)
+        assert done.stderr.strip().splitlines() == [expected], script
+
+
+def test_offline_without_clip_weights_the_line_says_how(tmp_path):
+    # A download that cannot connect (a proxy on a closed port), no CLIP_WEIGHTS, an empty model cache.
+    env = {"CLIP_WEIGHTS": "", "CLIP_CACHE_DIR": str(tmp_path / "cache"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+    done = run("qdrant_quickstart.py", env=env)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "CLIP_WEIGHTS" in line and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow  # a fresh Python (and torch import) per example
+def test_examples_leave_no_temporary_folders(tiny_model_path, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    for script in ("chroma_quickstart.py", "lancedb_quickstart.py"):
+        done = run(script, "--model", str(tiny_model_path), env={"TMPDIR": str(scratch)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert list(scratch.iterdir()) == [], script

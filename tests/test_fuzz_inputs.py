@@ -355,6 +355,8 @@ def hostile_cases(folder: Path, url: str) -> list[Case]:
     add("odd but valid", np.ones((5, 7), bool), "embed")
     add("odd but valid", np.full((6, 6, 1), 65535, np.uint16), "embed")
     add("odd but valid", np.linspace(0, 1, 4 * 4 * 4).reshape(4, 4, 4), "embed")
+    add("odd but valid", np.zeros((4, 4), np.int64), "embed")  # Chroma's Image type
+    add("odd but valid", np.full((4, 4, 3), 255.0), "embed")  # float 0..255, as Chroma's mode-F loader
     add("odd but valid", np.asarray(noisy(20, 20, 5))[::2, ::-1], "embed")  # a strided view
 
     # Extreme aspect ratios: resizing the shorter side to the model's resolution would make the
@@ -367,8 +369,8 @@ def hostile_cases(folder: Path, url: str) -> list[Case]:
     arrays = [
         (np.full((4, 4), np.nan), "nan"), (np.full((4, 4, 3), np.inf, np.float32), "nan"),
         (np.array([[0.5, np.nan]], np.float16), "nan"), (np.full((4, 4), -0.5), "[0, 1]"),
-        (np.full((4, 4), 255.0), "[0, 1]"), (np.full((4, 4), -3, np.int8), "dtype"),
-        (np.zeros((4, 4), np.int64), "dtype"), (np.zeros((4, 4), complex), "dtype"),
+        (np.full((4, 4), 255.5), "[0, 255]"), (np.full((4, 4), -3, np.int8), "0..255"),
+        (np.full((4, 4), 65536, np.int64), "0..65535"), (np.zeros((4, 4), complex), "dtype"),
         (np.array([[object(), None]]), "dtype"), (np.zeros((4, 4), "U3"), "dtype"),
         (np.zeros((3, 16, 16), np.uint8), "channels-first"), (np.zeros((2, 8, 8, 3), np.uint8), "batch"),
         (np.zeros(16, np.uint8), "shape"), (np.array(7, np.uint8), "shape"),

@@ -318,6 +318,44 @@ def test_float_image_is_scaled_to_eight_bits():
     assert pixels(load_image(encode(wide, "TIFF")))[0, :, 0].tolist() == [0, 128, 255, 0]
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint32, np.uint64])
+def test_integer_arrays_in_eight_bit_range_are_eight_bit(dtype):
+    # Chroma's Image type is an int64 array (its own test feeds np.random.randint(0, 255, ..., int64)).
+    values = np.array([[0, 1, 64, 127]], dtype)
+    assert pixels(load_image(values))[0, :, 0].tolist() == [0, 1, 64, 127]
+    if np.iinfo(dtype).max >= 255:
+        rgb = np.array([[[255, 0, 7], [3, 200, 255]]], dtype)
+        assert pixels(load_image(rgb)).tolist() == [[[255, 0, 7], [3, 200, 255]]]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32])
+def test_integer_arrays_past_255_are_sixteen_bit(dtype):
+    # The same expected values as the 16-bit file test above: (v * 255 + 32767) // 65535.
+    values = np.array([[0, 65535, 32768, 257, 4096]], dtype)
+    assert pixels(load_image(values))[0, :, 0].tolist() == [0, 255, 128, 1, 16]
+
+
+def test_chroma_image_loader_arrays_embed_like_the_files(tmp_path):
+    """Chroma's ImageLoader gives int32 arrays for mode-I files and float32 0..255 for mode-F."""
+    from chromadb.utils.data_loaders import ImageLoader
+
+    mode_i = tmp_path / "mode-i.tif"
+    Image.fromarray(np.array([[0, 65535, 32768, 257, 4096]], np.int32)).save(mode_i)
+    mode_f = tmp_path / "mode-f.tif"
+    Image.fromarray(np.array([[0.0, 63.6, 128.0, 254.5, 255.0]], np.float32)).save(mode_f)
+    int_array, float_array = ImageLoader(max_workers=1)([str(mode_i), str(mode_f)])
+    assert int_array.dtype == np.int32 and float_array.dtype == np.float32
+    assert pixels(load_image(int_array))[0, :, 0].tolist() == [0, 255, 128, 1, 16]
+    assert pixels(load_image(int_array)).tolist() == pixels(load_image(mode_i)).tolist()
+    assert pixels(load_image(float_array))[0, :, 0].tolist() == [0, 64, 128, 254, 255]  # rint: 254.5 -> 254
+
+
+def test_float_arrays_range_is_decided_by_their_maximum():
+    assert pixels(load_image(np.array([[0.0, 0.5, 1.0]])))[0, :, 0].tolist() == [0, 128, 255]  # [0, 1]
+    assert pixels(load_image(np.array([[0.0, 0.5, 2.0]])))[0, :, 0].tolist() == [0, 0, 2]  # [0, 255]
+    assert pixels(load_image(np.full((2, 2, 3), 255.0, np.float16)))[0, 0].tolist() == [255, 255, 255]
+
+
 def test_cmyk_jpeg_becomes_rgb():
     cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # no cyan, full magenta and yellow: red
     image = load_image(encode(cmyk, "JPEG", quality=95))
@@ -410,13 +448,17 @@ def test_bytes_and_data_uri_errors():
 def test_array_errors():
     assert "NaN or infinity" in reason_of(np.array([[0.1, np.nan]]))
     assert "NaN or infinity" in reason_of(np.array([[0.1, np.inf]], np.float32))
-    reason = reason_of(np.array([[0.0, 255.0]]))
-    assert "[0, 1]" in reason and "255" in reason and "uint8" in reason
+    reason = reason_of(np.array([[0.0, 256.0]]))
+    assert "[0, 1]" in reason and "[0, 255]" in reason and "got [0, 256]" in reason
+    assert "got [-1, 0.5]" in reason_of(np.array([[-1.0, 0.5]], np.float32))
+    reason = reason_of(np.array([[-3, 7]], np.int8))
+    assert "int8" in reason and "0..255" in reason and "0..65535" in reason and "got [-3, 7]" in reason
+    assert "got [0, 70000]" in reason_of(np.array([[0, 70000]], np.int32))
+    assert "got [0, 18446744073709551615]" in reason_of(np.array([[0, 2**64 - 1]], np.uint64))
     reason = reason_of(np.zeros((3, 16, 16), np.uint8))
     assert "(3, 16, 16)" in reason and "channels-first" in reason
     assert "(2, 16, 16, 3)" in reason_of(np.zeros((2, 16, 16, 3), np.uint8))
     assert "(16, 16, 2)" in reason_of(np.zeros((16, 16, 2), np.uint8))
-    assert "int64" in reason_of(np.zeros((4, 4), np.int64))
     assert "complex128" in reason_of(np.zeros((4, 4), complex))
     assert "no pixels" in reason_of(np.zeros((0, 4), np.uint8))
 

@@ -184,3 +184,45 @@ def test_where_to_sql_quotes_values():
     )
     with pytest.raises(ValueError, match="where\\['tags'\\]"):
         to_sql({"tags": ["a"]})
+
+
+def test_lancedb_open_clip_scenario_with_uri_and_bytes_columns(tmp_path, corpus):
+    """LanceDB's own open-clip test (two vector columns, from a URI and from bytes), on our function.
+
+    As in LanceDB's test_embeddings: a DataFrame with labels, image URIs and image bytes; a text
+    search and a PIL-image search on each vector column, read back with ``to_pydantic``; both
+    columns must hold the same vectors. Answers come from numpy over ClipEF, not from LanceDB.
+    """
+    import pandas as pd
+
+    func = get_registry().get("clip-embeddings").create(model=corpus.model)
+
+    class Images(LanceModel):
+        label: str
+        image_uri: str = func.SourceField()
+        image_bytes: bytes = func.SourceField()
+        vector: Vector(func.ndims()) = func.VectorField()
+        vec_from_bytes: Vector(func.ndims()) = func.VectorField()
+
+    table = lancedb.connect(tmp_path).create_table("images", schema=Images)
+    labels = [Path(p).stem for p in corpus.images]
+    table.add(pd.DataFrame({"label": labels, "image_uri": corpus.images,
+                            "image_bytes": [Path(p).read_bytes() for p in corpus.images]}))
+    label_of = dict(zip(corpus.image_ids, labels))
+
+    ids, _ = corpus.expected("man's best friend", "image", 1)
+    # LanceDB now asks for the column name when a schema has two vector columns.
+    actual = table.search("man's best friend", vector_column_name="vector").limit(1).to_pydantic(Images)[0]
+    from_bytes = table.search("man's best friend", vector_column_name="vec_from_bytes").limit(1).to_pydantic(Images)[0]
+    assert actual.label == from_bytes.label == label_of[ids[0]]
+    np.testing.assert_allclose(actual.vector, from_bytes.vector, atol=1e-6)
+
+    query_image = Image.open(corpus.images[4])
+    ids, _ = corpus.expected(corpus.ef.encode_images([query_image]).embeddings[0], "image", 1)
+    actual = table.search(query_image, vector_column_name="vector").limit(1).to_pydantic(Images)[0]
+    other = table.search(query_image, vector_column_name="vec_from_bytes").limit(1).to_pydantic(Images)[0]
+    assert actual.label == other.label == label_of[ids[0]] == labels[4]
+
+    arrow = table.search().select(["vector", "vec_from_bytes"]).to_arrow()
+    np.testing.assert_allclose(arrow["vector"].combine_chunks().values.to_numpy(),
+                               arrow["vec_from_bytes"].combine_chunks().values.to_numpy(), atol=1e-6)

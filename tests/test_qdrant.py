@@ -115,3 +115,27 @@ def test_idempotent_text_ids(memory_store):
     report = memory_store.add_texts(TEXTS)
     assert report.ids == [item_id("text", text_digest(t)) for t in TEXTS]
     assert memory_store.count() == before
+
+
+def test_clip_vectors_with_qdrant_clients_own_current_api(corpus):
+    """ClipEF as users of qdrant-client write it: create_collection, upsert, query_points, query_batch_points."""
+    client = QdrantClient(":memory:")
+    client.create_collection("own", vectors_config={
+        "image": qmodels.VectorParams(size=64, distance=qmodels.Distance.COSINE)})
+    client.upsert("own", points=[
+        qmodels.PointStruct(id=i, vector={"image": v.tolist()}, payload={"path": p, **m})
+        for i, (v, p, m) in enumerate(zip(corpus.image_vectors, corpus.images, corpus.metadatas))])
+    query = corpus.ef.embed_texts(["a photo of a cat"])[0]
+    ids, scores = corpus.expected("a photo of a cat", "image", 3)
+    got = client.query_points("own", query=query.tolist(), using="image", limit=3).points
+    assert_ranking([(corpus.image_ids[p.id], p.score) for p in got], ids, scores, "query_points")
+
+    space = qmodels.Filter(must=[qmodels.FieldCondition(key="album", match=qmodels.MatchValue(value="space"))])
+    requests = [qmodels.QueryRequest(query=query.tolist(), using="image", limit=2, filter=space, with_payload=True),
+                qmodels.QueryRequest(query=corpus.image_vectors[2].tolist(), using="image", limit=3)]
+    by_filter, by_image = client.query_batch_points("own", requests=requests)
+    ids, scores = corpus.expected("a photo of a cat", "image", 2, album="space")
+    assert_ranking([(corpus.image_ids[p.id], p.score) for p in by_filter.points], ids, scores, "filtered")
+    assert all(p.payload["album"] == "space" for p in by_filter.points)
+    ids, scores = corpus.expected(2, "image", 3)
+    assert_ranking([(corpus.image_ids[p.id], p.score) for p in by_image.points], ids, scores, "image query")

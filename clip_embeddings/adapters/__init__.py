@@ -13,6 +13,7 @@ import shutil
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
+from .._extras import require  # the one helper that names the extra to install
 from ..errors import CollectionNotFoundError
 
 if TYPE_CHECKING:
@@ -170,16 +171,3 @@ def chroma_client(location: str) -> Any:
         ssl = url.scheme == "https"
         return chromadb.HttpClient(host=url.hostname or "localhost", port=url.port or (443 if ssl else 8000), ssl=ssl)
     return chromadb.PersistentClient(path=location)
-
-
-def require(module: str, extra: str) -> Any:
-    """Import an optional dependency, or say which extra installs it.
-
-    Example:
-        >>> require("json", "none").__name__
-        'json'
-    """
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{module} is not installed; install it with: pip install 'clip-embeddings[{extra}]' ({e})") from None

@@ -20,7 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from chromadb.utils.embedding_functions import register_embedding_function
+
+from .._extras import require
+
+require("chromadb", extra="chroma")  # before the imports below: names the extra when it is missing
+from chromadb.utils.embedding_functions import register_embedding_function  # noqa: E402
 
 from ..embedding import ClipEF
 from ..errors import ImageLoadError

@@ -27,9 +27,14 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
-from lancedb.embeddings import EmbeddingFunction, register
-from pydantic import field_validator
+
+from .._extras import require
+
+require("lancedb", extra="lancedb")  # before the imports below: names the extra when it is missing
+require("pyarrow", extra="lancedb")
+import pyarrow as pa  # noqa: E402
+from lancedb.embeddings import EmbeddingFunction, register  # noqa: E402
+from pydantic import field_validator  # noqa: E402
 
 from ..embedding import ClipEF
 from ..images import DEFAULT_OPTIONS, LoaderOptions

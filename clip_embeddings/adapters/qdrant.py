@@ -24,7 +24,11 @@ import uuid
 from typing import Any
 
 import numpy as np
-from qdrant_client import models as qmodels
+
+from .._extras import require
+
+require("qdrant_client", extra="qdrant")  # before the import below: names the extra when it is missing
+from qdrant_client import models as qmodels  # noqa: E402
 
 from ..embedding import ClipEF
 from .base import Hit, Modality, Record, Store

@@ -16,6 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from .._extras import require
+
+require("langchain_core", extra="langchain")  # before the imports below: names the extra when it is missing
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -66,11 +69,17 @@ class ClipRetriever(BaseRetriever):
     source when it has no caption); ``metadata`` has ``id``, ``score``, ``source``,
     ``modality`` and the item's own metadata.
 
+    ``k``, ``where`` and ``modality`` can also be given per call, as LangChain's retrievers take
+    them: ``retriever.invoke(q, k=1, where={"album": "space"})``. A per-call value replaces the
+    constructor's for that call (a per-call ``where`` is not merged with the constructor's).
+
     Example:
         >>> retriever = ClipRetriever(store=QdrantStore(client, "photos"), k=2, where={"album": "space"})  # doctest: +SKIP
         >>> docs = retriever.invoke("an astronaut")  # doctest: +SKIP
         >>> docs[0].metadata["source"], docs[0].page_content  # doctest: +SKIP
         ('/photos/astronaut.jpg', 'a portrait of an astronaut in an orange spacesuit')
+        >>> len(retriever.invoke("an astronaut", k=1))  # doctest: +SKIP
+        1
     """
 
     store: Any
@@ -78,10 +87,24 @@ class ClipRetriever(BaseRetriever):
     k: int = 4
     where: Any = None
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None, where: Any = None,
+                                modality: Literal["image", "text"] | None = None, **kwargs: Any) -> list[Document]:
         if not isinstance(self.store, Store):
             raise TypeError(f"ClipRetriever needs a clip-embeddings Store, got {type(self.store).__name__}")
-        hits = self.store.query(query, k=self.k, modality=self.modality, where=self.where)
+        # LangChain forwards invoke()'s keyword arguments, its own "verbose" among them; anything
+        # else is a typo (n=3, top_k=3) that would otherwise be silently ignored.
+        unknown = sorted(set(kwargs) - {"verbose"})
+        if unknown:
+            raise TypeError(f"ClipRetriever.invoke() got unexpected option(s) {', '.join(unknown)}; "
+                            "it takes k, where and modality")
+        k = self.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, not {k!r}")
+        modality = modality or self.modality
+        if modality not in ("image", "text"):
+            raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
+        hits = self.store.query(query, k=k, modality=modality, where=self.where if where is None else where)
         return [hit_to_document(h) for h in hits]
 
 
