@@ -429,13 +429,34 @@ class Store(ABC):
         """
         if (text is None) == (image is None):
             raise ValueError("query takes a text or image=..., exactly one of them")
-        if modality not in ("image", "text"):
-            raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
         if isinstance(text, str):
             vector = self.ef.embed_texts([text])[0]
         else:
             vector = self.ef.encode_images([image if image is not None else text], on_error="raise").embeddings[0]
-        return self._search(vector, k, modality, where)
+        return self.search(vector, k=k, modality=modality, where=where)
+
+    def search(self, vector: np.ndarray, *, k: int = 5, modality: Modality = "image",
+               where: dict[str, Any] | None = None) -> list[Hit]:
+        """Nearest stored records of ``modality`` to a unit vector already computed (a server batches those).
+
+        Example:
+            >>> store.search(ef.embed_texts(["a cat"])[0], k=3)  # doctest: +SKIP
+        """
+        if modality not in ("image", "text"):
+            raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
+        return self._search(np.asarray(vector, np.float32), k, modality, where)
+
+    def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
+        """The stored record of item id ``item`` (source, caption, metadata), or ``None``.
+
+        Example:
+            >>> store.get_item(report.ids[0]).source  # doctest: +SKIP
+            '/photos/cat.jpg'
+        """
+        probe = np.zeros(self.ef.dim, np.float32)
+        probe[0] = 1.0  # any unit vector: the filter on the id does the finding
+        hits = self._search(probe, 1, modality, {"item_id": item})
+        return hits[0] if hits and hits[0].id == item else None
 
 
 def _image_record(item: str, result: ImageResult) -> Record:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -119,12 +118,10 @@ class Service:
         if not isinstance(item, str) or not _ITEM_ID.match(item):
             raise BadRequest(f"item must be an item id from a search result, got {item!r}")
         store = self.require_store(Body())
-        probe = np.zeros(self.ef.dim, np.float32)
-        probe[0] = 1.0  # any unit vector: the filter on the id does the finding
-        hits = await run_in_threadpool(store._search, probe, 1, "image", {"item_id": item})
-        if not hits or not hits[0].source:
+        hit = await run_in_threadpool(store.get_item, item)
+        if hit is None or not hit.source:
             raise BadRequest(f"no image item {item!r} in collection {store.name!r}", 404)
-        return hits[0]
+        return hit
 
     async def thumbnail(self, item: str) -> bytes:
         if item not in self._thumbnails:
@@ -175,7 +172,7 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
 
     @app.get("/health")
     async def health(request: Request) -> dict:
-        lm = service.ef._loaded()
+        lm = service.ef.loaded_model()
         collection = None
         if store is not None:
             collection = {"name": store.name, "kind": type(store).__name__, "count": await run_in_threadpool(store.count)}
@@ -234,7 +231,7 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
                 raise BadRequest(f"search takes one image, got {len(body.images)}")
             vector = (await service.embed_images([image])).embeddings[0]
         try:
-            hits = await run_in_threadpool(store_._search, vector, k, modality, where)
+            hits = await run_in_threadpool(lambda: store_.search(vector, k=k, modality=modality, where=where))
         except (ValueError, TypeError) as e:
             raise BadRequest(f"the query was refused: {e}") from None
         root = request.scope.get("root_path", "")
