@@ -321,9 +321,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the named models and whether each is in the download cache."""
+    """List the named models and whether each is in the download cache, and what ``auto`` runs here."""
     from urllib.parse import unquote, urlparse
 
+    from . import runtime
     from .download import MODELS, cache_dir
 
     root = cache_dir()
@@ -333,8 +334,25 @@ def cmd_models(args: argparse.Namespace) -> int:
         cached = file.is_file()
         rows.append([name, "cached" if cached else "not cached", _human_size(file.stat().st_size) if cached else "-",
                      file.name])
-    print(f"cache: {root}  (set CLIP_CACHE_DIR to move it)")
-    print(format_table(["model", "status", "size", "file"], rows, align="llrl"))
+    caps = runtime.detect_capabilities()
+    decisions = runtime.cached_decisions(caps)
+    machine = {"cpu": caps.cpu_model, "cpu_flags": list(caps.flags), "torch_capability": caps.torch_capability,
+               "torch": caps.torch_version, "native_bf16": caps.native_bf16, "decisions_file": str(runtime.decisions_file()),
+               "auto_decisions": decisions}
+    document = {"cache": str(root), "models": [dict(zip(("model", "status", "size", "file"), r)) for r in rows],
+                "runtime": machine}
+    text = [f"cache: {root}  (set CLIP_CACHE_DIR to move it)",
+            format_table(["model", "status", "size", "file"], rows, align="llrl"), "",
+            f"this machine: {caps.cpu_model}; flags seen: {' '.join(caps.flags) or 'none'}; torch kernels "
+            f"{caps.torch_capability}; native bf16: {'yes' if caps.native_bf16 else 'no'}"]
+    if decisions:
+        text.append('dtype="auto" decisions cached for this CPU and torch ' + caps.torch_version + ":")
+        text.append(format_table(["architecture", "path", "why"],
+                                 [[arch, runtime.path_name(d["dtype"], d["rewrites"]), d["reason"]]
+                                  for arch, d in sorted(decisions.items())], align="lll", max_width=120))
+    else:
+        text.append('dtype="auto": nothing decided yet on this CPU; the first ClipEF() load of a model probes it')
+    emit(args, document, text)
     return 0
 
 

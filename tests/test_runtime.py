@@ -224,3 +224,18 @@ def test_cuda_keeps_fp16_with_sdpa_attention(monkeypatch):
         got = half.encode_image(images).float()
     assert calls and set(calls) == {torch.float16}
     assert float(torch.nn.functional.cosine_similarity(got, want).min()) > 0.999
+
+
+def test_models_command_shows_the_machine_and_cached_decisions(capsys):
+    from clip_embeddings import cli
+
+    caps = runtime.detect_capabilities()
+    runtime.store_decision(decide(caps, results(fp32=(1.0, 1.0), fp32__onednn=(0.5, 1.0))), "vit-test-arch")
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"flags seen: {' '.join(caps.flags) or 'none'}" in out
+    assert "vit-test-arch" in out and "fp32+onednn" in out
+    assert cli.main(["models", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["runtime"]["cpu_flags"] == list(caps.flags)
+    assert document["runtime"]["auto_decisions"]["vit-test-arch"]["rewrites"] == ["onednn"]
