@@ -6,8 +6,8 @@ linears beat MKL on AMD processors and gain little on Intel's. So ``auto`` decid
 
 1. :func:`detect_capabilities` reads the CPU's flags (``/proc/cpuinfo``) and torch's view of them.
 2. :func:`first_paths` lists the paths worth timing first: plain fp32, and fp32 and (only where
-   it is native) bf16 with every applicable rewrite; :func:`second_paths` then times the winner
-   against itself minus each rewrite, so each rewrite stays only where it pays.
+   it is native) bf16 with every applicable rewrite; a second round times those again beside the
+   winner minus each rewrite (:func:`second_paths`), so each rewrite stays only where it pays.
 3. :func:`probe` times each path on a fixed canary (seeded images and fixed captions, both towers,
    interleaved repeats, medians) and measures each one's cosine to plain fp32.
 4. :func:`decide` (pure: capabilities + probe results in, a :class:`Decision` out) keeps the
@@ -393,9 +393,12 @@ def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_
         return prepare_for_inference(copy.deepcopy(model), torch_dtype, chosen)
 
     images, tokens = canary(model.visual.input_resolution, model.context_length)
-    first = probe(build, first_paths(caps, rewrites), images, tokens)
+    first_round = first_paths(caps, rewrites)
+    first = probe(build, first_round, images, tokens)
     winner = decide(caps, first).precision
-    decision = decide(caps, probe(build, second_paths(winner), images, tokens) if winner != "fp32" else first)
-    decision.probe = first | decision.probe  # report every path timed; the second round's own numbers win
+    # The second round times the first round's paths again beside the winner's ablations, so the
+    # final choice compares numbers from one interleaved round (a neighbour's load shifts rounds).
+    second_round = list(dict.fromkeys(first_round + second_paths(winner)))
+    decision = decide(caps, probe(build, second_round, images, tokens) if winner != "fp32" else first)
     store_decision(decision, architecture)
     return decision

@@ -188,8 +188,8 @@ def test_bf16_gets_the_resnet_folding_and_channels_last(tmp_path):
     assert folded and all(m.weight.dtype == torch.bfloat16 for m in folded)
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in folded)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    if runtime_packed := [m for m in model.modules() if isinstance(m, PackedLinear)]:
-        assert runtime_packed[0].packed.dtype == torch.bfloat16
+    if packed := [m for m in model.modules() if isinstance(m, PackedLinear)]:
+        assert packed[0].packed.dtype == torch.bfloat16
     images = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
         got, want = model.encode_image(images).float(), reference.encode_image(images)
