@@ -52,13 +52,21 @@ def reference_model(name: str, seed: int = 0) -> torch.nn.Module:
     return reference_clip(name, scaled=False, seed=seed)
 
 
-def weights_file(name: str, data_dir: Path = DEFAULT_DATA, seed: int = 0) -> Path:
-    """The reference's state dict saved once, for ``ce.load`` / ``ClipEF(model=path)``."""
-    path = Path(data_dir) / "weights" / f"{name.replace('/', '-')}-seed{seed}.pt"
+def weights_file(name: str, data_dir: Path = DEFAULT_DATA, seed: int = 0, model: torch.nn.Module | None = None) -> Path:
+    """The reference's state dict saved once, for ``ce.load`` / ``ClipEF(model=path)``.
+
+    The file name carries a digest of the weights: the data dir outlives checkouts (and is shared
+    by everyone on a machine), and a file written by another version of ``tests/model_factory.py``
+    would silently pair the reference with other weights.
+    """
+    from clip_embeddings.embedding import weights_digest
+
+    state_dict = (model if model is not None else reference_model(name, seed)).state_dict()
+    path = Path(data_dir) / "weights" / f"{name.replace('/', '-')}-seed{seed}-{weights_digest(state_dict)[:12]}.pt"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(reference_model(name, seed).state_dict(), tmp)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(state_dict, tmp)
         tmp.replace(path)
     return path
 
@@ -67,8 +75,8 @@ def model_pair(name: str, data_dir: Path = DEFAULT_DATA):
     """(reference, ours, weights path): the same random weights in both implementations."""
     import clip_embeddings as ce
 
-    path = weights_file(name, data_dir)
     reference = reference_model(name)
+    path = weights_file(name, data_dir, model=reference)
     ours, _ = ce.load(path, device="cpu", dtype=torch.float32)
     return reference, ours.eval(), path
 

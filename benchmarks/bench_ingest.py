@@ -76,6 +76,9 @@ def one_image_per_call(reference, preprocess, files, collection) -> np.ndarray:
     return np.stack(vectors)
 
 
+DTYPE = "auto"  # what ClipEF() runs by default: the path clip_embeddings.runtime chose for this CPU
+
+
 def model_only(ours, tensors: torch.Tensor, batch: int) -> None:
     with torch.inference_mode():
         for start in range(0, len(tensors), batch):
@@ -88,8 +91,8 @@ def first_ingest(weights, folder, workdir, args, client, label, *, num_workers, 
     from clip_embeddings.adapters.chroma import ChromaStore
     from clip_embeddings.embedding import shared_model
 
-    lm = shared_model(str(weights), "cpu", "fp32")
-    ef = ClipEF(model=str(weights), device="cpu", dtype="fp32", batch_size=args.batch,
+    lm = shared_model(str(weights), "cpu", DTYPE)
+    ef = ClipEF(model=str(weights), device="cpu", dtype=DTYPE, batch_size=args.batch,
                 num_workers=num_workers, fast_decode=fast_decode, cache=workdir / f"cache-{label}.sqlite3")
     store = ChromaStore(client, f"first-{label}", ef)
     c.reset_peak_rss()
@@ -116,7 +119,7 @@ def run_model(name: str, args, workdir: Path) -> dict:
     folder = c.image_folder(args.images, args.data_dir)
     files = c.folder_files(folder)
     reference, _, weights = c.model_pair(name, args.data_dir)
-    lm = shared_model(str(weights), "cpu", "fp32")  # loaded once, before any timing
+    lm = shared_model(str(weights), "cpu", DTYPE)  # loaded once, before any timing
     res = lm.preprocess.resolution
     print(f"[ingest] {name}: {len(files)} JPEGs in {folder} "
           f"({sum(p.stat().st_size for p in files) / 2**20:.0f} MiB)", flush=True)

@@ -54,7 +54,7 @@ def _current_rss_mb() -> float:
 
 
 def run(args) -> dict | None:
-    if args.child:  # one measurement, in the fresh process run() below starts
+    if getattr(args, "child", False):  # one measurement, in the fresh process run() below starts
         child(args)
         return None
     c.image_folder(args.pool, args.data_dir, POOL_SIZES, tag="small")  # made once, outside the timing

@@ -459,9 +459,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the named models and whether each is in the download cache."""
+    """List the named models and whether each is in the download cache, and what ``auto`` runs here."""
     from urllib.parse import unquote, urlparse
 
+    from . import runtime
     from .download import MODELS, cache_dir
 
     root = cache_dir()
@@ -471,9 +472,24 @@ def cmd_models(args: argparse.Namespace) -> int:
         size = file.stat().st_size if file.is_file() else None
         rows.append([name, "not cached" if size is None else "cached", "-" if size is None else _human_size(size), file.name])
         models.append({"name": name, "cached": size is not None, "bytes": size, "path": str(file)})
+    caps = runtime.detect_capabilities()
+    decisions = runtime.cached_decisions(caps)
+    machine = {"cpu": caps.cpu_model, "cpu_flags": list(caps.flags), "torch_capability": caps.torch_capability,
+               "torch": caps.torch_version, "native_bf16": caps.native_bf16, "decisions_file": str(runtime.decisions_file()),
+               "auto_decisions": decisions}
+    document = {"command": "models", "cache": str(root), "models": models, "runtime": machine}
     text = [f"cache: {root}  (set CLIP_CACHE_DIR to move it)",
-            format_table(["model", "status", "size", "file"], rows, align="llrl")]
-    emit(args, {"command": "models", "cache": str(root), "models": models}, text)
+            format_table(["model", "status", "size", "file"], rows, align="llrl"), "",
+            f"this machine: {caps.cpu_model}; flags seen: {' '.join(caps.flags) or 'none'}; torch kernels "
+            f"{caps.torch_capability}; native bf16: {'yes' if caps.native_bf16 else 'no'}"]
+    if decisions:
+        text.append('dtype="auto" decisions cached for this CPU and torch ' + caps.torch_version + ":")
+        text.append(format_table(["architecture", "path", "why"],
+                                 [[arch, runtime.path_name(d["dtype"], d["rewrites"]), d["reason"]]
+                                  for arch, d in sorted(decisions.items())], align="lll", max_width=120))
+    else:
+        text.append('dtype="auto": nothing decided yet on this CPU; the first ClipEF() load of a model probes it')
+    emit(args, document, text)
     return 0
 
 

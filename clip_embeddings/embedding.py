@@ -29,7 +29,6 @@ from .cache import CacheWarning, EmbeddingCache
 from .download import cache_dir
 from .errors import ClipError, ModelLoadError, ModelMismatchError
 from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions
-from .inference import optimize_for_inference
 from .loading import check_model_reference, default_device, default_model, load
 from .model import CLIP, cast_weights
 from .pipeline import ImagePipeline, OnError, SkippedItem, l2_normalize
@@ -56,6 +55,7 @@ class LoadedModel:
     fingerprint: str
     dim: int
     precision: str = "fp32"  # the numeric path the forward pass takes (dtype and rewrites)
+    runtime: dict[str, Any] = field(default_factory=dict)  # what was decided and why (runtime.Decision)
 
     @property
     def cache_key(self) -> str:
@@ -103,31 +103,64 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
                  download_root: str | os.PathLike | None = None) -> LoadedModel:
     """The process-wide model for these weights, device and dtype, loaded on first use.
 
+    ``dtype="auto"`` (or ``None``) on a CPU runs the path ``clip_embeddings.runtime`` decided for
+    this machine (probed once per CPU model + torch version, then cached); an explicit dtype runs
+    that dtype with every rewrite that applies. ``LoadedModel.runtime`` says what was chosen.
+
     Example:
         >>> lm = shared_model("ViT-B/32")  # doctest: +SKIP
         >>> lm is shared_model("ViT-B/32")  # doctest: +SKIP
         True
     """
     global _load_count
+    from . import runtime
+    from .inference import applicable_rewrites, prepare_for_inference
+
     device = torch.device(device or default_device())
-    torch_dtype = resolve_dtype(dtype, device)
+    auto = dtype in (None, "auto") and device.type == "cpu"
+    torch_dtype = None if auto else resolve_dtype(dtype, device)
     source = model if model in _known_names() else str(Path(model).expanduser().resolve())
-    key = (source, str(device), torch_dtype, str(download_root))
+    key = (source, str(device), "auto" if auto else torch_dtype, str(download_root))
     with _registry_lock:
         if key not in _registry:
             clip, preprocess = load(model, device="cpu", download_root=download_root, dtype=torch.float32)
             fp = fingerprint(clip.state_dict(), preprocess)
-            if torch_dtype != torch.float32:
-                cast_weights(clip, torch_dtype)
-            # Inference only from here on: the shared model is never trained or saved.
-            clip = optimize_for_inference(clip.to(device).eval())
-            precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[torch_dtype]
-            _registry[key] = LoadedModel(clip, preprocess, device, torch_dtype, fp, clip.embed_dim, precision)
+            caps = runtime.detect_capabilities()
+            if auto:
+                decision = runtime.auto_decision(clip, caps)
+            elif device.type == "cpu" and torch_dtype in (torch.float32, torch.bfloat16):
+                name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype]
+                decision = runtime.Decision(name, applicable_rewrites(clip, torch_dtype),
+                                            f"dtype={dtype!r} asked for: every rewrite that applies", caps)
+            else:  # CUDA, MPS, or fp16 on a CPU: cast only (SDPA attention is the model's own)
+                name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[torch_dtype]
+                reason = "CUDA: fp16 weights with SDPA attention" if device.type == "cuda" and name == "fp16" \
+                    else f"dtype={dtype!r} on {device.type}: weights cast, no CPU rewrite"
+                decision = runtime.Decision(name, (), reason, caps)
+            if device.type == "cpu":
+                # Inference only from here on: the shared model is never trained or saved.
+                clip = prepare_for_inference(clip, decision.torch_dtype, decision.rewrites)
+            else:
+                if decision.torch_dtype != torch.float32:
+                    cast_weights(clip, decision.torch_dtype)
+                clip = clip.to(device).eval()
+            info = decision.as_dict(str(device))
+            _registry[key] = LoadedModel(clip, preprocess, device, decision.torch_dtype, fp, clip.embed_dim,
+                                         decision.precision, info)
             _load_count += 1
         return _registry[key]
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The torch dtype for a ``dtype`` setting; ``"auto"`` here is the device's static default.
+
+    On a CPU, ``shared_model`` resolves ``"auto"`` by probing instead (``clip_embeddings.runtime``);
+    this is what ``auto`` means on other devices: fp16 on CUDA, fp32 elsewhere.
+
+    Example:
+        >>> resolve_dtype("auto", torch.device("cuda"))
+        torch.float16
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -286,6 +319,18 @@ class ClipEF:
         from .remote import remote_model
 
         return remote_model(self.server)
+
+    def runtime_info(self) -> dict[str, Any]:
+        """What this function runs on and why: device, dtype, precision path, rewrites, CPU flags.
+
+        ``from_cache`` says whether ``dtype="auto"`` reused a stored decision or probed just now;
+        ``reason`` says why it chose what it did. Loads the model if it is not loaded yet.
+
+        Example:
+            >>> ClipEF().runtime_info()["precision"]  # doctest: +SKIP
+            'bf16+onednn'
+        """
+        return dict(self._loaded().runtime)
 
     @property
     def cache(self) -> EmbeddingCache | None:

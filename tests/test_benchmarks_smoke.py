@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -31,11 +33,32 @@ def test_tiny_encode_run_writes_the_expected_json(tmp_path):
     assert {"environment", "settings", "models"} <= set(result)
     tasks = result["models"]["tiny"]
     assert set(tasks) == {"image", "text"}
-    assert {"reference", "ours"} <= set(tasks["image"])
-    assert {"reference", "ours", "ours length-sorted", "ClipEF.embed_texts"} <= set(tasks["text"])
+    peers = {"HF transformers CLIPModel", "ONNX Runtime fp32"}
+    assert {"reference", "ours auto", "ours, no rewrite"} | peers <= set(tasks["image"])
+    assert {"reference", "ours auto", "ours auto length-sorted", "ClipEF.embed_texts"} | peers <= set(tasks["text"])
+    assert result["runtime"]["tiny"]["precision"].startswith("fp32")  # too small to probe: exact fp32
     for variants in tasks.values():
         for name, entry in variants.items():
             for key in ("items_per_s", "iqr", "min", "max", "ratio", "peak_rss_mb", "cosine_min", "max_abs_diff"):
                 assert key in entry, (name, key)
             assert entry["cosine_min"] >= 0.999, name
-    assert tasks["text"]["ours"]["max_abs_diff"] <= 1e-5
+    assert tasks["text"]["ours auto"]["max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_bench_quick_runs_end_to_end_on_the_tiny_model(tmp_path):
+    """``clip-embeddings bench --quick``: every stage (encode with peers, ingest, memory) and a summary."""
+    out = tmp_path / "run_all.json"
+    cmd = [sys.executable, "-m", "clip_embeddings.cli", "bench", "--quick", "--models", "tiny", "--memory-model", "tiny",
+           "--json", str(out), "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=BENCH.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "flags seen:" in done.stdout and "auto on tiny:" in done.stdout
+    result = json.loads(out.read_text())
+    assert {"encode", "ingest", "memory", "summary"} <= set(result)
+    image = result["encode"]["models"]["tiny"]["image"]
+    for row in ("reference", "ours auto", "HF transformers CLIPModel", "ONNX Runtime fp32"):
+        assert image[row]["cosine_min"] >= 0.9999, row  # every peer computes the same model
+    assert result["encode"]["runtime"]["tiny"]["cpu_flags"] is not None
+    assert result["memory"]["runs"][-1]["n"] == 1000
+    assert any("default" in line for line in result["summary"])

@@ -157,7 +157,7 @@ def test_models_lists_all_nine_with_cache_state(isolated_cache, capsys):
     (isolated_cache / "RN50.pt").write_bytes(b"\0" * 2048)
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in out.splitlines()[3:]}
+    rows = {line.split()[0]: line for line in out.split("\n\n")[0].splitlines()[3:]}  # the table, up to a blank line
     assert list(rows) == list(MODELS) and len(rows) == 9
     assert "cached" in rows["RN50"] and "2.0 KiB" in rows["RN50"]
     assert "not cached" in rows["ViT-B/32"]
