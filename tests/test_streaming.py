@@ -172,28 +172,39 @@ def test_sigkill_part_way_keeps_what_was_written_and_the_rerun_completes(kind, t
 
 def test_index_on_ctrl_c_says_what_is_stored_and_a_rerun_resumes(tmp_path, tiny_model_path):
     folder = tmp_path / "photos"
-    make_folder(folder, 600)
+    make_folder(folder, 2000)
     db = tmp_path / "db"
     args = [sys.executable, "-m", "clip_embeddings.cli", "index", str(folder), "--location", str(db),
             "--collection", "photos", "--batch-size", "8"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), CLIP_WEIGHTS=str(tiny_model_path), ANONYMIZED_TELEMETRY="False")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (db / "chroma.sqlite3").exists():
+    while time.monotonic() < deadline and _chroma_rows(db / "chroma.sqlite3") == 0:  # until a write landed
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
         time.sleep(0.05)
-    time.sleep(1.0)  # into the ingest
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted:" in err and "run the same command again to resume" in err
     stored = int(err.split("interrupted: ")[1].split(" new item(s)")[0])
-    assert 0 < stored < 600
+    assert 0 < stored < 2000
 
     rerun = subprocess.run([*args, "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads(rerun.stdout)
-    assert report["present"] >= stored and report["new"] + report["present"] == 600
-    assert report["collection_counts"] == {"items": 600, "images": 600, "texts": 0}
+    assert report["present"] >= stored and report["new"] + report["present"] == 2000
+    assert report["collection_counts"] == {"items": 2000, "images": 2000, "texts": 0}
+
+
+def _chroma_rows(path: Path) -> int:
+    """Rows a Chroma folder's sqlite file holds so far (read-only peek; 0 while it is being created)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.1) as db:
+            return db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 # --- the CLI reads captions ---------------------------------------------------------------------
