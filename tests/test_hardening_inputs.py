@@ -87,9 +87,11 @@ def test_ico_frame_is_checked_against_max_pixels_before_decoding():
     assert refused["size"] < 1_000_000
     assert "12000x12000" in refused["reason"] and "max_pixels=1000000" in refused["reason"], refused
     assert refused["grown"] < 50 * 2**20 and refused["seconds"] < 1.0, refused
-    # Control: with the limit above the frame's size Pillow does decode it, and memory shows it.
+    # Control: with the limit above the frame's size the same file decodes, so the limit is what
+    # refused it. (Its memory is not compared: building the bomb in the worker can already have set
+    # the process's peak RSS higher than the decode does, which made that figure read 0 in CI.)
     allowed = _run_ico(150_000_000)
-    assert allowed["grown"] > 100 * 2**20, allowed
+    assert allowed["reason"] == "DECODED", allowed
 
 
 def dib_frame(width: int, height: int) -> bytes:
