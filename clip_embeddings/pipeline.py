@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -93,16 +94,8 @@ class _Prepared:
 _OBJECT_LOCKS = tuple(threading.RLock() for _ in range(64))  # re-entered by nested stages
 
 
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _lock_for(item: Any) -> Any:
-    return _OBJECT_LOCKS[id(item) % len(_OBJECT_LOCKS)] if isinstance(item, Image.Image) else _NoLock()
+    return _OBJECT_LOCKS[id(item) % len(_OBJECT_LOCKS)] if isinstance(item, Image.Image) else nullcontext()
 
 
 def load_rgb(item: Any, options: LoaderOptions = DEFAULT_OPTIONS, *, draft_resolution: int | None = None,

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._extras import require
 from ..adapters import open_store, parse_sink
 from ..adapters.base import Modality, Record, Store, item_id, row_id, text_digest
 from ..pipeline import source_of
@@ -57,15 +58,11 @@ __all__ = [
     "run_index_cli",
 ]
 
-_INSTALL_HINT = "Ray is not installed: pip install 'clip-embeddings[ray]' (or pip install 'ray[data]')"
-
 def import_ray() -> Any:
-    """The ``ray`` module, or an ImportError that says what to install."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (Ray core alone lacks the Data library)
-    except ImportError as e:
-        raise ImportError(f"{_INSTALL_HINT} ({e})") from e
+    """The ``ray`` module with Ray Data, or a MissingExtraError that says what to install."""
+    require("ray.data", extra="ray")  # Ray core alone lacks the Data library
+    import ray
+
     return ray
 
 
