@@ -212,9 +212,12 @@ def print_runtime(result: dict) -> None:
     for name, info in result.get("runtime", {}).items():
         print(f"\n  auto on {name}: {info['precision']} ({'from the decision cache' if info['from_cache'] else 'probed'}); "
               f"CPU {info['cpu']}, flags {' '.join(info['cpu_flags']) or 'none'}, torch {info['torch_capability']}")
-        print(f"    why: {info['reason']}")
-        for path, probe in info.get("probe", {}).items():
-            print(f"    probe {path:34s} {probe['seconds'] * 1000:8.1f} ms  cosine {probe['cosine']:.6f}")
+        for tower in (info, info.get("text")):
+            if tower is None:
+                continue
+            print(f"    why: {tower['reason']}")
+            for path, probe in tower.get("probe", {}).items():
+                print(f"    probe {path:34s} {probe['seconds'] * 1000:8.1f} ms  cosine {probe['cosine']:.6f}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .console import UsageError, emit, format_table, one_line, report_error, status
+from .console import GracefulStop, UsageError, emit, format_table, one_line, report_error, status
 from .loading import default_model
 
 DBS = ("chroma", "qdrant", "lancedb")
@@ -181,17 +181,24 @@ def cmd_index(args: argparse.Namespace) -> int:
         options["extensions"] = _extensions(args.extensions)
     report = IngestReport()
     where = f"{args.db} collection {args.collection!r} at {args.location}"
+    interrupted = (f"interrupted: {{new}} new item(s) were stored in {where} before the stop ({{stored}} of this "
+                   "folder's items are in it); run the same command again to resume, it stores only what is missing")
     try:
-        for batch in store.stream_folder(folder, **options):
-            report.add(batch)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {report.new} new item(s) were stored in {where} before the stop "
-              f"({report.stored} of this folder's items are in it); run the same command again to resume, "
-              "it stores only what is missing", file=sys.stderr)
+        with GracefulStop() as stop:  # a Ctrl-C lets the write in flight land and be counted
+            for batch in store.stream_folder(folder, **options):
+                report.add(batch)
+                if stop.requested:
+                    break
+    except KeyboardInterrupt:  # the second Ctrl-C: a write may have landed uncounted
+        print("\n" + interrupted.format(new=f"at least {report.new}", stored=f"at least {report.stored}"),
+              file=sys.stderr)
         return 130
     except ImageLoadError as e:
         raise UsageError(f"{e} (stopped there with --on-error raise; the {report.stored} item(s) before it are "
                          "stored, and a re-run resumes after fixing or removing it)") from e
+    if stop.requested:
+        print(interrupted.format(new=report.new, stored=report.stored), file=sys.stderr)
+        return 130
     counts = {"items": store.count(), "images": store.count("image"), "texts": store.count("text")}
     document = {"folder": str(folder), "db": args.db, "location": str(args.location), "collection": args.collection,
                 **report.to_dict(), "collection_counts": counts}
@@ -485,8 +492,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if decisions:
         text.append('dtype="auto" decisions cached for this CPU and torch ' + caps.torch_version + ":")
         text.append(format_table(["architecture", "path", "why"],
-                                 [[arch, runtime.path_name(d["dtype"], d["rewrites"]), d["reason"]]
-                                  for arch, d in sorted(decisions.items())], align="lll", max_width=120))
+                                 [[arch, decision.precision, "; ".join(filter(None, [decision.reason, decision.text and decision.text.reason]))]
+                                  for arch, decision in sorted((a, runtime.decision_from_entry(d, caps)) for a, d in decisions.items())],
+                                 align="lll", max_width=120))
     else:
         text.append('dtype="auto": nothing decided yet on this CPU; the first ClipEF() load of a model probes it')
     emit(args, document, text)

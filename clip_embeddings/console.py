@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
@@ -134,6 +136,40 @@ def status(message: str, stream: TextIO | None = None) -> Iterator[None]:
         if shown:
             stream.write("\r\x1b[K")  # back to the line start, clear it: the next output starts clean
             stream.flush()
+
+
+class GracefulStop:
+    """A first Ctrl-C asks a loop to stop at its next safe point; a second one stops it at once.
+
+    A Ctrl-C that lands in the middle of a database write would otherwise leave rows stored that
+    the caller never counted. Outside the main thread (where Python cannot take signals) it does
+    nothing.
+
+    Example:
+        >>> with GracefulStop() as stop:
+        ...     for batch in ingest():  # doctest: +SKIP
+        ...         count(batch)
+        ...         if stop.requested:
+        ...             break
+    """
+
+    def __init__(self, message: str = "stopping after the current write (Ctrl-C again to stop now)"):
+        self.message, self.requested, self._previous = message, False, None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{self.message}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _jsonable(value: Any) -> Any:

@@ -113,7 +113,7 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
         True
     """
     global _load_count
-    from . import runtime
+    from . import onnx_backend, runtime
     from .inference import applicable_rewrites, prepare_for_inference
 
     device = torch.device(device or default_device())
@@ -126,8 +126,12 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
             clip, preprocess = load(model, device="cpu", download_root=download_root, dtype=torch.float32)
             fp = fingerprint(clip.state_dict(), preprocess)
             caps = runtime.detect_capabilities()
+            onnx_file = _onnx_file(fp, download_root)
             if auto:
-                decision = runtime.auto_decision(clip, caps)
+                decision = runtime.auto_decision(clip, caps, onnx_file=onnx_file)
+                if decision.dtype == "ort" and not onnx_backend.available():  # uninstalled since it was decided
+                    decision = runtime.Decision("fp32", (), "ONNX Runtime won the probe but is no longer installed: "
+                                                "plain fp32", caps, text=decision.text)
             elif device.type == "cpu" and torch_dtype in (torch.float32, torch.bfloat16):
                 name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype]
                 decision = runtime.Decision(name, applicable_rewrites(clip, torch_dtype),
@@ -139,7 +143,11 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
                 decision = runtime.Decision(name, (), reason, caps)
             if device.type == "cpu":
                 # Inference only from here on: the shared model is never trained or saved.
-                clip = prepare_for_inference(clip, decision.torch_dtype, decision.rewrites)
+                onnx_tower = onnx_backend.OnnxImageTower(onnx_backend.export_image_tower(clip, onnx_file), clip.visual) \
+                    if decision.dtype == "ort" else None
+                clip = prepare_for_inference(clip, decision.torch_dtype, decision.rewrites, text=decision.text_path)
+                if onnx_tower is not None:
+                    clip.visual = onnx_tower
             else:
                 if decision.torch_dtype != torch.float32:
                     cast_weights(clip, decision.torch_dtype)
@@ -149,6 +157,14 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
                                          decision.precision, info)
             _load_count += 1
         return _registry[key]
+
+
+def _onnx_file(fingerprint_: str, download_root: str | os.PathLike | None) -> Path | None:
+    """Where this model's exported image tower lives, if ONNX Runtime wins the probe on this CPU."""
+    try:
+        return cache_dir(download_root) / "onnx" / f"{fingerprint_}-image.onnx"
+    except OSError:  # no writable cache: ONNX Runtime is not probed
+        return None
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -382,7 +398,8 @@ class ClipEF:
 
     def _encode_token_sequences(self, lm: LoadedModel, sequences: list[list[int]]) -> np.ndarray:
         out = np.empty((len(sequences), lm.dim), dtype=np.float32)
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        # By length, then by ids: texts from one prompt template land side by side and share a prefix.
+        order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), sequences[i]))
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]

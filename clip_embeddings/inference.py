@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import CLIP, Bottleneck, ModifiedResNet, MultiheadAttention, cast_weights, self_attend
+from .model import (CLIP, Bottleneck, ModifiedResNet, MultiheadAttention, QuickGELU, ResidualAttentionBlock,
+                    VisionTransformer, cast_matrices, self_attend)
 
 __all__ = ["REWRITES", "applicable_rewrites", "optimize_for_inference", "prepare_for_inference"]
 
@@ -70,35 +71,53 @@ def optimize_for_inference(model: CLIP) -> CLIP:
     return prepare_for_inference(model, torch.float32, applicable_rewrites(model))
 
 
-def prepare_for_inference(model: CLIP, dtype: torch.dtype, rewrites: Iterable[str]) -> CLIP:
+def prepare_for_inference(model: CLIP, dtype: torch.dtype, rewrites: Iterable[str], *,
+                          text: tuple[torch.dtype, Iterable[str]] | None = None) -> CLIP:
     """Turn an fp32 CPU model, in place, into the inference model for ``dtype`` with ``rewrites``.
 
     Batch norms are folded while the weights are still fp32, then matrix weights are cast to
     ``dtype`` (as :func:`~clip_embeddings.model.cast_weights` does), then linear weights are packed.
     A rewrite that does not apply (``fold`` on a ViT) is ignored; an unknown name is an error.
+    ``text=(dtype, rewrites)`` gives the text tower a path of its own (``dtype="auto"`` decides
+    each tower separately: the fastest path for a ResNet is not always the text tower's).
 
     Example:
         >>> model = prepare_for_inference(ce.build_model(sd), torch.bfloat16, ("fold", "onednn"))  # doctest: +SKIP
     """
-    rewrites = set(rewrites)
-    unknown = rewrites - set(REWRITES)
+    text_dtype, text_rewrites = text if text is not None else (dtype, rewrites)
+    plans = {"image": (dtype, set(rewrites)), "text": (text_dtype, set(text_rewrites))}
+    unknown = set().union(*(r for _, r in plans.values())) - set(REWRITES)
     if unknown:
         raise ValueError(f"unknown inference rewrite(s) {sorted(unknown)}; known: {', '.join(REWRITES)}")
     if model.text_projection.dtype != torch.float32:
         raise ValueError(f"prepare_for_inference needs the fp32 model, got {model.text_projection.dtype}")
     model.eval()
     with torch.no_grad():
-        if "fold" in rewrites and isinstance(model.visual, ModifiedResNet):
-            _fold_resnet(model.visual, channels_last="channels_last" in rewrites)
-        if dtype != torch.float32:
-            cast_weights(model, dtype)
-            for module in model.modules():
+        for tower, (tower_dtype, tower_rewrites) in plans.items():
+            _prepare_tower(model, tower, tower_dtype, tower_rewrites)
+    return model
+
+
+def _prepare_tower(model: CLIP, tower: str, dtype: torch.dtype, rewrites: set[str]) -> None:
+    roots = [model.visual] if tower == "image" else [model.transformer, model.ln_final]
+    for root in roots:
+        _quick_gelu_as_silu(root)
+    if tower == "image" and "fold" in rewrites and isinstance(model.visual, ModifiedResNet):
+        _fold_resnet(model.visual, channels_last="channels_last" in rewrites)
+    if dtype != torch.float32:
+        for root in roots:
+            cast_matrices(root, dtype)
+            for module in root.modules():
                 if isinstance(module, FoldedConv):
                     module.to(dtype)
-            _native_layer_norms(model)
-        if "onednn" in rewrites and _packed_linear_works(dtype):
-            _pack_linears(model)
-    return model
+            _native_layer_norms(root)
+        if tower == "text":
+            model.text_projection.data = model.text_projection.data.to(dtype)
+        elif isinstance(model.visual, VisionTransformer):
+            model.visual.proj.data = model.visual.proj.data.to(dtype)
+    if "onednn" in rewrites and _packed_linear_works(dtype):
+        for root in roots:
+            _pack_linears(root, dtype)
 
 
 # --- ResNet: batch norm folded into convolutions ---------------------------------------------
@@ -144,6 +163,25 @@ def _fold_resnet(resnet: ModifiedResNet, channels_last: bool) -> None:
                 _fold(block.downsample, "0", "1", None, channels_last)
 
 
+# --- QuickGELU as one SiLU --------------------------------------------------------------------
+
+QUICK_GELU_SCALE = 1.702
+
+
+def _quick_gelu_as_silu(model: nn.Module) -> None:
+    """``y * sigmoid(1.702 y)`` is ``silu(1.702 y) / 1.702``: the two scales go into the linears around it.
+
+    One SiLU kernel (or a post-op fused into oneDNN's linear) instead of a multiply, a sigmoid and
+    a multiply over the MLP's widest activation. The scaling happens in fp32, before any cast.
+    """
+    for block in model.modules():
+        if isinstance(block, ResidualAttentionBlock) and isinstance(block.mlp.gelu, QuickGELU):
+            block.mlp.c_fc.weight.mul_(QUICK_GELU_SCALE)
+            block.mlp.c_fc.bias.mul_(QUICK_GELU_SCALE)
+            block.mlp.c_proj.weight.div_(QUICK_GELU_SCALE)
+            block.mlp.gelu = nn.SiLU()
+
+
 # --- layer norms: computed on the reduced-precision input, no fp32 round trip -------------------
 
 class MixedLayerNorm(nn.Module):
@@ -173,18 +211,22 @@ def _native_layer_norms(model: nn.Module) -> None:
 # --- linear layers: weights packed once for oneDNN -------------------------------------------
 
 class PackedLinear(nn.Module):
-    """An ``nn.Linear`` for inference whose weight is pre-packed for oneDNN's matrix multiply."""
+    """An ``nn.Linear`` for inference whose weight is pre-packed for oneDNN's matrix multiply.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    ``activation="swish"`` applies SiLU inside the same kernel (a oneDNN post-op).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none"):
         super().__init__()
         self.out_features = weight.shape[0]
+        self.activation = activation
         # The batch-size hint only picks a blocking; any number of rows works.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 64)
         self.bias = None if bias is None else bias.detach().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, self.activation, [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -197,11 +239,19 @@ class PackedSelfAttention(nn.Module):
         self.in_proj = PackedLinear(attn.in_proj_weight, attn.in_proj_bias)
         self.out_proj = PackedLinear(attn.out_proj.weight, attn.out_proj.bias)
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.in_proj(x)
+
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         return self.out_proj(self_attend(self.in_proj(x), self.num_heads, causal))
 
 
-def _pack_linears(model: nn.Module) -> None:
+def _pack_linears(model: nn.Module, dtype: torch.dtype) -> None:
+    for block in model.modules():  # the MLP's SiLU becomes a post-op of the linear before it
+        if isinstance(block, ResidualAttentionBlock) and isinstance(block.mlp.gelu, nn.SiLU) \
+                and _packed_linear_works(dtype, "swish"):
+            block.mlp.c_fc = PackedLinear(block.mlp.c_fc.weight, block.mlp.c_fc.bias, "swish")
+            block.mlp.gelu = nn.Identity()
     for owner in list(model.modules()):
         for name, child in list(owner.named_children()):
             if isinstance(child, nn.Linear):
@@ -211,8 +261,9 @@ def _pack_linears(model: nn.Module) -> None:
 
 
 @lru_cache(maxsize=None)
-def _packed_linear_works(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether this torch has oneDNN's packed linear for ``dtype`` and it agrees with ``F.linear``."""
+def _packed_linear_works(dtype: torch.dtype = torch.float32, activation: str = "none") -> bool:
+    """Whether this torch has oneDNN's packed linear for ``dtype`` (and post-op) and it agrees with torch's."""
+    expected = {"none": lambda y: y, "swish": F.silu}[activation]
     try:
         if not torch.backends.mkldnn.is_available():
             return False
@@ -220,7 +271,8 @@ def _packed_linear_works(dtype: torch.dtype = torch.float32) -> bool:
         x, w, b = (torch.randn(shape, generator=generator).to(dtype) for shape in ((5, 3, 48), (40, 48), (40,)))
         tol = 1e-5 if dtype == torch.float32 else 5e-2  # bf16 keeps 8 bits of mantissa
         with torch.no_grad():
-            ok = torch.allclose(PackedLinear(w, b)(x).float(), F.linear(x, w, b).float(), rtol=tol * 10, atol=tol)
+            ours = PackedLinear(w, b, activation)(x).float()
+            ok = torch.allclose(ours, expected(F.linear(x.float(), w.float(), b.float())), rtol=tol * 10, atol=tol)
         return bool(ok)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False

@@ -2,9 +2,11 @@
 
 Parameter names follow OpenAI's published checkpoints exactly, so their state dicts load as they
 are. The computation is the original's, restated for speed where it cannot change a value:
-attention runs through ``scaled_dot_product_attention`` on batch-first tensors, the ResNet's
-attention pool computes only the query it returns, and the text tower stops at the last
-end-of-text token in the batch (causal attention means later positions never reach the pooled one).
+attention runs through ``scaled_dot_product_attention`` on batch-first tensors; the ResNet's
+attention pool, and the last block of each transformer, compute only the positions whose outputs
+are read (the class token, each text's end-of-text token); the text tower stops at the last
+end-of-text token in the batch (causal attention means later positions never reach the pooled one)
+and computes a prefix that every text in the batch shares (a prompt template's head) once.
 """
 
 from __future__ import annotations
@@ -53,11 +55,16 @@ class Bottleneck(nn.Module):
         return self.relu3(out + identity)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causal: bool = False):
-    """Multi-head attention on batch-first [N, L, D] projections; returns [N, Lq, D]."""
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causal: bool = False,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head attention on batch-first [N, L, D] projections; returns [N, Lq, D].
+
+    ``mask`` (boolean, True = may attend) replaces ``causal`` where queries and keys do not
+    start at the same position.
+    """
     n, lq, d = q.shape
     split = lambda t: t.reshape(n, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=causal)
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask, is_causal=causal and mask is None)
     return out.transpose(1, 2).reshape(n, lq, d)
 
 
@@ -150,9 +157,12 @@ class MultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused query/key/value projection, ``[N, L, 3D]``."""
+        return F.linear(x, self.in_proj_weight, self.in_proj_bias)
+
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        return self.out_proj(self_attend(qkv, self.num_heads, causal))
+        return self.out_proj(self_attend(self.project(x), self.num_heads, causal))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -171,6 +181,38 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(self.ln_1(x), causal)
         return x + self.mlp(self.ln_2(x))
 
+    def step(self, x: torch.Tensor, prefix: torch.Tensor | None, causal: bool,
+             pooled: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """One block on ``x`` [N, L, D] that follows ``prefix`` [1, P, D], positions every row shares.
+
+        Returns ``(prefix, x)`` after the block. With ``pooled`` ([N] positions in ``x``) only those
+        rows are computed past the attention's keys and values: ``x`` comes back [N, D], and the
+        prefix, whose outputs no later block needs, comes back ``None``.
+        """
+        heads, (n, length, _) = self.attn.num_heads, x.shape
+        q, k, v = self.attn.project(self.ln_1(x)).chunk(3, dim=-1)
+        shared = 0 if prefix is None else prefix.shape[1]
+        if prefix is not None:
+            qp, kp, vp = self.attn.project(self.ln_1(prefix)).chunk(3, dim=-1)
+            k, v = torch.cat([kp.expand(n, -1, -1), k], dim=1), torch.cat([vp.expand(n, -1, -1), v], dim=1)
+        mask = None
+        if pooled is not None:
+            rows = torch.arange(n, device=x.device)
+            q, x = q[rows, pooled][:, None], x[rows, pooled][:, None]
+            if causal:  # each row's query sees its own position and everything before it
+                keys = torch.arange(shared + length, device=x.device)
+                mask = (keys <= (pooled + shared)[:, None])[:, None, None, :]
+        elif causal and shared:
+            mask = torch.ones(length, shared + length, dtype=torch.bool, device=x.device).tril(shared)
+        x = x + self.attn.out_proj(_attend(q, k, v, heads, causal, mask))
+        x = x + self.mlp(self.ln_2(x))
+        if pooled is not None:
+            return None, x[:, 0]
+        if prefix is not None:
+            prefix = prefix + self.attn.out_proj(_attend(qp, kp, vp, heads, causal))
+            prefix = prefix + self.mlp(self.ln_2(prefix))
+        return prefix, x
+
 
 class Transformer(nn.Module):
     """A stack of residual attention blocks on batch-first [N, L, D] tensors."""
@@ -184,6 +226,22 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         for block in self.resblocks:
             x = block(x, causal)
+        return x
+
+    def pooled(self, x: torch.Tensor, positions: torch.Tensor, causal: bool = False, shared: int = 0) -> torch.Tensor:
+        """The outputs [N, D] at one position per row of ``x`` [N, L, D], computing no more than they need.
+
+        The last block computes only those rows (the other positions' outputs are never read).
+        With ``causal``, the first ``shared`` positions, equal in every row (the start token, a
+        prompt's common head), are computed once, on one row, and every row attends to them: no
+        later position can change them.
+        """
+        if shared and not causal:
+            raise ValueError("a shared prefix is only independent of the rest under causal attention")
+        prefix, x = (x[:1, :shared], x[:, shared:]) if shared else (None, x)
+        last = len(self.resblocks) - 1
+        for i, block in enumerate(self.resblocks):
+            prefix, x = block.step(x, prefix, causal, positions - shared if i == last else None)
         return x
 
 
@@ -206,8 +264,21 @@ class VisionTransformer(nn.Module):
         x = self.conv1(x).flatten(2).transpose(1, 2)  # [N, grid**2, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0]) @ self.proj
+        cls = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.ln_post(self.transformer.pooled(self.ln_pre(x), cls)) @ self.proj
+
+
+def shared_prefix(tokens: torch.Tensor, eot: torch.Tensor) -> int:
+    """How many leading positions hold the same id in every row, stopping before any row's end.
+
+    Example:
+        >>> shared_prefix(torch.tensor([[9, 5, 7, 3], [9, 5, 8, 3]]), torch.tensor([3, 3]))
+        2
+    """
+    if tokens.shape[0] < 2:  # one row: nothing to share
+        return 0
+    same = (tokens == tokens[:1]).all(dim=0).long().cumprod(dim=0)
+    return min(int(same.sum()), int(eot.min()))
 
 
 class CLIP(nn.Module):
@@ -236,7 +307,8 @@ class CLIP(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
+        """The image tower's input dtype (an image tower run by another runtime says its own)."""
+        return getattr(self.visual, "input_dtype", None) or self.visual.conv1.weight.dtype
 
     @property
     def embed_dim(self) -> int:
@@ -250,10 +322,16 @@ class CLIP(nn.Module):
         """Text features [N, embed_dim] (not normalised) for token ids [N, context_length]."""
         eot = text.argmax(dim=-1)  # the end-of-text id is the largest id in the vocabulary
         length = int(eot.max()) + 1 if text.shape[0] else 1
-        x = self.token_embedding(text[:, :length]).type(self.dtype)
-        x = x + self.positional_embedding[:length].type(self.dtype)
-        x = self.ln_final(self.transformer(x, causal=True))
-        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
+        text = text[:, :length]
+        dtype = self.text_projection.dtype  # the text tower's own (it may differ from the image tower's)
+        x = self.token_embedding(text).type(dtype)
+        x = x + self.positional_embedding[:length].type(dtype)
+        # A shared prefix is computed on one row, but that row still reads every weight once per
+        # layer (memory-bound); it pays when it is a good part of the sequence (prompt templates),
+        # not for the start token alone.
+        shared = shared_prefix(text, eot)
+        x = self.transformer.pooled(x, eot, causal=True, shared=shared if 4 * shared >= length else 0)
+        return self.ln_final(x) @ self.text_projection
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits_per_image, logits_per_text)``: scaled cosine similarities, as the original."""
@@ -400,18 +478,23 @@ def _check_fits(hyper: dict[str, Any], weights: dict[str, torch.Tensor]) -> None
                                  "diverged checkpoint, whose every embedding would be NaN")
 
 
+def cast_matrices(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast every convolution, linear layer and attention projection under ``module`` to ``dtype``."""
+    for child in module.modules():
+        if isinstance(child, (nn.Conv2d, nn.Linear)):
+            child.to(dtype)
+        if isinstance(child, MultiheadAttention):
+            child.in_proj_weight.data = child.in_proj_weight.data.to(dtype)
+            child.in_proj_bias.data = child.in_proj_bias.data.to(dtype)
+
+
 def cast_weights(model: CLIP, dtype: torch.dtype) -> CLIP:
     """Cast the matrix weights to ``dtype`` (fp16/bf16), keeping norms and embeddings in fp32.
 
     The original does the same for fp16: convolutions, linear layers, attention projections and
     the two output projections carry the arithmetic; everything else stays fp32 for stability.
     """
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            module.to(dtype)
-        if isinstance(module, MultiheadAttention):
-            module.in_proj_weight.data = module.in_proj_weight.data.to(dtype)
-            module.in_proj_bias.data = module.in_proj_bias.data.to(dtype)
+    cast_matrices(model, dtype)
     model.text_projection.data = model.text_projection.data.to(dtype)
     if isinstance(model.visual, VisionTransformer):
         model.visual.proj.data = model.visual.proj.data.to(dtype)

@@ -8,10 +8,12 @@ linears beat MKL on AMD processors and gain little on Intel's. So ``auto`` decid
 2. :func:`first_paths` lists the paths worth timing first: plain fp32, and fp32 and (only where
    it is native) bf16 with every applicable rewrite; a second round times those again beside the
    winner minus each rewrite (:func:`second_paths`), so each rewrite stays only where it pays.
-3. :func:`probe` times each path on a fixed canary (seeded images and fixed captions, both towers,
-   interleaved repeats, medians) and measures each one's cosine to plain fp32.
+3. :func:`probe` times each path on a fixed canary (seeded images and fixed captions, each tower
+   on its own, interleaved repeats) and measures each one's cosine to plain fp32.
 4. :func:`decide` (pure: capabilities + probe results in, a :class:`Decision` out) keeps the
    fastest path that beats plain fp32 by ``MARGIN`` with cosine >= ``COSINE_BAR``, else plain fp32.
+   It runs once per tower: on a ResNet model the image tower's best path (convolutions) is not
+   always the text tower's (linear layers), so each tower runs its own.
 5. The decision is cached in ``cache_dir()/runtime-decisions.json``, keyed by CPU model + torch
    version (+ the architecture), so later start-ups skip the probe.
 """
@@ -31,16 +33,17 @@ from typing import Any
 import torch
 
 __all__ = [
-    "COSINE_BAR", "MARGIN", "Capabilities", "Decision", "PathResult", "auto_decision", "decide",
+    "COSINE_BAR", "MARGIN", "TOWERS", "Capabilities", "Decision", "PathResult", "auto_decision", "decide",
     "detect_capabilities", "first_paths", "path_name", "probe", "second_paths",
 ]
 
 COSINE_BAR = 0.9999  # a reduced-precision path must keep every canary row this close to fp32
 MARGIN = 0.05  # a path must be this much faster than plain fp32 to be worth its risk: probe noise
 MIN_PROBE_WEIGHTS = 10_000_000  # smaller models: a timing probe measures overhead, not arithmetic
-CACHE_VERSION = 1
+CACHE_VERSION = 3  # bumped when the inference rewrites change what a probe would measure
 _FLAGS_SEEN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "amx_fp16")
 _NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
+IMAGE_ONLY_REWRITES = ("fold", "channels_last")  # ResNet convolutions: nothing to do in the text tower
 
 
 # --- capabilities -----------------------------------------------------------------------------
@@ -143,23 +146,37 @@ class Decision:
     capabilities: Capabilities
     probe: dict[str, PathResult] = field(default_factory=dict)
     from_cache: bool = False
+    text: Decision | None = None  # the text tower's own path where ``auto`` chose one; None: the same
 
     @property
     def precision(self) -> str:
-        return path_name(self.dtype, self.rewrites)
+        """The path's name; where the text tower runs another path, both: ``"bf16+fold, text bf16+onednn"``."""
+        own = path_name(self.dtype, self.rewrites)
+        return own if self.text is None else f"{own}, text {self.text.precision}"
+
+    @property
+    def text_path(self) -> tuple[torch.dtype, tuple[str, ...]]:
+        """(torch dtype, rewrites) of the text tower."""
+        tower = self.text or self
+        return tower.torch_dtype, tower.rewrites
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype]
+        # "ort": ONNX Runtime's fp32 image tower (onnx_backend), which takes fp32 inputs
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "ort": torch.float32}[self.dtype]
 
     def as_dict(self, device: str = "cpu") -> dict[str, Any]:
-        return {
+        out = {
             "device": device, "dtype": self.dtype, "precision": self.precision, "rewrites": list(self.rewrites),
             "cpu": self.capabilities.cpu_model, "cpu_flags": list(self.capabilities.flags),
             "torch_capability": self.capabilities.torch_capability, "torch": self.capabilities.torch_version,
             "native_bf16": self.capabilities.native_bf16, "from_cache": self.from_cache, "reason": self.reason,
             "probe": {name: asdict(result) for name, result in self.probe.items()},
         }
+        if self.text is not None:
+            out["text"] = {"dtype": self.text.dtype, "precision": self.text.precision, "rewrites": list(self.text.rewrites),
+                           "reason": self.text.reason, "probe": {n: asdict(r) for n, r in self.text.probe.items()}}
+        return out
 
 
 def first_paths(caps: Capabilities, rewrites: Sequence[str]) -> list[str]:
@@ -171,6 +188,43 @@ def first_paths(caps: Capabilities, rewrites: Sequence[str]) -> list[str]:
     """
     dtypes = ["fp32", "bf16"] if caps.native_bf16 else ["fp32"]
     return list(dict.fromkeys(["fp32", *(path_name(d, rewrites) for d in dtypes)]))
+
+
+def text_paths(results: Mapping[str, PathResult]) -> dict[str, PathResult]:
+    """The text tower's view of probe results: image-only rewrites and backends taken out of the names.
+
+    ``fold`` and ``channels_last`` change only ResNet convolutions, so for the text tower
+    ``bf16+fold+onednn`` is ``bf16+onednn`` (the fastest timing of a name counts); the ``ort``
+    backend runs only the image tower (its text tower is plain fp32), so it is dropped.
+
+    Example:
+        >>> sorted(text_paths({"fp32": PathResult(1, 1), "bf16+fold+onednn": PathResult(.5, 1), "ort": PathResult(.9, 1)}))
+        ['bf16+onednn', 'fp32']
+    """
+    out: dict[str, PathResult] = {}
+    for name, result in results.items():
+        dtype, rewrites = _split(name)
+        if dtype == "ort":
+            continue
+        key = path_name(dtype, tuple(r for r in rewrites if r not in IMAGE_ONLY_REWRITES))
+        if key not in out or result.seconds < out[key].seconds:
+            out[key] = result
+    return out
+
+
+def onnx_candidate(caps: Capabilities, available: bool) -> bool:
+    """Whether the probe also times ONNX Runtime's fp32 image tower (the ``"ort"`` path).
+
+    Only where the CPU has no native bf16: there torch is left with fp32 too, and ONNX Runtime's
+    fused kernels can win (a ResNet on a 2-core EPYC: 1.76x openai/CLIP vs torch fp32's 1.28x).
+    Where bf16 is native, it does the same work at twice the rate (2.5x vs 1.76x there), so the
+    export (tens of seconds, the tower's size on disk) would buy a candidate that cannot win.
+
+    Example:
+        >>> onnx_candidate(Capabilities("cpu", ("avx2",), "AVX2", "2.13.0"), available=True)
+        True
+    """
+    return available and not caps.native_bf16
 
 
 def second_paths(winner: str) -> list[str]:
@@ -258,31 +312,34 @@ def canary(resolution: int, context_length: int) -> tuple[torch.Tensor, torch.Te
     return images, tokenize(texts, context_length=context_length, truncate=True)
 
 
+TOWERS = ("image", "text")
+
+
 def probe(build: Callable[[str], torch.nn.Module], names: Sequence[str], images: torch.Tensor,
-          tokens: torch.Tensor, repeats: int = 3) -> dict[str, PathResult]:
-    """Time each path on the canary (both towers), interleaved, and compare it with plain fp32.
+          tokens: torch.Tensor, repeats: int = 3) -> dict[str, dict[str, PathResult]]:
+    """Time each path on the canary, each tower on its own, interleaved; compare with plain fp32.
 
     ``build(name)`` returns the inference model for a path name; ``names`` must include ``"fp32"``.
-    Repeats alternate their order so a neighbour's load hits all paths alike, and each path's
-    fastest repeat counts: on a shared machine the fastest run is the least disturbed one.
+    Returns ``{"image": {name: result}, "text": {...}}``: the towers are decided separately, as
+    the same rewrite can pay in one and cost in the other. Repeats alternate their order so a
+    neighbour's load hits all paths alike, and each path's fastest repeat counts: on a shared
+    machine the fastest run is the least disturbed one.
     """
     models = {name: build(name) for name in names}
-
-    def run(model: torch.nn.Module) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.cat([model.encode_image(images).float(), model.encode_text(tokens).float()])
-
-    outputs = {name: run(model) for name, model in models.items()}  # also the warm-up
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else list(reversed(names))):
-            start = time.perf_counter()
-            run(models[name])
-            times[name].append(time.perf_counter() - start)
-    reference = outputs["fp32"]
-    return {name: PathResult(min(times[name]),
-                             float(torch.nn.functional.cosine_similarity(outputs[name], reference, dim=-1).min()))
-            for name in names}
+    runs = {"image": lambda model: model.encode_image(images).float(),
+            "text": lambda model: model.encode_text(tokens).float()}
+    with torch.inference_mode():
+        outputs = {tower: {name: run(models[name]) for name in names} for tower, run in runs.items()}  # + warm-up
+        times: dict[str, dict[str, list[float]]] = {tower: {name: [] for name in names} for tower in TOWERS}
+        for r in range(repeats):
+            for name in (names if r % 2 == 0 else list(reversed(names))):
+                for tower, run in runs.items():
+                    start = time.perf_counter()
+                    run(models[name])
+                    times[tower][name].append(time.perf_counter() - start)
+    return {tower: {name: PathResult(min(times[tower][name]), float(torch.nn.functional.cosine_similarity(
+                        outputs[tower][name], outputs[tower]["fp32"], dim=-1).min())) for name in names}
+            for tower in TOWERS}
 
 
 # --- the decision cache ----------------------------------------------------------------------
@@ -307,18 +364,32 @@ def cached_decision(caps: Capabilities, architecture: str, path: Path | None = N
     if not isinstance(entry, dict):
         return None
     try:
-        probe_results = {k: PathResult(**v) for k, v in entry.get("probe", {}).items()}
-        return Decision(entry["dtype"], tuple(entry["rewrites"]), entry["reason"], caps, probe_results, from_cache=True)
+        return decision_from_entry(entry, caps)
     except (KeyError, TypeError):
         return None
+
+
+def decision_from_entry(entry: dict[str, Any], caps: Capabilities) -> Decision:
+    """A :class:`Decision` from one stored entry (as :func:`cached_decisions` returns them); KeyError if malformed."""
+    text = decision_from_entry(entry["text"], caps) if isinstance(entry.get("text"), dict) else None
+    probe_results = {k: PathResult(**v) for k, v in entry.get("probe", {}).items()}
+    return Decision(entry["dtype"], tuple(entry["rewrites"]), entry["reason"], caps, probe_results, from_cache=True,
+                    text=text)
+
+
+def _entry_of(decision: Decision) -> dict[str, Any]:
+    entry = {"dtype": decision.dtype, "rewrites": list(decision.rewrites), "reason": decision.reason,
+             "probe": {k: asdict(v) for k, v in decision.probe.items()}}
+    if decision.text is not None:
+        entry["text"] = _entry_of(decision.text)
+    return entry
 
 
 def store_decision(decision: Decision, architecture: str, path: Path | None = None) -> None:
     """Add a decision to the cache file (written atomically; a failure only costs a later probe)."""
     path = path or decisions_file()
     data = _read_cache(path)
-    entry = {"dtype": decision.dtype, "rewrites": list(decision.rewrites), "reason": decision.reason,
-             "probe": {k: asdict(v) for k, v in decision.probe.items()}, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    entry = _entry_of(decision) | {"time": time.strftime("%Y-%m-%d %H:%M:%S")}
     data.setdefault("decisions", {}).setdefault(decision.capabilities.cache_key, {})[architecture] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -363,10 +434,13 @@ def matrix_weights(model: torch.nn.Module) -> int:
     return total
 
 
-def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_cache: bool = True) -> Decision:
+def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_cache: bool = True,
+                  onnx_file: Path | None = None) -> Decision:
     """The decision for this fp32 CPU model on this machine: from the cache, or probed and stored.
 
-    ``model`` is not modified: each probed path runs on its own copy.
+    ``model`` is not modified: each probed path runs on its own copy. With ``onnx_file`` (where
+    the exported image tower lives) ONNX Runtime is probed too where :func:`onnx_candidate`
+    says so; its export is removed again unless it wins.
 
     Example:
         >>> auto_decision(ce.build_model(sd)).precision  # doctest: +SKIP
@@ -374,6 +448,7 @@ def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_
     """
     import copy
 
+    from . import onnx_backend
     from .inference import applicable_rewrites, prepare_for_inference
 
     caps = caps or detect_capabilities()
@@ -389,16 +464,36 @@ def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_
 
     def build(name: str) -> torch.nn.Module:
         dtype, chosen = _split(name)
+        if dtype == "ort":
+            return with_onnx_image_tower(copy.deepcopy(model), onnx_file)
         torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
         return prepare_for_inference(copy.deepcopy(model), torch_dtype, chosen)
 
     images, tokens = canary(model.visual.input_resolution, model.context_length)
     first_round = first_paths(caps, rewrites)
-    first = probe(build, first_round, images, tokens)
-    winner = decide(caps, first).precision
-    # The second round times the first round's paths again beside the winner's ablations, so the
-    # final choice compares numbers from one interleaved round (a neighbour's load shifts rounds).
-    second_round = list(dict.fromkeys(first_round + second_paths(winner)))
-    decision = decide(caps, probe(build, second_round, images, tokens) if winner != "fp32" else first)
+    if onnx_file is not None and onnx_candidate(caps, onnx_backend.available()):
+        first_round.append("ort")
+    results = probe(build, first_round, images, tokens)
+    winners = {decide(caps, results["image"]).precision, decide(caps, text_paths(results["text"])).precision}
+    if winners != {"fp32"}:
+        # The second round times the first round's paths again beside each winner's ablations, so
+        # the final choice compares numbers from one interleaved round (a neighbour's load shifts rounds).
+        second_round = list(dict.fromkeys(first_round + [p for w in sorted(winners) for p in second_paths(w)]))
+        results = probe(build, second_round, images, tokens)
+    decision, text = decide(caps, results["image"]), decide(caps, text_paths(results["text"]))
+    if decision.dtype != "ort" and onnx_file is not None:
+        onnx_file.unlink(missing_ok=True)  # it lost: not worth its disk space
+    decision.reason = f"images: {decision.reason}"
+    if text.precision != decision.precision:
+        text.reason = f"texts: {text.reason}"
+        decision.text = text
     store_decision(decision, architecture)
     return decision
+
+
+def with_onnx_image_tower(model: torch.nn.Module, onnx_file: Path) -> torch.nn.Module:
+    """``model`` (fp32) with its image tower exported to ``onnx_file`` and run by ONNX Runtime."""
+    from .onnx_backend import OnnxImageTower, export_image_tower
+
+    model.visual = OnnxImageTower(export_image_tower(model, onnx_file), model.visual)
+    return model

@@ -1,8 +1,10 @@
-"""The model-loading status line: shown and then erased on a terminal, absent everywhere else."""
+"""The console helpers: the model-loading status line (shown then erased on a terminal, absent elsewhere) and Ctrl-C."""
 
 from __future__ import annotations
 
 import io
+
+import pytest
 
 from clip_embeddings import cli
 from clip_embeddings.console import status
@@ -47,3 +49,19 @@ def test_cli_shows_the_loading_line_only_on_a_terminal(tiny_env, sample_images, 
     assert cli.main(args) == 0
     assert f"loading model {tiny_env} ...\r\x1b[K" in terminal.getvalue()
     assert "loading model" not in capsys.readouterr().out
+
+
+def test_a_first_ctrl_c_asks_for_a_stop_and_a_second_one_stops_at_once(capsys):
+    import os
+    import signal
+
+    from clip_embeddings.console import GracefulStop
+
+    before = signal.getsignal(signal.SIGINT)
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # lands mid-"write": nothing is raised
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+    assert "Ctrl-C again to stop now" in capsys.readouterr().err

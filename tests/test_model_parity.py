@@ -155,6 +155,72 @@ def test_text_tower_stops_at_last_eot_without_changing_values():
         assert float((model.encode_text(tokens) - reference.encode_text(tokens)).abs().max()) <= 1e-5
 
 
+PROMPTS = ["a photo of a dog.", "a photo of a cat.", "a photo of a hippopotamus standing in a river.",
+           "a photo of a dog.", "a photo of a red double-decker bus."]
+
+
+def test_prompt_template_prefix_is_computed_once_without_changing_values(monkeypatch):
+    reference = reference_clip("ViT-B/32", scaled=True)
+    model = ce.model.build_model(reference.state_dict())
+    tokens = reference_tokenize(PROMPTS)  # "<start> a photo of a" in every row, then different lengths
+    seen = []
+    pooled = ce.model.Transformer.pooled
+    monkeypatch.setattr(ce.model.Transformer, "pooled",
+                        lambda self, x, positions, causal=False, shared=0: seen.append(shared) or pooled(self, x, positions, causal, shared))
+    with torch.no_grad():
+        expected = reference.encode_text(tokens)
+        assert float((model.encode_text(tokens) - expected).abs().max()) <= 1e-5
+        fast = optimize_for_inference(ce.model.build_model(reference.state_dict()))
+        assert float((fast.encode_text(tokens) - expected).abs().max()) <= 1e-5
+    assert seen == [5, 5]  # the prefix path ran: start token + "a photo of a"
+
+
+def test_shared_prefix_gives_the_reference_gradients():
+    # Fine-tuning runs the same code: gradients through the shared prefix and the pooled rows
+    # must be the original's.
+    reference = reference_clip("ViT-B/32", scaled=True)
+    model = ce.model.build_model(reference.state_dict())
+    tokens = reference_tokenize(PROMPTS)
+    for m in (reference, model):
+        m.encode_text(tokens).pow(2).sum().backward()
+    last = len(model.transformer.resblocks) - 1
+    for name in ("token_embedding.weight", "positional_embedding", "transformer.resblocks.0.attn.in_proj_weight",
+                 f"transformer.resblocks.{last}.mlp.c_fc.weight", "text_projection"):
+        ours, theirs = dict(model.named_parameters())[name].grad, dict(reference.named_parameters())[name].grad
+        assert float((ours - theirs).abs().max()) <= 1e-5 * float(theirs.abs().max()), name
+
+
+def test_shared_prefix_stops_before_any_rows_end():
+    shared_prefix = ce.model.shared_prefix
+    rows = torch.tensor([[9, 5, 7, 3, 0], [9, 5, 7, 8, 3]])
+    assert shared_prefix(rows, torch.tensor([3, 4])) == 3
+    same = torch.tensor([[9, 5, 3], [9, 5, 3]])
+    assert shared_prefix(same, torch.tensor([2, 2])) == 2  # the end token itself is never shared
+    assert shared_prefix(torch.tensor([[9, 5, 3]]), torch.tensor([2])) == 0  # one row: nothing to share
+    assert shared_prefix(torch.tensor([[9, 5, 3], [1, 5, 3]]), torch.tensor([2, 2])) == 0
+
+
+def test_inference_rewrite_keeps_plain_gelu_models_exact(tmp_path):
+    # QuickGELU becomes one SiLU with its scales folded into the MLP; a model trained with the
+    # exact GELU (some Hugging Face checkpoints) must keep it.
+    transformers = pytest.importorskip("transformers")
+    common = dict(hidden_size=64, intermediate_size=256, num_attention_heads=1, num_hidden_layers=2, hidden_act="gelu")
+    config = transformers.CLIPConfig(
+        text_config=dict(common, vocab_size=49408, max_position_embeddings=77, eos_token_id=49407),
+        vision_config=dict(common, image_size=32, patch_size=16), projection_dim=32,
+    )
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).eval().save_pretrained(tmp_path)
+    model, _ = ce.load(tmp_path)
+    tokens, images = reference_tokenize(PROMPTS), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.encode_text(tokens), model.encode_image(images)
+        fast = optimize_for_inference(model)
+        assert any(isinstance(m, torch.nn.GELU) for m in fast.modules())
+        for got, want in zip((fast.encode_text(tokens), fast.encode_image(images)), expected):
+            assert float((got - want).abs().max()) <= 1e-5
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision_stays_close_to_fp32(dtype):
     if dtype == torch.float16 and not torch.cuda.is_available():

@@ -19,7 +19,7 @@ from clip_embeddings import runtime
 from clip_embeddings.inference import FoldedConv, PackedLinear, prepare_for_inference
 from clip_embeddings.runtime import Capabilities, PathResult, decide, first_paths, second_paths
 from tests.model_factory import tiny_reference_clip
-from tests.reference import reference_embeddings
+from tests.reference import reference_embeddings, reference_tokenize
 
 AMD_BF16 = Capabilities("AMD EPYC 9R14", ("avx2", "avx512f", "avx512_bf16"), "AVX512", "2.13.0+cpu")
 INTEL_AMX = Capabilities("Intel Xeon Platinum 8488C", ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"),
@@ -144,6 +144,46 @@ def test_auto_probes_once_then_reuses_the_cached_decision(monkeypatch):
     assert again.from_cache and not calls and again.precision == first.precision
     assert runtime.auto_decision(model, AVX2_ONLY).from_cache is False  # another CPU: its own probe
     assert any(isinstance(m, torch.nn.Linear) for m in model.modules())  # probing left it untouched
+
+
+def test_each_tower_gets_its_own_path_and_the_cache_keeps_both(monkeypatch):
+    # A ResNet where the convolutions want channels-last without packed linears, and the text
+    # tower wants the packed linears: one path for both would slow one of them down.
+    monkeypatch.setattr(runtime, "MIN_PROBE_WEIGHTS", 0)
+    model = ce.build_model(tiny_reference_clip("rn").state_dict())
+    image = {"fp32": (1.0, 1.0), "bf16+fold+channels_last": (0.40, 0.99999), "bf16+fold+channels_last+onednn": (0.45, 0.99999)}
+    text = {"fp32": (1.0, 1.0), "bf16+fold+channels_last": (0.60, 0.99999), "bf16+fold+channels_last+onednn": (0.40, 0.99999),
+            "bf16+onednn": (0.41, 0.99999)}
+
+    def fake_probe(build, names, images, tokens, repeats=3):
+        pick = lambda table: {n: PathResult(*table.get(n, (2.0, 1.0))) for n in names}  # noqa: E731
+        return {"image": pick(image), "text": pick(text)}
+
+    monkeypatch.setattr(runtime, "probe", fake_probe)
+    decision = runtime.auto_decision(model, AMD_BF16)
+    assert decision.precision == "bf16+fold+channels_last, text bf16+onednn"  # fold means nothing to the text tower
+    assert decision.text_path == (torch.bfloat16, ("onednn",))
+    assert decision.reason.startswith("images: ") and decision.text.reason.startswith("texts: ")
+    again = runtime.auto_decision(model, AMD_BF16)
+    assert again.from_cache and again.precision == decision.precision and again.text_path == decision.text_path
+    assert runtime.Decision("fp32", (), "", AMD_BF16).text_path == (torch.float32, ())  # one path: the same for both
+
+
+def test_a_text_path_of_its_own_is_what_the_text_tower_runs():
+    reference = tiny_reference_clip("rn")
+    model = prepare_for_inference(ce.build_model(reference.state_dict()), torch.float32, ("fold",),
+                                  text=(torch.bfloat16, ("onednn",)))
+    assert all(m.weight.dtype == torch.float32 for m in model.visual.modules() if isinstance(m, FoldedConv))
+    assert not any(isinstance(m, PackedLinear) for m in model.visual.modules())
+    assert model.text_projection.dtype == torch.bfloat16
+    if packed := [m for m in model.transformer.modules() if isinstance(m, PackedLinear)]:
+        assert packed[0].packed.dtype == torch.bfloat16
+    images, tokens = torch.randn(2, 3, 64, 64), reference_tokenize(["a red car", "two dogs on a beach"])
+    with torch.inference_mode():
+        assert float((model.encode_image(images) - reference.encode_image(images)).abs().max()) < 1e-5  # fp32: exact
+        text = model.encode_text(tokens)
+        assert text.dtype == torch.bfloat16
+        assert float(torch.nn.functional.cosine_similarity(text.float(), reference.encode_text(tokens)).min()) > 0.999
 
 
 def test_small_models_skip_the_probe_and_run_exact_fp32():
