@@ -128,16 +128,22 @@ def test_huggingface_folder_matches_transformers(tmp_path, weights_name):
         assert float((model.encode_text(tokens) - hf_text).abs().max()) < 1e-5
 
 
-def test_huggingface_gelu_activation_is_honoured(tmp_path):
+def _gelu_huggingface_model(folder, layers: int):
+    """A small transformers CLIPModel trained-with-exact-GELU layout, saved to ``folder``."""
     transformers = pytest.importorskip("transformers")
-    common = dict(hidden_size=64, intermediate_size=256, num_attention_heads=1, num_hidden_layers=1, hidden_act="gelu")
+    common = dict(hidden_size=64, intermediate_size=256, num_attention_heads=1, num_hidden_layers=layers, hidden_act="gelu")
     config = transformers.CLIPConfig(
         text_config=dict(common, vocab_size=49408, max_position_embeddings=77, eos_token_id=49407),
         vision_config=dict(common, image_size=32, patch_size=16), projection_dim=32,
     )
     torch.manual_seed(0)
     hf = transformers.CLIPModel(config).eval()
-    hf.save_pretrained(tmp_path)
+    hf.save_pretrained(folder)
+    return hf
+
+
+def test_huggingface_gelu_activation_is_honoured(tmp_path):
+    hf = _gelu_huggingface_model(tmp_path, layers=1)
     model, _ = ce.load(tmp_path)
     tokens = reference_tokenize(["gelu, not quick gelu"])
     with torch.no_grad():
@@ -203,14 +209,7 @@ def test_shared_prefix_stops_before_any_rows_end():
 def test_inference_rewrite_keeps_plain_gelu_models_exact(tmp_path):
     # QuickGELU becomes one SiLU with its scales folded into the MLP; a model trained with the
     # exact GELU (some Hugging Face checkpoints) must keep it.
-    transformers = pytest.importorskip("transformers")
-    common = dict(hidden_size=64, intermediate_size=256, num_attention_heads=1, num_hidden_layers=2, hidden_act="gelu")
-    config = transformers.CLIPConfig(
-        text_config=dict(common, vocab_size=49408, max_position_embeddings=77, eos_token_id=49407),
-        vision_config=dict(common, image_size=32, patch_size=16), projection_dim=32,
-    )
-    torch.manual_seed(0)
-    transformers.CLIPModel(config).eval().save_pretrained(tmp_path)
+    _gelu_huggingface_model(tmp_path, layers=2)
     model, _ = ce.load(tmp_path)
     tokens, images = reference_tokenize(PROMPTS), torch.randn(2, 3, 32, 32)
     with torch.no_grad():
