@@ -259,3 +259,52 @@ def test_open_store_reaches_a_chroma_server_by_url(chroma_server, corpus):
     assert_ranking([(h.id, h.score) for h in store.query("a photo of a cat", k=3)], ids, scores, "chroma server")
     reopened = open_store("chroma", f"http://{host}:{port}", "open-store-url")  # config from the server
     assert reopened.ef.expected_fingerprint == corpus.ef.fingerprint and reopened.count() == store.count()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_records_list_every_stored_vector_with_its_fields(kind, tmp_path, corpus):
+    store, _ = build(kind, tmp_path, corpus)
+    batches = list(store._scan(batch_size=4))
+    assert all(len(b) <= 4 for b in batches)
+    records = [r for b in batches for r in b]
+    images = {r.id: r for r in records if r.modality == "image"}
+    texts = {r.id: r for r in records if r.modality == "text"}
+    assert set(images) == set(corpus.image_ids) and set(texts) == set(corpus.all_text_ids)
+    for i, item in enumerate(corpus.image_ids):
+        r = images[item]
+        assert (r.source, r.metadata) == (str(Path(corpus.images[i]).resolve()), corpus.metadatas[i])
+        np.testing.assert_allclose(r.vector, corpus.image_vectors[i], atol=1e-5)
+        assert texts[item].document == corpus.captions[i]
+    for item, text, vector in zip(corpus.text_ids, TEXTS, corpus.text_vectors[-len(TEXTS):]):
+        assert (texts[item].document, texts[item].source) == (text, None)
+        np.testing.assert_allclose(texts[item].vector, vector, atol=1e-5)
+    bare = list(store.records("text", with_vectors=False))
+    assert len(bare) == len(corpus.all_text_ids) and all(r.vector is None for r in bare)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_delete_by_id_and_where_removes_whole_items(kind, tmp_path, corpus):
+    store, _ = build(kind, tmp_path, corpus)
+    first, text = corpus.image_ids[0], corpus.text_ids[0]
+    assert store.delete([first, text, "not-stored"]) == 2
+    assert (store.count(), store.count("image"), store.count("text")) == (6 + 2, 6, 6 + 2)
+    assert store.get_item(first) is None and store.get_item(first, "text") is None
+    assert first not in {h.id for h in store.query("anything", k=20, modality="text")}
+    assert store.delete([first]) == 0  # gone already: nothing to remove, no error
+
+    space = {item for item, meta in zip(corpus.image_ids, corpus.metadatas) if meta["album"] == "space"} - {first}
+    assert store.delete(where={"album": "space"}) == len(space)
+    left = {r.id for r in store.records(with_vectors=False)}
+    assert left == (set(corpus.all_text_ids) - space - {first, text})
+    assert {h.id for h in store.query("x", k=20)} == set(corpus.image_ids) - space - {first}
+    with pytest.raises(ValueError, match="exactly one"):
+        store.delete()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deleting_a_caption_keeps_its_image(kind, tmp_path, corpus):
+    store, _ = build(kind, tmp_path, corpus)
+    item = corpus.image_ids[1]
+    store._delete([(item, "text")])
+    assert store.get_item(item) is not None and store.get_item(item, "text") is None
+    assert (store.count("image"), store.count("text")) == (7, 6 + 3)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..captions import caption_for, folder_captions
+from ..collection.records import matches
 from ..embedding import ClipEF
 from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
 from ..images import IMAGE_EXTENSIONS, ImageLike, iter_image_files
@@ -185,6 +186,15 @@ class Store(ABC):
     @abstractmethod
     def _stored_config(self) -> dict[str, Any] | None:
         """The embedding-function config saved with the collection, if any."""
+
+    @abstractmethod
+    def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
+              with_vectors: bool = True) -> Iterator[list[Record]]:
+        """Every stored record (of ``modality``), ``batch_size`` at a time; ``metadata`` is the user's own."""
+
+    @abstractmethod
+    def _delete(self, keys: list[tuple[str, Modality]]) -> None:
+        """Remove the (item id, modality) records; keys that are not stored are ignored."""
 
     # -- shared behaviour --
 
@@ -418,6 +428,43 @@ class Store(ABC):
         entries = (_Entry(path, caption=caption_for(lookup, folder, path, sidecars=sidecars))
                    for path in iter_image_files(folder, extensions=extensions, recursive=recursive))
         return self._ingest(entries, on_error, progress, None)
+
+    def records(self, modality: Modality | None = None, *, batch_size: int = 512,
+                with_vectors: bool = True) -> Iterator[Record]:
+        """Every stored record (of ``modality``), read ``batch_size`` at a time: memory stays bounded.
+
+        Example:
+            >>> sorted({r.source for r in store.records(with_vectors=False)})  # doctest: +SKIP
+            ['/photos/cat.jpg', '/photos/dog.jpg']
+        """
+        for batch in self._scan(modality, batch_size=batch_size, with_vectors=with_vectors):
+            yield from batch
+
+    def delete(self, ids: Iterable[str] | None = None, *, where: Mapping[str, Any] | None = None) -> int:
+        """Remove items (an image and its caption go together) by id, or those matching ``where``.
+
+        ``where`` is the portable filter of :func:`clip_embeddings.collection.records.matches`:
+        exact matches on metadata keys or on ``source``, ``document``, ``item_id`` (a list value
+        matches any of its elements; ``{"tag": label}`` a stored tag). Returns how many items
+        were removed; ids that are not stored are ignored.
+
+        Example:
+            >>> store.delete([report.ids[0]])  # doctest: +SKIP
+            1
+            >>> store.delete(where={"album": "space"})  # doctest: +SKIP
+            3
+        """
+        if (ids is None) == (where is None):
+            raise ValueError("delete takes ids or where=..., exactly one of them")
+        if ids is None:
+            ids = {r.id for r in self.records(with_vectors=False) if matches(r, where)}
+        elif isinstance(ids, str):
+            raise TypeError("delete takes a list of ids; wrap a single id in a list")
+        keys = [(item, modality) for item in dict.fromkeys(ids) for modality in ("image", "text")]
+        stored = self._stored(keys) if keys else {}
+        if stored:
+            self._delete(list(stored))
+        return len({item for item, _ in stored})
 
     def query(self, text: str | ImageLike | None = None, *, image: ImageLike | None = None, k: int = 5,
               modality: Modality = "image", where: dict[str, Any] | None = None) -> list[Hit]:

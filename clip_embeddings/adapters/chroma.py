@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -164,12 +164,37 @@ class ChromaStore(Store):
         got = self.collection.get(ids=list(rows), include=["metadatas", "documents"])
         return {rows[i]: ((meta or {}).get("digest"), doc) for i, meta, doc in zip(got["ids"], got["metadatas"], got["documents"])}
 
+    def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
+              with_vectors: bool = True) -> Iterator[list[Record]]:
+        include = ["metadatas", "documents"] + (["embeddings"] if with_vectors else [])
+        where = {"modality": modality} if modality else None
+        offset = 0
+        while True:
+            got = self.collection.get(where=where, include=include, limit=batch_size, offset=offset)
+            if not got["ids"]:
+                return
+            vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
+            yield [_record(meta, doc, vector) for meta, doc, vector in zip(got["metadatas"], got["documents"], vectors)]
+            offset += len(got["ids"])
+
+    def _delete(self, keys: list[tuple[str, Modality]]) -> None:
+        if keys:
+            self.collection.delete(ids=[row_id(item, modality) for item, modality in keys])
+
     def count(self, modality: Modality | None = None) -> int:
         if modality is not None:
             return len(self.collection.get(where={"modality": modality}, include=[])["ids"])
         # One row per modality: an item is an image row, or a text row with no image row beside it.
         ids = self.collection.get(include=[])["ids"]
         return len({i.removesuffix(":text") for i in ids})
+
+
+def _record(meta: dict[str, Any], document: str | None, vector: Any) -> Record:
+    meta = dict(meta or {})
+    item, modality, digest = meta.pop("item_id"), meta.pop("modality"), meta.pop("digest", None)
+    source = meta.pop("source", None)
+    vector = None if vector is None else np.asarray(vector, np.float32)
+    return Record(item, modality, vector, digest, source=source, document=document or None, metadata=meta)
 
 
 def _metadata(record: Record) -> dict[str, Any]:

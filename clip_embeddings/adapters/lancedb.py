@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Literal
@@ -264,6 +265,25 @@ class LanceDBStore(Store):
         ids = ", ".join(_sql(i) for i in rows)
         found = self.table.search().where(f"id IN ({ids})").select(["id", "digest", "document"]).limit(len(rows))
         return {rows[r["id"]]: (r["digest"], r["document"]) for r in found.to_list()}
+
+    def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
+              with_vectors: bool = True) -> Iterator[list[Record]]:
+        columns = ["item_id", "modality", "source", "document", "digest", "metadata"] + (["vector"] if with_vectors else [])
+        query = self.table.search().select(columns).limit(None)
+        if modality:
+            query = query.where(f"modality = {_sql(modality)}")
+        for batch in query.to_batches(batch_size):
+            yield [
+                Record(r["item_id"], r["modality"], np.asarray(r["vector"], np.float32) if with_vectors else None,
+                       r["digest"], source=r["source"], document=r["document"],
+                       metadata=json.loads(r["metadata"]) if r["metadata"] else {})
+                for r in batch.to_pylist()
+            ]
+
+    def _delete(self, keys: list[tuple[str, Modality]]) -> None:
+        for start in range(0, len(keys), 1000):  # one SQL filter per thousand rows keeps it short
+            ids = ", ".join(_sql(row_id(item, modality)) for item, modality in keys[start:start + 1000])
+            self.table.delete(f"id IN ({ids})")
 
     def count(self, modality: Modality | None = None) -> int:
         if modality is not None:

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,46 @@ class QdrantStore(Store):
                 found[(item, modality)] = (payload.get("digest"), payload.get("document"))
         return found
 
+    def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
+              with_vectors: bool = True) -> Iterator[list[Record]]:
+        # One pass per modality, filtered on the named vector: a point's image and its caption
+        # are two records, and without vectors the filter is what says which ones a point has.
+        for wanted in (modality,) if modality else ("image", "text"):
+            has = qmodels.Filter(must=[qmodels.HasVectorCondition(has_vector=wanted)])
+            offset = None
+            while True:
+                points, offset = self.client.scroll(self.name, scroll_filter=has, limit=batch_size, offset=offset,
+                                                    with_payload=True, with_vectors=[wanted] if with_vectors else False)
+                if points:
+                    yield [_record(point, wanted, with_vectors) for point in points]
+                if offset is None:
+                    break
+
+    def _delete(self, keys: list[tuple[str, Modality]]) -> None:
+        wanted: dict[str, set[str]] = {}
+        for item, modality in keys:
+            wanted.setdefault(point_id(item), set()).add(modality)
+        points = self.client.retrieve(self.name, ids=list(wanted), with_payload=False, with_vectors=True)
+        whole, partial = [], []
+        for point in points:
+            pid = str(point.id)
+            if set(point.vector or {}) <= wanted[pid]:
+                whole.append(pid)  # nothing of the item stays: the point goes
+            else:
+                partial.append(pid)
+        operations: list[Any] = []
+        if whole:
+            operations.append(qmodels.DeleteOperation(delete=qmodels.PointIdsList(points=whole)))
+        for pid in partial:  # an image stays without its caption (or the reverse)
+            names = sorted(wanted[pid])
+            operations.append(qmodels.DeleteVectorsOperation(
+                delete_vectors=qmodels.DeleteVectors(points=[pid], vector=names)))
+            if "text" in names:
+                operations.append(qmodels.DeletePayloadOperation(
+                    delete_payload=qmodels.DeletePayload(keys=["document"], points=[pid])))
+        if operations:
+            self.client.batch_update_points(self.name, operations)
+
     def count(self, modality: Modality | None = None) -> int:
         if modality is None:
             return self.client.count(self.name, exact=True).count
@@ -174,6 +215,14 @@ def to_filter(where: dict[str, Any] | qmodels.Filter | None) -> qmodels.Filter |
             )
         conditions.append(qmodels.FieldCondition(key=key, match=match))
     return qmodels.Filter(must=conditions)
+
+
+def _record(point: Any, modality: Modality, with_vectors: bool) -> Record:
+    payload = dict(point.payload or {})
+    item, digest = payload.pop("item_id", str(point.id)), payload.pop("digest", None)
+    source, document = payload.pop("source", None), payload.pop("document", None)
+    vector = np.asarray(point.vector[modality], np.float32) if with_vectors else None
+    return Record(item, modality, vector, digest, source=source, document=document, metadata=payload)
 
 
 def _payload(record: Record, keep_digest: bool) -> dict[str, Any]:
