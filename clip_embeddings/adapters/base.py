@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..captions import caption_for, folder_captions
+from ..collection import sync as folder_sync
 from ..collection.records import matches
 from ..embedding import ClipEF
 from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
@@ -87,6 +88,10 @@ class IngestReport:
     once; ``skipped`` inputs could not be embedded, each with its reason. ``ids`` lists the item ids
     of every input now in the store, new or present, once each, in input order.
 
+    A sync (``index_folder(..., sync=True)``) also counts ``renamed`` items (same content, new
+    path) and ``removed`` ones (file gone); there ``new`` is what it added and ``updated`` what
+    got new content or a new caption. With ``dry_run`` the counts say what it would do.
+
     Example:
         >>> print(IngestReport(ids=["a", "b"], new=1, present=1, duplicates=1))
         new 1, updated 0, already present 1, duplicates 1, skipped 0 (cache hits 0)
@@ -99,6 +104,10 @@ class IngestReport:
     duplicates: int = 0
     skipped: list[SkippedItem] = field(default_factory=list)
     cache_hits: int = 0
+    renamed: int = 0
+    removed: int = 0
+    sync: bool = False
+    dry_run: bool = False
 
     @property
     def stored(self) -> int:
@@ -122,15 +131,23 @@ class IngestReport:
         self.duplicates += other.duplicates
         self.skipped += other.skipped
         self.cache_hits += other.cache_hits
+        self.renamed += other.renamed
+        self.removed += other.removed
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """The counts and the skipped items (index, source, reason) as plain JSON-able values."""
         return {"new": self.new, "updated": self.updated, "present": self.present, "duplicates": self.duplicates,
                 "skipped": [{"index": s.index, "source": s.source, "reason": s.reason} for s in self.skipped],
-                "cache_hits": self.cache_hits}
+                "cache_hits": self.cache_hits,
+                **({"renamed": self.renamed, "removed": self.removed, "dry_run": self.dry_run} if self.sync else {})}
 
     def __str__(self) -> str:
+        if self.sync:
+            lines = [f"{'would have ' if self.dry_run else ''}added {self.new}, updated {self.updated}, "
+                     f"renamed {self.renamed}, removed {self.removed}; unchanged {self.present}, "
+                     f"duplicates {self.duplicates}, skipped {len(self.skipped)}"]
+            return "\n".join(lines + [f"  skipped {s}" for s in self.skipped])
         lines = [f"new {self.new}, updated {self.updated}, already present {self.present}, duplicates {self.duplicates}, "
                  f"skipped {len(self.skipped)} (cache hits {self.cache_hits})"]
         lines += [f"  skipped {s}" for s in self.skipped]
@@ -400,7 +417,8 @@ class Store(ABC):
 
     def index_folder(self, folder: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_EXTENSIONS,
                      recursive: bool = True, on_error: OnError = "skip", progress: bool = True,
-                     captions: Mapping[str, str] | bool = True) -> IngestReport:
+                     captions: Mapping[str, str] | bool = True, sync: bool = False,
+                     dry_run: bool = False) -> IngestReport:
         """Index every image file under ``folder``; re-running it stores only what is missing.
 
         The folder is walked lazily in a stable order and each batch is written as soon as it is
@@ -408,13 +426,52 @@ class Store(ABC):
         a ``captions.json`` or ``captions.csv`` at the folder's root, or a ``.txt`` file beside an
         image; pass a mapping of paths (relative to ``folder``) to captions, or ``False`` for none.
 
+        With ``sync=True`` the collection is made to match the folder (see
+        :mod:`clip_embeddings.collection.sync`): items whose file is gone are removed, edited files
+        replaced, renamed ones keep their vector under the new path; records that did not come from
+        this folder are never touched. ``dry_run=True`` only reports what a sync would do.
+
         Example:
             >>> report = store.index_folder("photos/")  # doctest: +SKIP
             >>> print(report)  # doctest: +SKIP
             new 1200, updated 0, already present 0, duplicates 3, skipped 2 (cache hits 0)
+            >>> print(store.index_folder("photos/", sync=True))  # doctest: +SKIP
+            added 2, updated 1, renamed 1, removed 3; unchanged 1196, duplicates 3, skipped 2
         """
+        if sync or dry_run:
+            return self._sync_folder(Path(folder), extensions, recursive, on_error, progress, captions, dry_run)
         return IngestReport.collect(self.stream_folder(folder, extensions=extensions, recursive=recursive,
                                                        on_error=on_error, progress=progress, captions=captions))
+
+    def _sync_folder(self, folder: Path, extensions: frozenset[str], recursive: bool, on_error: OnError,
+                     progress: bool, captions: Mapping[str, str] | bool, dry_run: bool) -> IngestReport:
+        if not folder.is_dir():
+            raise ImageLoadError("not a folder (index_folder takes a directory of images)", source=str(folder))
+        root = os.path.abspath(folder)
+        files = list(folder_sync.local_files(folder, extensions=extensions, recursive=recursive, captions=captions,
+                                      cache=self.ef.cache))
+        ours, others = folder_sync.stored_items(self.records(with_vectors=False), root, extensions, recursive)
+        plan = folder_sync.plan_sync(files, ours, lambda digest: item_id("image", digest), others.__contains__)
+        counts = plan.summary()
+        report = IngestReport(new=counts["added"], updated=counts["updated"], renamed=counts["renamed"],
+                              removed=counts["removed"], present=counts["unchanged"], duplicates=plan.duplicates,
+                              sync=True, dry_run=dry_run)
+        report.skipped = [SkippedItem(i, f.path, "cannot read the file") for i, f in enumerate(files) if f.digest is None]
+        if dry_run:
+            return report
+        if plan.rename:
+            self._write_batches(folder_sync.renamed_records(self.records(), plan))
+        self._delete([(item, m) for item in plan.to_delete for m in ("image", "text")])
+        entries = (_Entry(Path(f.path), caption=f.caption) for f in plan.to_ingest)
+        ingested = IngestReport.collect(self._ingest(entries, on_error, progress, len(plan.to_ingest)))
+        # A file that could not be embedded now was planned as added or updated: count it as skipped.
+        failed = {s.source for s in ingested.skipped}
+        report.new -= sum(f.path in failed for f in plan.add)
+        report.updated -= sum(f.path in failed for _, f in plan.update + plan.recaption)
+        report.skipped += ingested.skipped
+        report.cache_hits = ingested.cache_hits
+        report.ids = plan.unchanged + [s.id for s, _ in plan.rename] + ingested.ids
+        return report
 
     def stream_folder(self, folder: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_EXTENSIONS,
                       recursive: bool = True, on_error: OnError = "skip", progress: bool = True,
