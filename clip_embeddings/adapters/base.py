@@ -28,11 +28,14 @@ import numpy as np
 
 from ..captions import caption_for, folder_captions
 from ..collection import sync as folder_sync
-from ..collection.records import matches
+from ..collection import query as compound
+from ..collection.query import Item
+from ..collection.records import expand_tags, matches
 from ..embedding import ClipEF
 from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
 from ..images import IMAGE_EXTENSIONS, ImageLike, iter_image_files
 from ..pipeline import ImageResult, OnError, SkippedItem
+from .report import IngestReport
 
 Modality = Literal["image", "text"]
 _NAMESPACE = uuid.UUID("9b1f6c1e-3c1a-4f51-9a57-2f0e6c0c1ce5")  # fixed forever: ids must be stable
@@ -75,83 +78,6 @@ class Hit:
     source: str | None
     document: str | None
     metadata: dict[str, Any]
-
-
-@dataclass
-class IngestReport:
-    """What an ingest did, item by item; the same counts in every database.
-
-    An *item* is one image (with its caption, if any) or one text. ``new`` items were not stored
-    before; ``updated`` ones were, and got a new caption or metadata merged in; ``present`` ones
-    were stored already with the same content, so nothing was written;
-    ``duplicates`` are inputs whose content (or id) came earlier in the same ingest and is stored
-    once; ``skipped`` inputs could not be embedded, each with its reason. ``ids`` lists the item ids
-    of every input now in the store, new or present, once each, in input order.
-
-    A sync (``index_folder(..., sync=True)``) also counts ``renamed`` items (same content, new
-    path) and ``removed`` ones (file gone); there ``new`` is what it added and ``updated`` what
-    got new content or a new caption. With ``dry_run`` the counts say what it would do.
-
-    Example:
-        >>> print(IngestReport(ids=["a", "b"], new=1, present=1, duplicates=1))
-        new 1, updated 0, already present 1, duplicates 1, skipped 0 (cache hits 0)
-    """
-
-    ids: list[str] = field(default_factory=list)
-    new: int = 0
-    updated: int = 0
-    present: int = 0
-    duplicates: int = 0
-    skipped: list[SkippedItem] = field(default_factory=list)
-    cache_hits: int = 0
-    renamed: int = 0
-    removed: int = 0
-    sync: bool = False
-    dry_run: bool = False
-
-    @property
-    def stored(self) -> int:
-        """Items of this ingest that are now in the store (new, updated or already present)."""
-        return len(self.ids)
-
-    @classmethod
-    def collect(cls, batches: Iterable[IngestReport]) -> IngestReport:
-        """One report for a whole ingest from its per-batch reports."""
-        report = cls()
-        for batch in batches:
-            report.add(batch)
-        return report
-
-    def add(self, other: IngestReport) -> IngestReport:
-        """Fold a later batch's report into this one (in place); returns ``self``."""
-        self.ids += other.ids
-        self.new += other.new
-        self.updated += other.updated
-        self.present += other.present
-        self.duplicates += other.duplicates
-        self.skipped += other.skipped
-        self.cache_hits += other.cache_hits
-        self.renamed += other.renamed
-        self.removed += other.removed
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        """The counts and the skipped items (index, source, reason) as plain JSON-able values."""
-        return {"new": self.new, "updated": self.updated, "present": self.present, "duplicates": self.duplicates,
-                "skipped": [{"index": s.index, "source": s.source, "reason": s.reason} for s in self.skipped],
-                "cache_hits": self.cache_hits,
-                **({"renamed": self.renamed, "removed": self.removed, "dry_run": self.dry_run} if self.sync else {})}
-
-    def __str__(self) -> str:
-        if self.sync:
-            lines = [f"{'would have ' if self.dry_run else ''}added {self.new}, updated {self.updated}, "
-                     f"renamed {self.renamed}, removed {self.removed}; unchanged {self.present}, "
-                     f"duplicates {self.duplicates}, skipped {len(self.skipped)}"]
-            return "\n".join(lines + [f"  skipped {s}" for s in self.skipped])
-        lines = [f"new {self.new}, updated {self.updated}, already present {self.present}, duplicates {self.duplicates}, "
-                 f"skipped {len(self.skipped)} (cache hits {self.cache_hits})"]
-        lines += [f"  skipped {s}" for s in self.skipped]
-        return "\n".join(lines)
 
 
 @dataclass
@@ -523,32 +449,69 @@ class Store(ABC):
             self._delete(list(stored))
         return len({item for item, _ in stored})
 
-    def query(self, text: str | ImageLike | None = None, *, image: ImageLike | None = None, k: int = 5,
-              modality: Modality = "image", where: dict[str, Any] | None = None) -> list[Hit]:
-        """Nearest stored items of ``modality`` to a text or an image query.
+    def query(self, text: str | ImageLike | list | Item | None = None, *, image: ImageLike | None = None,
+              k: int = 5, modality: Modality = "image", where: dict[str, Any] | None = None,
+              min_score: float | None = None) -> list[Hit]:
+        """Nearest stored items of ``modality`` to a text, an image, or a compound query.
 
         A ``str`` is always a text; pass paths and URLs as ``image=`` (a ``Path``, PIL image, array
         or bytes may also go first). text→image: ``query("a dog")``; image→image:
         ``query(image="dog.jpg")``; image→text: ``query(image="dog.jpg", modality="text")``.
+        A list is a compound query (:mod:`clip_embeddings.collection.query`): weighted texts,
+        images and stored :class:`Item` ids, combined as ``normalize(sum w_i e_i)``. Hits scoring
+        below ``min_score`` (cosine similarity) are dropped.
+
+        Example:
+            >>> store.query(["a beach", ("people", -1.0), Path("sunset.jpg")], k=3)  # doctest: +SKIP
         """
         if (text is None) == (image is None):
             raise ValueError("query takes a text or image=..., exactly one of them")
-        if isinstance(text, str):
+        if compound.is_compound(text):
+            vector = compound.query_vector(self, compound.as_terms(text))
+        elif isinstance(text, str):
             vector = self.ef.embed_texts([text])[0]
         else:
             vector = self.ef.encode_images([image if image is not None else text], on_error="raise").embeddings[0]
-        return self.search(vector, k=k, modality=modality, where=where)
+        return self.search(vector, k=k, modality=modality, where=where, min_score=min_score)
 
-    def search(self, vector: np.ndarray, *, k: int = 5, modality: Modality = "image",
-               where: dict[str, Any] | None = None) -> list[Hit]:
-        """Nearest stored records of ``modality`` to a unit vector already computed (a server batches those).
+    def more_like(self, items: str | Sequence[str], *, unlike: Sequence[str] = (), k: int = 5,
+                  modality: Modality = "image", where: dict[str, Any] | None = None,
+                  min_score: float | None = None) -> list[Hit]:
+        """Items like the stored ``items`` (and unlike ``unlike``), never those items themselves.
+
+        The query is ``normalize(sum of their vectors - sum of the unlike ones)``, as a compound
+        query of :class:`Item` terms with weights +1 and -1 (Qdrant's recommend, by id).
 
         Example:
-            >>> store.search(ef.embed_texts(["a cat"])[0], k=3)  # doctest: +SKIP
+            >>> [h.id for h in store.more_like(report.ids[0], k=3)]  # doctest: +SKIP
+        """
+        items = [items] if isinstance(items, str) else list(items)
+        terms = [compound.Term(Item(i), 1.0, "item") for i in items]
+        terms += [compound.Term(Item(i), -1.0, "item") for i in unlike]
+        excluded = set(items) | set(unlike)
+        hits = self.search(compound.query_vector(self, terms), k=k + len(excluded), modality=modality,
+                           where=where, min_score=min_score)
+        return [h for h in hits if h.id not in excluded][:k]
+
+    def search(self, vector: np.ndarray, *, k: int = 5, modality: Modality = "image",
+               where: dict[str, Any] | None = None, min_score: float | None = None) -> list[Hit]:
+        """Nearest stored records of ``modality`` to a unit vector already computed (a server batches those).
+
+        ``where={"tag": label}`` keeps items tagged ``label`` in every database; see
+        :mod:`clip_embeddings.collection.records`.
+
+        Example:
+            >>> store.search(ef.embed_texts(["a cat"])[0], k=3, min_score=0.2)  # doctest: +SKIP
         """
         if modality not in ("image", "text"):
             raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
-        return self._search(np.asarray(vector, np.float32), k, modality, where)
+        hits = self._search(np.asarray(vector, np.float32), k, modality, expand_tags(where))
+        return hits if min_score is None else [h for h in hits if h.score >= min_score]
+
+    def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
+        """The stored vectors of these (item id, modality) records; databases override this scan."""
+        wanted = set(keys)
+        return {(r.id, r.modality): r.vector for r in self.records() if (r.id, r.modality) in wanted}
 
     def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
         """The stored record of item id ``item`` (source, caption, metadata), or ``None``.

@@ -177,6 +177,11 @@ class ChromaStore(Store):
             yield [_record(meta, doc, vector) for meta, doc, vector in zip(got["metadatas"], got["documents"], vectors)]
             offset += len(got["ids"])
 
+    def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
+        rows = {row_id(item, modality): (item, modality) for item, modality in keys}
+        got = self.collection.get(ids=list(rows), include=["embeddings"])
+        return {rows[i]: np.asarray(v, np.float32) for i, v in zip(got["ids"], got["embeddings"])}
+
     def _delete(self, keys: list[tuple[str, Modality]]) -> None:
         if keys:
             self.collection.delete(ids=[row_id(item, modality) for item, modality in keys])

@@ -280,6 +280,12 @@ class LanceDBStore(Store):
                 for r in batch.to_pylist()
             ]
 
+    def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
+        rows = {row_id(item, modality): (item, modality) for item, modality in keys}
+        ids = ", ".join(_sql(i) for i in rows)
+        found = self.table.search().where(f"id IN ({ids})").select(["id", "vector"]).limit(len(rows)).to_list()
+        return {rows[r["id"]]: np.asarray(r["vector"], np.float32) for r in found}
+
     def _delete(self, keys: list[tuple[str, Modality]]) -> None:
         for start in range(0, len(keys), 1000):  # one SQL filter per thousand rows keeps it short
             ids = ", ".join(_sql(row_id(item, modality)) for item, modality in keys[start:start + 1000])

@@ -151,6 +151,14 @@ class QdrantStore(Store):
                 if offset is None:
                     break
 
+    def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
+        wanted = {point_id(item): item for item, _ in keys}
+        found = {}
+        for point in self.client.retrieve(self.name, ids=list(wanted), with_payload=False, with_vectors=True):
+            for modality, vector in (point.vector or {}).items():
+                found[(wanted[str(point.id)], modality)] = np.asarray(vector, np.float32)
+        return {key: found[key] for key in keys if key in found}
+
     def _delete(self, keys: list[tuple[str, Modality]]) -> None:
         wanted: dict[str, set[str]] = {}
         for item, modality in keys:
