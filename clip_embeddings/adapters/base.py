@@ -35,6 +35,7 @@ from ..embedding import ClipEF
 from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
 from ..images import IMAGE_EXTENSIONS, ImageLike, iter_image_files
 from ..pipeline import ImageResult, OnError, SkippedItem
+from ..tasks.tags import Tagger, as_tagger
 from .report import IngestReport
 
 Modality = Literal["image", "text"]
@@ -182,6 +183,7 @@ class Store(ABC):
         on_error: OnError | None = None,
         progress: bool = False,
         total: int | None = None,
+        tags: Tagger | Sequence[str] | str | os.PathLike | None = None,
     ) -> IngestReport:
         """Embed and store images (and optional captions); ids default to content-derived ones.
 
@@ -194,9 +196,12 @@ class Store(ABC):
             >>> report = store.add_images(["cat.jpg", "cat.jpg", "missing.jpg"], on_error="skip")  # doctest: +SKIP
             >>> report.new, report.duplicates, [s.reason for s in report.skipped]  # doctest: +SKIP
             (1, 1, ['file not found'])
+
+        ``tags`` (a :class:`~clip_embeddings.tasks.tags.Tagger`, a list of labels or a vocabulary
+        file) stores each image's zero-shot tags as metadata, so ``where={"tag": label}`` finds them.
         """
         return IngestReport.collect(self.stream_images(images, ids=ids, captions=captions, metadatas=metadatas,
-                                                       on_error=on_error, progress=progress, total=total))
+                                                       on_error=on_error, progress=progress, total=total, tags=tags))
 
     def stream_images(
         self,
@@ -208,6 +213,7 @@ class Store(ABC):
         on_error: OnError | None = None,
         progress: bool = False,
         total: int | None = None,
+        tags: Tagger | Sequence[str] | str | os.PathLike | None = None,
     ) -> Iterator[IngestReport]:
         """:meth:`add_images` one written batch at a time: yields each batch's report after its write.
 
@@ -223,10 +229,10 @@ class Store(ABC):
                    metadatas[i] if metadatas is not None else None)
             for i, image in enumerate(images)
         )
-        return self._ingest(entries, on_error or self.ef.on_error, progress, total)
+        return self._ingest(entries, on_error or self.ef.on_error, progress, total, as_tagger(self.ef, tags))
 
     def _ingest(self, entries: Iterable[_Entry], on_error: OnError, progress: bool,
-                total: int | None) -> Iterator[IngestReport]:
+                total: int | None, tagger: Tagger | None = None) -> Iterator[IngestReport]:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         seen: set[str] = set()  # item ids of this ingest: the same content twice is stored once
@@ -251,8 +257,9 @@ class Store(ABC):
                 items.append((item, r))
             captioned = [(item, r) for item, r in items if r.entry.caption]
             caption_vectors = self.ef.embed_texts([r.entry.caption for _, r in captioned]) if captioned else []
-            for item, r in items:
-                buffered[item] = [_image_record(item, r)]
+            tagged = tagger.metadata(np.stack([r.vector for _, r in items])) if tagger and items else None
+            for n, (item, r) in enumerate(items):
+                buffered[item] = [_image_record(item, r, tagged[n] if tagged else None)]
             for (item, r), vector in zip(captioned, caption_vectors):
                 buffered[item].append(replace(buffered[item][0], modality="text", vector=vector))
             # Few large writes cost a database far less than many small ones (LanceDB keeps every
@@ -344,7 +351,7 @@ class Store(ABC):
     def index_folder(self, folder: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_EXTENSIONS,
                      recursive: bool = True, on_error: OnError = "skip", progress: bool = True,
                      captions: Mapping[str, str] | bool = True, sync: bool = False,
-                     dry_run: bool = False) -> IngestReport:
+                     dry_run: bool = False, tags: Tagger | Sequence[str] | str | os.PathLike | None = None) -> IngestReport:
         """Index every image file under ``folder``; re-running it stores only what is missing.
 
         The folder is walked lazily in a stable order and each batch is written as soon as it is
@@ -365,12 +372,15 @@ class Store(ABC):
             added 2, updated 1, renamed 1, removed 3; unchanged 1196, duplicates 3, skipped 2
         """
         if sync or dry_run:
-            return self._sync_folder(Path(folder), extensions, recursive, on_error, progress, captions, dry_run)
+            return self._sync_folder(Path(folder), extensions, recursive, on_error, progress, captions, dry_run,
+                                     as_tagger(self.ef, tags))
         return IngestReport.collect(self.stream_folder(folder, extensions=extensions, recursive=recursive,
-                                                       on_error=on_error, progress=progress, captions=captions))
+                                                       on_error=on_error, progress=progress, captions=captions,
+                                                       tags=tags))
 
     def _sync_folder(self, folder: Path, extensions: frozenset[str], recursive: bool, on_error: OnError,
-                     progress: bool, captions: Mapping[str, str] | bool, dry_run: bool) -> IngestReport:
+                     progress: bool, captions: Mapping[str, str] | bool, dry_run: bool,
+                     tagger: Tagger | None = None) -> IngestReport:
         if not folder.is_dir():
             raise ImageLoadError("not a folder (index_folder takes a directory of images)", source=str(folder))
         root = os.path.abspath(folder)
@@ -389,7 +399,7 @@ class Store(ABC):
             self._write_batches(folder_sync.renamed_records(self.records(), plan))
         self._delete([(item, m) for item in plan.to_delete for m in ("image", "text")])
         entries = (_Entry(Path(f.path), caption=f.caption) for f in plan.to_ingest)
-        ingested = IngestReport.collect(self._ingest(entries, on_error, progress, len(plan.to_ingest)))
+        ingested = IngestReport.collect(self._ingest(entries, on_error, progress, len(plan.to_ingest), tagger))
         # A file that could not be embedded now was planned as added or updated: count it as skipped.
         failed = {s.source for s in ingested.skipped}
         report.new -= sum(f.path in failed for f in plan.add)
@@ -401,7 +411,8 @@ class Store(ABC):
 
     def stream_folder(self, folder: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_EXTENSIONS,
                       recursive: bool = True, on_error: OnError = "skip", progress: bool = True,
-                      captions: Mapping[str, str] | bool = True) -> Iterator[IngestReport]:
+                      captions: Mapping[str, str] | bool = True,
+                      tags: Tagger | Sequence[str] | str | os.PathLike | None = None) -> Iterator[IngestReport]:
         """:meth:`index_folder` one written batch at a time (the CLI reports progress from it)."""
         folder = Path(folder)
         if not folder.is_dir():
@@ -410,7 +421,7 @@ class Store(ABC):
         sidecars = captions is not False
         entries = (_Entry(path, caption=caption_for(lookup, folder, path, sidecars=sidecars))
                    for path in iter_image_files(folder, extensions=extensions, recursive=recursive))
-        return self._ingest(entries, on_error, progress, None)
+        return self._ingest(entries, on_error, progress, None, as_tagger(self.ef, tags))
 
     def records(self, modality: Modality | None = None, *, batch_size: int = 512,
                 with_vectors: bool = True) -> Iterator[Record]:
@@ -526,10 +537,10 @@ class Store(ABC):
         return hits[0] if hits and hits[0].id == item else None
 
 
-def _image_record(item: str, result: ImageResult) -> Record:
+def _image_record(item: str, result: ImageResult, tags: dict[str, bool] | None = None) -> Record:
     entry = result.entry
     return Record(item, "image", result.vector, result.digest, source=result.source, document=entry.caption,
-                  metadata=dict(entry.metadata or {}))
+                  metadata={**(entry.metadata or {}), **(tags or {})})
 
 
 def _same(stored: tuple[str | None, str | None] | None, record: Record) -> bool:

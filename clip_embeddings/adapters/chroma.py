@@ -145,7 +145,7 @@ class ChromaStore(Store):
                 )
 
     def _search(self, vector: np.ndarray, k: int, modality: Modality, where: dict[str, Any] | None) -> list[Hit]:
-        condition = {"modality": modality} if not where else {"$and": [{"modality": modality}, where]}
+        condition = {"modality": modality} if not where else {"$and": [{"modality": modality}, *to_where(where)]}
         result = self.collection.query(
             query_embeddings=[vector], n_results=k, where=condition, include=["metadatas", "documents", "distances"]
         )
@@ -192,6 +192,20 @@ class ChromaStore(Store):
         # One row per modality: an item is an image row, or a text row with no image row beside it.
         ids = self.collection.get(include=[])["ids"]
         return len({i.removesuffix(":text") for i in ids})
+
+
+def to_where(where: dict[str, Any]) -> list[dict[str, Any]]:
+    """The portable dict of exact matches as Chroma clauses (one key each; a list value is ``$in``).
+
+    A dict that already uses Chroma's operators (a key starting with ``$``) is passed as it is.
+
+    Example:
+        >>> to_where({"album": "space", "tag:sea": True, "year": [2023, 2024]})
+        [{'album': 'space'}, {'tag:sea': True}, {'year': {'$in': [2023, 2024]}}]
+    """
+    if any(key.startswith("$") for key in where) or any(isinstance(v, dict) for v in where.values()):
+        return [where]
+    return [{key: {"$in": list(value)} if isinstance(value, (list, tuple, set)) else value} for key, value in where.items()]
 
 
 def _record(meta: dict[str, Any], document: str | None, vector: Any) -> Record:

@@ -221,8 +221,18 @@ def to_filter(where: dict[str, Any] | qmodels.Filter | None) -> qmodels.Filter |
                 f"where[{key!r}]: Qdrant matches str, int or bool values exactly (or a list of them), "
                 f"not {type(value).__name__}; pass a qdrant_client.models.Filter for ranges and more"
             )
-        conditions.append(qmodels.FieldCondition(key=key, match=match))
+        conditions.append(qmodels.FieldCondition(key=_key_path(key), match=match))
     return qmodels.Filter(must=conditions)
+
+
+def _key_path(key: str) -> str:
+    """A payload key as a Qdrant key path: quoted when it holds characters a path gives meaning to
+    (a tag key ``tag:a cat``); dots stay paths into nested payloads."""
+    if all(c.isalnum() or c in "_-." for c in key):
+        return key
+    if '"' in key:
+        raise ValueError(f"where: Qdrant cannot filter on a key with a double quote in it: {key!r}")
+    return f'"{key}"'
 
 
 def _record(point: Any, modality: Modality, with_vectors: bool) -> Record:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-TAG_PREFIX = "tag:"
+from ..tasks.tags import TAG_PREFIX
+
 TAG_KEY = "tag"  # the portable spelling in ``where``: {"tag": "beach"} or {"tag": ["beach", "sea"]}
 RECORD_FIELDS = ("source", "document", "digest")
 

@@ -1,0 +1,1 @@
+"""CLIP-level tasks over embeddings: zero-shot, fine-tuning, evaluation, scores, tags."""
