@@ -57,6 +57,7 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageLoadError
+from .inputs import heif
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -76,7 +77,7 @@ ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, n
 """Everything :func:`read_image_source` accepts."""
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 )
 """File extensions :func:`iter_image_files` picks up by default (compared case-insensitively)."""
 
@@ -991,7 +992,11 @@ def _open_and_load(data: bytes, source: str, options: LoaderOptions,
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageLoadError(_unidentified_reason(data), source=source) from None
+        kind = heif.container(data)
+        if kind is not None and heif.register_plugin():  # the first HEIC seen: try again with the plugin
+            return _open_and_load(data, source, options, draft_resolution)
+        raise ImageLoadError(heif.unreadable_reason(kind) if kind else _unidentified_reason(data),
+                             source=source) from None
     except _OverPixelLimit as e:  # an ICO's frame, refused before Pillow decoded it
         raise _too_many_pixels(*e.size, source, options) from None
     except Exception as e:  # DecompressionBombError, SyntaxError from broken headers, ...

@@ -1,0 +1,1 @@
+"""Getting images in: loader options, sources, HTTP, decoding, folders, captions."""
