@@ -62,7 +62,7 @@ def one_line(error: BaseException) -> str:
         >>> one_line(KeyError("x"))
         "KeyError: 'x'"
     """
-    from .errors import ClipError
+    from ..errors import ClipError
 
     message = "; ".join(part.strip() for part in str(error).splitlines() if part.strip())
     # Our own errors and the usual OS/value errors already say what is wrong; anything else is a
@@ -78,7 +78,7 @@ def report_error(error: BaseException, debug: bool, hint: str | None = None) -> 
 
     ``hint`` is appended to the line; by default a download failure gets one about local weights.
     """
-    from .errors import DownloadError, ModelMismatchError
+    from ..errors import DownloadError, ModelMismatchError
 
 
     if hint is None:

@@ -26,13 +26,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ImageLoadError
-from .images import DEFAULT_OPTIONS, LoaderOptions, RawImage, decode_image, describe, read_image_source
-from .preprocess import Preprocess, resize_target
+from ..errors import ImageLoadError
+from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions, RawImage, describe
+from ..inputs.decode import decode_image
+from ..inputs.sources import read_image_source
+from ..core.preprocess import Preprocess, resize_target
 
 if TYPE_CHECKING:
     from .cache import EmbeddingCache
-    from .embedding import LoadedModel
+    from .loaded import LoadedModel
 
 OnError = Literal["raise", "skip"]
 MAX_WORKERS = 32  # threads one call may use, whatever it asks for: IO-bound work gains nothing past this

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 
 class Bottleneck(nn.Module):

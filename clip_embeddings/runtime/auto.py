@@ -304,7 +304,7 @@ def cuda_decision(caps: Capabilities) -> Decision:
 
 def canary(resolution: int, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed probe input: 4 seeded images in preprocessed space and 4 fixed captions."""
-    from .tokenizer import tokenize
+    from ..core.tokenizer import tokenize
 
     images = torch.randn(4, 3, resolution, resolution, generator=torch.Generator().manual_seed(14))
     texts = ["a photo of a dog", "two children playing on the beach at sunset",
@@ -345,7 +345,7 @@ def probe(build: Callable[[str], torch.nn.Module], names: Sequence[str], images:
 # --- the decision cache ----------------------------------------------------------------------
 
 def decisions_file() -> Path:
-    from .download import cache_dir
+    from ..core.download import cache_dir
 
     return cache_dir() / "runtime-decisions.json"
 
@@ -410,7 +410,7 @@ def cached_decisions(caps: Capabilities | None = None, path: Path | None = None)
 
 def architecture_of(model: torch.nn.Module) -> str:
     """A short signature of a CLIP architecture: what a decision made on one model carries to."""
-    from .model import ModifiedResNet
+    from ..core.model import ModifiedResNet
 
     visual = model.visual
     if isinstance(visual, ModifiedResNet):
@@ -423,7 +423,7 @@ def architecture_of(model: torch.nn.Module) -> str:
 
 def matrix_weights(model: torch.nn.Module) -> int:
     """How many weights sit in matrix multiplies (linear, convolution, attention, projections)."""
-    from .model import MultiheadAttention
+    from ..core.model import MultiheadAttention
 
     total = 0
     for module in model.modules():

@@ -9,7 +9,7 @@ import torch
 
 from .checkpoint import ACCEPTED, is_torchscript, read_checkpoint
 from .download import MODELS, model_path
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 from .model import CLIP, build_model, cast_weights, input_resolution
 from .preprocess import Preprocess
 

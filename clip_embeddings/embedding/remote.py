@@ -21,15 +21,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import ClipError, ImageLoadError, ModelMismatchError
-from .images import RawImage, decode_image
+from ..errors import ClipError, ImageLoadError, ModelMismatchError
+from ..inputs.options import LoaderOptions, RawImage
+from ..inputs.decode import decode_image
 
-if TYPE_CHECKING:
-    from .embedding import ClipEF
 
 TOKEN_ENV = "CLIP_EMBEDDINGS_TOKEN"
 
@@ -82,10 +81,10 @@ class RemoteModel:
                 self._health = self.request("GET", "/health")
             return self._health
 
-    def check(self, ef: ClipEF) -> dict[str, Any]:
-        """The server's identity, after checking it against what ``ef``'s collection expects."""
+    def check(self, expected: tuple[str | None, int | None] = (None, None)) -> dict[str, Any]:
+        """The server's identity, after checking it against the ``(fingerprint, dim)`` a collection
+        expects (``(None, None)``: a new function, anything goes)."""
         health = self.health()
-        expected = (ef.expected_fingerprint, ef.expected_dim)
         if expected[0] is not None and (health["fingerprint"], health["dim"]) != expected:
             raise ModelMismatchError(
                 f"this collection was built with fingerprint {expected[0]} (dim {expected[1]}), but the embedding "
@@ -105,17 +104,20 @@ class RemoteModel:
                 f"not {self.health()['fingerprint']} as when this process first asked; restart this process")
         return answer
 
-    def embed_texts(self, ef: ClipEF, texts: Sequence[str]) -> np.ndarray:
-        health = self.check(ef)
-        step = _per_request(ef, health)
+    def embed_texts(self, texts: Sequence[str], expected: tuple[str | None, int | None], batch_size: int) -> np.ndarray:
+        """Unit vectors of ``texts``, ``batch_size`` (within the server's limit) per request."""
+        health = self.check(expected)
+        step = _per_request(batch_size, health)
         parts = [np.asarray(self.embed({"texts": list(texts[i : i + step])})["texts"],
                             dtype=np.float32).reshape(-1, health["dim"])
                  for i in range(0, len(texts), step)]
         return np.concatenate(parts) if parts else np.zeros((0, health["dim"]), np.float32)
 
-    def encoder(self, ef: ClipEF) -> RemoteEncoder:
-        """The image pipeline's model end for ``ef`` on this server (see :class:`RemoteEncoder`)."""
-        return RemoteEncoder(self, ef, self.check(ef))
+    def encoder(self, options: LoaderOptions, expected: tuple[str | None, int | None],
+                batch_size: int) -> RemoteEncoder:
+        """The image pipeline's model end on this server (see :class:`RemoteEncoder`), for a
+        function with these loader options, expected ``(fingerprint, dim)`` and batch size."""
+        return RemoteEncoder(self, options, batch_size, self.check(expected))
 
 
 class RemoteEncoder:
@@ -130,11 +132,11 @@ class RemoteEncoder:
 
     cache_key = None
 
-    def __init__(self, model: RemoteModel, ef: ClipEF, health: dict[str, Any]):
-        self.model, self.options, self.dim = model, ef.loader_options, health["dim"]
+    def __init__(self, model: RemoteModel, options: LoaderOptions, batch_size: int, health: dict[str, Any]):
+        self.model, self.options, self.dim = model, options, health["dim"]
         limits = health.get("limits", {})
         self.max_body = limits.get("max_upload_bytes", 2**62)
-        self.per_request = _per_request(ef, health)
+        self.per_request = _per_request(batch_size, health)
         self.budget = int(self.max_body * 0.7)  # base64 grows bytes by 4/3; the rest of the JSON is small
 
     def prepare(self, item: Any, raw: RawImage) -> bytes:
@@ -178,9 +180,9 @@ class RemoteEncoder:
         return [g for g in groups if g]
 
 
-def _per_request(ef: ClipEF, health: dict[str, Any]) -> int:
+def _per_request(batch_size: int, health: dict[str, Any]) -> int:
     """Items per request: the function's batch size, within the server's per-request limit."""
-    return max(1, min(ef.batch_size, health.get("limits", {}).get("max_items", ef.batch_size)))
+    return max(1, min(batch_size, health.get("limits", {}).get("max_items", batch_size)))
 
 
 @lru_cache(maxsize=None)

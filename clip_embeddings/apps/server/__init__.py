@@ -4,7 +4,7 @@
   ``/thumbnail/{id}`` and a search page at ``/``); :func:`serve` runs it with uvicorn.
 * :class:`~.batcher.Batcher` gives every request that arrives within a few milliseconds one
   shared forward pass, on the one thread that owns the model.
-* ``ClipEF(server="http://host:port")`` (:mod:`clip_embeddings.remote`) is the client.
+* ``ClipEF(server="http://host:port")`` (:mod:`clip_embeddings.embedding.remote`) is the client.
 
 Importing this package needs the ``serve`` extra: ``pip install 'clip-embeddings[serve]'``.
 See docs/serving.md.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..embedding import ClipEF
+from ...embedding.function import ClipEF
 from .app import ServeLimits, create_app
 from .batcher import Batcher, QueueFull
 

@@ -1,7 +1,7 @@
 """Zero-shot accuracy on a labelled image folder (ImageFolder layout: one subfolder per class).
 
 Example:
-    >>> from clip_embeddings.evaluation import evaluate
+    >>> from clip_embeddings.tasks.evaluation import evaluate
     >>> result = evaluate("data/val")  # doctest: +SKIP
     >>> f"top-1 {result.top1:.1%}, top-5 {result.top5:.1%} on {result.n} images"  # doctest: +SKIP
     'top-1 63.2%, top-5 88.9% on 5000 images'
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedding import ClipEF, SkippedItem
-from .images import IMAGE_EXTENSIONS, iter_image_files
+from ..embedding.function import ClipEF, SkippedItem
+from ..inputs.folders import IMAGE_EXTENSIONS, iter_image_files
 from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier, best_columns
 
 __all__ = ["ClassAccuracy", "EvalResult", "evaluate", "read_labels"]
@@ -120,7 +120,7 @@ def evaluate(dataset_dir: str | os.PathLike, labels=None, *, ef: ClipEF | None =
             a path: a labels file (see :func:`read_labels`); a mapping ``{folder: label}``; or a
             list in sorted folder order (e.g. ``IMAGENET_CLASSES`` for ImageNet's WordNet-id folders).
         ef: the embedding function (default ``ClipEF()``); its ``on_error`` policy applies.
-        templates: prompt templates (default :data:`~clip_embeddings.zeroshot.DEFAULT_TEMPLATES`).
+        templates: prompt templates (default :data:`~clip_embeddings.tasks.zeroshot.DEFAULT_TEMPLATES`).
         batch_size: images per forward pass (default: the embedding function's).
         progress: show a progress bar.
 

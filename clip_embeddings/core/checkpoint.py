@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 ACCEPTED = (
     "an OpenAI CLIP checkpoint (.pt TorchScript archive), a state-dict .pt/.safetensors, "

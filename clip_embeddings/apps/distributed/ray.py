@@ -15,7 +15,7 @@ Ray is imported lazily: importing this module without it works, and using it rai
 
 Example:
     >>> import ray
-    >>> from clip_embeddings.distributed.ray import index_with_ray
+    >>> from clip_embeddings.apps.distributed.ray import index_with_ray
     >>> ray.init(address="auto")  # doctest: +SKIP
     >>> report = index_with_ray(paths, model="ViT-B/32", sink="chroma+http://10.0.0.5:8000/photos",
     ...                         num_actors=8, num_gpus=1)  # doctest: +SKIP
@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._extras import require
-from ..adapters import open_store, parse_sink
-from ..adapters.base import Modality, Record, Store, item_id, row_id, text_digest
-from ..pipeline import source_of
-from ..embedding import ClipEF
-from ..images import describe
+from ..._extras import require
+from ...adapters import open_store, parse_sink
+from ...adapters.base import Modality, Record, Store, item_id, row_id, text_digest
+from ...embedding.pipeline import source_of
+from ...embedding.function import ClipEF
+from ...inputs.options import describe
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pyarrow as pa
@@ -265,7 +265,7 @@ def open_sink(sink: str | Store | tuple[Any, str], ef: ClipEF) -> Store:
     if isinstance(sink, Store):
         return sink
     if isinstance(sink, tuple) and len(sink) == 2:
-        from ..adapters.chroma import ChromaStore
+        from ...adapters.chroma import ChromaStore
 
         return ChromaStore(sink[0], sink[1], ef)
     if not isinstance(sink, str):

@@ -7,7 +7,7 @@ averaged and renormalised into one *class prototype* ("prompt ensembling"); the 
 label set are computed once per process and model.
 
 Example:
-    >>> from clip_embeddings.zeroshot import classify
+    >>> from clip_embeddings.tasks.zeroshot import classify
     >>> result = classify(["cat.jpg"], ["cat", "dog", "car"])  # doctest: +SKIP
     >>> result.top_labels[0][0], round(result.top_scores[0][0], 2)  # doctest: +SKIP
     ('cat', 0.97)
@@ -26,7 +26,7 @@ from importlib import resources
 import numpy as np
 from PIL import Image
 
-from .embedding import ClipEF, ImageEmbeddings, OnError, SkippedItem
+from ..embedding.function import ClipEF, ImageEmbeddings, OnError, SkippedItem
 
 __all__ = [
     "DEFAULT_TEMPLATES",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding import ClipEF, ImageEmbeddings, SkippedItem
+from ...embedding.function import ClipEF, ImageEmbeddings, SkippedItem
 
 
 class QueueFull(Exception):

@@ -2,7 +2,7 @@
 
 ``ClipEF`` applies them to its shared CPU model; ``load`` never does, so the model it returns
 stays the original, trainable one. Three rewrites, each measured in ``benchmarks/bench_encode.py``
-and, under ``dtype="auto"``, kept only where ``clip_embeddings.runtime``'s probe shows it pays on
+and, under ``dtype="auto"``, kept only where ``clip_embeddings.runtime.auto``'s probe shows it pays on
 the CPU at hand:
 
 * ``fold`` (ResNets): every batch norm is folded into the convolution before it (inference uses
@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import (CLIP, Bottleneck, ModifiedResNet, MultiheadAttention, QuickGELU, ResidualAttentionBlock,
-                    VisionTransformer, cast_matrices, self_attend)
+from ..core.model import CLIP, Bottleneck, ModifiedResNet, MultiheadAttention, QuickGELU, ResidualAttentionBlock, VisionTransformer, cast_matrices, self_attend
 
 __all__ = ["REWRITES", "applicable_rewrites", "optimize_for_inference", "prepare_for_inference"]
 
@@ -76,7 +75,7 @@ def prepare_for_inference(model: CLIP, dtype: torch.dtype, rewrites: Iterable[st
     """Turn an fp32 CPU model, in place, into the inference model for ``dtype`` with ``rewrites``.
 
     Batch norms are folded while the weights are still fp32, then matrix weights are cast to
-    ``dtype`` (as :func:`~clip_embeddings.model.cast_weights` does), then linear weights are packed.
+    ``dtype`` (as :func:`~clip_embeddings.core.model.cast_weights` does), then linear weights are packed.
     A rewrite that does not apply (``fold`` on a ViT) is ignored; an unknown name is an error.
     ``text=(dtype, rewrites)`` gives the text tower a path of its own (``dtype="auto"`` decides
     each tower separately: the fastest path for a ResNet is not always the text tower's).

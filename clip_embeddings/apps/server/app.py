@@ -26,14 +26,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from ..embedding import ClipEF, ImageEmbeddings
-from ..errors import ClipError
-from ..images import LoaderOptions, load_image
-from ..zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+from ...embedding.function import ClipEF, ImageEmbeddings
+from ...errors import ClipError
+from ...inputs.options import LoaderOptions
+from ...inputs.sources import load_image
+from ...tasks.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 from .batcher import Batcher, QueueFull
 from .inputs import BadRequest, Body, ImageInput, choice, integer, read_body, where_filter
 
-STATIC = resources.files("clip_embeddings.server") / "static"
+STATIC = resources.files("clip_embeddings.apps.server") / "static"
 _ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _PUBLIC = ("/", "/health", "/favicon.ico")  # and /static/: what the page needs before a token
 

@@ -4,21 +4,18 @@ Databases rebuild an embedding function from its stored config whenever they ple
 on every add and query), so ``ClipEF`` objects are cheap: the model lives in a process-wide
 registry, loaded once per (weights, device, dtype) and shared by every instance and thread.
 
-Images go through :mod:`clip_embeddings.pipeline`, the one image path of the library. A bad item
+Images go through :mod:`clip_embeddings.embedding.pipeline`, the one image path of the library. A bad item
 is reported by index, source and reason; under ``on_error="skip"`` the rest is still embedded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,172 +23,18 @@ import numpy as np
 import torch
 
 from .cache import CacheWarning, EmbeddingCache
-from .download import cache_dir
-from .errors import ClipError, ModelLoadError, ModelMismatchError
-from .images import DEFAULT_OPTIONS, ImageLike, LoaderOptions
-from .loading import check_model_reference, default_device, default_model, load
-from .model import CLIP, cast_weights
+from ..core.download import cache_dir
+from ..errors import ClipError, ModelLoadError, ModelMismatchError
+from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
+from ..core.loading import check_model_reference, default_model
+from .loaded import LoadedModel, shared_model
 from .pipeline import ImagePipeline, OnError, SkippedItem, l2_normalize
-from .preprocess import Preprocess
-from .tokenizer import get_tokenizer, token_windows
+from ..core.tokenizer import get_tokenizer, token_windows
 
 CONFIG_VERSION = 1
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # long_text="chunk" embeds at most this many 75-token windows per text (about 20 KB of English):
 # one forward pass each, so a 1 MB text would otherwise cost thousands of them (66 s measured).
 MAX_TEXT_WINDOWS = 64
-
-
-# --- one model per process ------------------------------------------------------------------
-
-@dataclass
-class LoadedModel:
-    """A model in the process-wide registry, with what identifies its embeddings."""
-
-    model: CLIP
-    preprocess: Preprocess
-    device: torch.device
-    dtype: torch.dtype
-    fingerprint: str
-    dim: int
-    precision: str = "fp32"  # the numeric path the forward pass takes (dtype and rewrites)
-    runtime: dict[str, Any] = field(default_factory=dict)  # what was decided and why (runtime.Decision)
-
-    @property
-    def cache_key(self) -> str:
-        """What the embedding cache files vectors under: the weights *and* the precision path.
-
-        The fingerprint says which space a vector lives in (a bf16 vector is comparable with an
-        fp32 one); the cache must still never hand an fp32 caller a bf16 vector.
-        """
-        return f"{self.fingerprint}:{self.precision}"
-
-
-_registry: dict[tuple, LoadedModel] = {}
-_registry_lock = threading.Lock()
-_load_count = 0
-
-
-def model_load_count() -> int:
-    """How many times this process has built a model from weights (each registry miss is one)."""
-    return _load_count
-
-
-def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
-    """A digest of the weights' names, shapes and a strided sample of their values.
-
-    Independent of the file format and storage dtype (values are compared as fp32), and fast:
-    a few thousand values per tensor instead of hashing hundreds of megabytes.
-    """
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach()
-        flat = tensor.reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy()
-        h.update(f"{name}{tuple(tensor.shape)}".encode())
-        h.update(sample.tobytes())
-    return h.hexdigest()
-
-
-def fingerprint(state_dict: dict[str, torch.Tensor], preprocess: Preprocess) -> str:
-    """What decides an embedding: the weights, the image preprocessing and the normalisation."""
-    identity = {"weights": weights_digest(state_dict), "preprocess": preprocess.config(), "normalize": "l2"}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def shared_model(model: str, device: str | torch.device | None = None, dtype: str | None = None,
-                 download_root: str | os.PathLike | None = None) -> LoadedModel:
-    """The process-wide model for these weights, device and dtype, loaded on first use.
-
-    ``dtype="auto"`` (or ``None``) on a CPU runs the path ``clip_embeddings.runtime`` decided for
-    this machine (probed once per CPU model + torch version, then cached); an explicit dtype runs
-    that dtype with every rewrite that applies. ``LoadedModel.runtime`` says what was chosen.
-
-    Example:
-        >>> lm = shared_model("ViT-B/32")  # doctest: +SKIP
-        >>> lm is shared_model("ViT-B/32")  # doctest: +SKIP
-        True
-    """
-    global _load_count
-    from . import onnx_backend, runtime
-    from .inference import applicable_rewrites, prepare_for_inference
-
-    device = torch.device(device or default_device())
-    auto = dtype in (None, "auto") and device.type == "cpu"
-    torch_dtype = None if auto else resolve_dtype(dtype, device)
-    source = model if model in _known_names() else str(Path(model).expanduser().resolve())
-    key = (source, str(device), "auto" if auto else torch_dtype, str(download_root))
-    with _registry_lock:
-        if key not in _registry:
-            clip, preprocess = load(model, device="cpu", download_root=download_root, dtype=torch.float32)
-            fp = fingerprint(clip.state_dict(), preprocess)
-            caps = runtime.detect_capabilities()
-            onnx_file = _onnx_file(fp, download_root)
-            if auto:
-                decision = runtime.auto_decision(clip, caps, onnx_file=onnx_file)
-                if decision.dtype == "ort" and not onnx_backend.available():  # uninstalled since it was decided
-                    decision = runtime.Decision("fp32", (), "ONNX Runtime won the probe but is no longer installed: "
-                                                "plain fp32", caps, text=decision.text)
-            elif device.type == "cpu" and torch_dtype in (torch.float32, torch.bfloat16):
-                name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype]
-                decision = runtime.Decision(name, applicable_rewrites(clip, torch_dtype),
-                                            f"dtype={dtype!r} asked for: every rewrite that applies", caps)
-            else:  # CUDA, MPS, or fp16 on a CPU: cast only (SDPA attention is the model's own)
-                name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[torch_dtype]
-                reason = "CUDA: fp16 weights with SDPA attention" if device.type == "cuda" and name == "fp16" \
-                    else f"dtype={dtype!r} on {device.type}: weights cast, no CPU rewrite"
-                decision = runtime.Decision(name, (), reason, caps)
-            if device.type == "cpu":
-                # Inference only from here on: the shared model is never trained or saved.
-                onnx_tower = onnx_backend.OnnxImageTower(onnx_backend.export_image_tower(clip, onnx_file), clip.visual) \
-                    if decision.dtype == "ort" else None
-                clip = prepare_for_inference(clip, decision.torch_dtype, decision.rewrites, text=decision.text_path)
-                if onnx_tower is not None:
-                    clip.visual = onnx_tower
-            else:
-                if decision.torch_dtype != torch.float32:
-                    cast_weights(clip, decision.torch_dtype)
-                clip = clip.to(device).eval()
-            info = decision.as_dict(str(device))
-            _registry[key] = LoadedModel(clip, preprocess, device, decision.torch_dtype, fp, clip.embed_dim,
-                                         decision.precision, info)
-            _load_count += 1
-        return _registry[key]
-
-
-def _onnx_file(fingerprint_: str, download_root: str | os.PathLike | None) -> Path | None:
-    """Where this model's exported image tower lives, if ONNX Runtime wins the probe on this CPU."""
-    try:
-        return cache_dir(download_root) / "onnx" / f"{fingerprint_}-image.onnx"
-    except OSError:  # no writable cache: ONNX Runtime is not probed
-        return None
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """The torch dtype for a ``dtype`` setting; ``"auto"`` here is the device's static default.
-
-    On a CPU, ``shared_model`` resolves ``"auto"`` by probing instead (``clip_embeddings.runtime``);
-    this is what ``auto`` means on other devices: fp16 on CUDA, fp32 elsewhere.
-
-    Example:
-        >>> resolve_dtype("auto", torch.device("cuda"))
-        torch.float16
-    """
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', not {dtype!r}")
-    return _DTYPES[dtype]
-
-
-@lru_cache(maxsize=1)
-def _known_names() -> frozenset[str]:
-    from .download import available_models
-
-    return frozenset(available_models())
-
 
 # --- results ------------------------------------------------------------------------------
 
@@ -233,7 +76,7 @@ class ClipEF:
         loader_options: limits for image inputs (pixel count, bytes, URL timeout).
         download_root: where named models are cached (default ``~/.cache/clip``).
         server: the URL of a ``clip-embeddings serve`` that computes the embeddings instead of a
-            local model (see :mod:`clip_embeddings.remote`); persisted in the config.
+            local model (see :mod:`clip_embeddings.embedding.remote`); persisted in the config.
 
     Example:
         >>> import clip_embeddings as ce
@@ -324,12 +167,16 @@ class ClipEF:
     @property
     def dim(self) -> int:
         """Embedding dimension (512 for ViT-B/32)."""
-        return self._remote().check(self)["dim"] if self.server else self._loaded().dim
+        return self._remote().check(self._expected())["dim"] if self.server else self._loaded().dim
 
     @property
     def fingerprint(self) -> str:
         """Identifies the weights + preprocessing + normalisation behind these embeddings."""
-        return self._remote().check(self)["fingerprint"] if self.server else self._loaded().fingerprint
+        return self._remote().check(self._expected())["fingerprint"] if self.server else self._loaded().fingerprint
+
+    def _expected(self) -> tuple[str | None, int | None]:
+        """The ``(fingerprint, dim)`` this function's collection was built with, or ``(None, None)``."""
+        return self.expected_fingerprint, self.expected_dim
 
     def _remote(self):
         from .remote import remote_model
@@ -378,7 +225,7 @@ class ClipEF:
             if not isinstance(text, str):
                 raise TypeError(f"item {i}: texts must be str, got {type(text).__name__}")
         if self.server:
-            return self._remote().embed_texts(self, texts)
+            return self._remote().embed_texts(texts, self._expected(), self.batch_size)
         lm = self._loaded()
         tokenizer = get_tokenizer()
         context = lm.model.context_length
@@ -468,7 +315,7 @@ class ClipEF:
             ...     store_somewhere([r.vector for r in batch if r.ok])
         """
         if self.server:  # the same reading and guards here; the server's model does the rest
-            encoder = self._remote().encoder(self)
+            encoder = self._remote().encoder(self.loader_options, self._expected(), self.batch_size)
             return ImagePipeline(encoder, options=self.loader_options, batch_size=encoder.per_request,
                                  num_workers=self.num_workers)
         return ImagePipeline(self._loaded(), options=self.loader_options, cache=self.cache,

@@ -33,7 +33,7 @@ import warnings
 
 from tqdm import tqdm
 
-from .errors import DownloadError, ModelLoadError
+from ..errors import DownloadError, ModelLoadError
 
 try:
     import fcntl

@@ -6,7 +6,7 @@ it never scales logits by more than 100, AdamW with decoupled weight decay on th
 only, and a cosine learning-rate schedule after a linear warm-up.
 
 Example:
-    >>> from clip_embeddings.finetune import finetune
+    >>> from clip_embeddings.tasks.finetune import finetune
     >>> pairs = [("photos/1.jpg", "a red bicycle"), ("photos/2.jpg", "a harbour at dusk")]  # doctest: +SKIP
     >>> result = finetune("ViT-B/32", pairs, epochs=3, output="tuned.pt")  # doctest: +SKIP
     >>> ClipEF("tuned.pt").embed_texts(["a red bicycle"]).shape  # doctest: +SKIP
@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ImageLoadError
-from .images import ImageLike
-from .loading import default_device, load
-from .model import CLIP
-from .pipeline import OnError, SkippedItem, preprocess_many
-from .preprocess import Preprocess
-from .tokenizer import tokenize
+from ..errors import ImageLoadError
+from ..inputs.options import ImageLike
+from ..core.loading import default_device, load
+from ..core.model import CLIP
+from ..embedding.pipeline import OnError, SkippedItem, preprocess_many
+from ..core.preprocess import Preprocess
+from ..core.tokenizer import tokenize
 
 __all__ = ["FinetuneResult", "LinearProbe", "contrastive_loss", "finetune", "linear_probe", "parameter_groups"]
 
@@ -199,7 +199,7 @@ def finetune(
 
     Args:
         model_or_path: a model name, a checkpoint path, or a ``CLIP`` (which is copied, not changed).
-        pairs: ``(image, caption)`` pairs; an image is anything :func:`~clip_embeddings.images.load_image` reads.
+        pairs: ``(image, caption)`` pairs; an image is anything :func:`~clip_embeddings.inputs.sources.load_image` reads.
         epochs: passes over the pairs.
         lr: peak learning rate (1e-5 suits the pretrained models; a tiny model trained from
             scratch needs far more).
