@@ -8,7 +8,7 @@ Three names cover most uses::
     ef = ce.ClipEF()                                # one embedding function for Chroma, Qdrant, LanceDB
 """
 
-from . import _registration
+from .adapters import registration
 from ._version import __version__
 from .embedding.cache import EmbeddingCache
 from .core.download import available_models
@@ -24,7 +24,7 @@ from .core.tokenizer import tokenize
 from .tasks.zeroshot import ZeroShotClassifier, classify, moderate, similarity
 
 
-_registration.install()
+registration.install()
 
 __all__ = [
     "CLIP",

@@ -146,7 +146,7 @@ def run(model: str, output: Path, images: Path = EXAMPLES) -> int:
     """Run the demo and print its tables; returns the exit status."""
     import chromadb
 
-    from .. import ClipEF
+    from ..embedding.function import ClipEF
     from ..adapters.chroma import ChromaStore
     from ..tasks.zeroshot import classify
 
