@@ -5,7 +5,7 @@ caption-length texts (10-20 tokens) in batches of ``--batch``:
 
 * ``reference``: openai/CLIP under ``torch.no_grad``; texts as ``clip.tokenize`` gives them (77 tokens);
 * ``ours auto``: the model ``ClipEF()`` runs by default (``dtype="auto"``: the path the probe in
-  ``clip_embeddings/runtime.py`` chose for this CPU, named in the JSON's ``runtime``), same tensors,
+  ``clip_embeddings/runtime/auto.py`` chose for this CPU, named in the JSON's ``runtime``), same tensors,
   under ``torch.inference_mode`` (texts: the same 77-token rows, so the model's own work is compared);
 * ``ours fp32 (...)`` / ``ours bf16 (...)``: each precision path with every rewrite that applies
   (``prepare_for_inference``), unless it is the path ``auto`` took (then it is the auto row); bf16

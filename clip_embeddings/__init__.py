@@ -15,7 +15,10 @@ from .core.download import available_models
 from .embedding.function import ClipEF, ImageEmbeddings, SkippedItem
 from .tasks.evaluation import evaluate
 from .tasks.finetune import contrastive_loss, finetune, linear_probe
-from .errors import ClipError, CollectionNotFoundError, DownloadError, ImageLoadError, ModelLoadError, ModelMismatchError, TextTooLongError
+from .errors import (
+    ClipError, CollectionNotFoundError, DownloadError, ImageLoadError, ModelLoadError, ModelMismatchError,
+    TextTooLongError,
+)
 from .runtime.inference import optimize_for_inference
 from .core.loading import load
 from .core.model import CLIP, build_model

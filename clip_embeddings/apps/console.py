@@ -1,6 +1,6 @@
 """What the command line shows people and scripts: tables, one-line errors, ``--json`` documents.
 
-Kept apart from ``cli.py`` so library modules (the Ray engine, the demo, the server) can print
+Kept apart from the ``cli`` package so library modules (the Ray engine, the demo, the server) can print
 the same way without importing the command line, and so nothing in the library imports it.
 """
 

@@ -15,8 +15,6 @@ from typing import Iterable, Iterator, Union
 from ..errors import ImageLoadError
 
 
-
-
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 )

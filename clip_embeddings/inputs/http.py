@@ -23,7 +23,6 @@ import urllib.request
 import zlib
 from typing import Optional
 
-
 from .._version import __version__
 from ..errors import ImageLoadError
 from .options import LoaderOptions, redact_url, shorten

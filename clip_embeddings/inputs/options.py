@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 
-
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 """Everything :func:`read_image_source` accepts."""
 

@@ -52,7 +52,6 @@ from .options import (DEFAULT_OPTIONS, SCHEME_RE, ImageLike, LoaderOptions, RawI
 # Reading
 
 
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -193,7 +192,6 @@ def _read_data_uri(uri: str, source: str, options: LoaderOptions) -> bytes:
     if len(data) > options.max_bytes:
         raise ImageLoadError(too_big("data URI payload", len(data), options), source=source)
     return data
-
 
 
 def load_image(item: ImageLike, options: LoaderOptions = DEFAULT_OPTIONS,

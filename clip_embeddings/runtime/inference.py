@@ -32,7 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.model import CLIP, Bottleneck, ModifiedResNet, MultiheadAttention, QuickGELU, ResidualAttentionBlock, VisionTransformer, cast_matrices, self_attend
+from ..core.model import (
+    CLIP, Bottleneck, ModifiedResNet, MultiheadAttention, QuickGELU, ResidualAttentionBlock,
+    VisionTransformer, cast_matrices, self_attend,
+)
 
 __all__ = ["REWRITES", "applicable_rewrites", "optimize_for_inference", "prepare_for_inference"]
 

@@ -21,7 +21,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Run ``benchmarks/run_all.py`` with this interpreter, passing the remaining arguments on."""
     script = benchmarks_script()

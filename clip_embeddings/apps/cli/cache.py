@@ -26,7 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Show, prune or clear the embedding cache (``stats`` / ``prune`` / ``clear``)."""
     from ...embedding.cache import EmbeddingCache, parse_size

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..console import UsageError, emit, format_table
-from .common import common_options, loaded, make_ef, model_options, positive_int, read_labels, skipped_json, skipped_lines, templates, templates_option
+from .common import (
+    common_options, loaded, make_ef, model_options, positive_int, read_labels, skipped_json, skipped_lines,
+    templates, templates_option,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,7 +25,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     labels.add_argument("--labels-file", metavar="FILE", help="labels, one per line (or a JSON list)")
     p.add_argument("-k", type=positive_int, default=3, help="top labels to show per image (default: 3)")
     return p
-
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..console import UsageError, emit, format_table
-from .common import common_options, loaded, make_ef, model_options, read_labels, skipped_json, skipped_lines, templates, templates_option
+from .common import (
+    common_options, loaded, make_ef, model_options, read_labels, skipped_json, skipped_lines, templates,
+    templates_option,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,7 +25,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="class names: one per line in sub-folder order, or a JSON {folder: label} object "
                         "(default: the sub-folder names)")
     return p
-
 
 
 def run(args: argparse.Namespace) -> int:

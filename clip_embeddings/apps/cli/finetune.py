@@ -33,7 +33,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Contrastively fine-tune a model on (image, caption) pairs and save the checkpoint."""
     from ...tasks.finetune import finetune

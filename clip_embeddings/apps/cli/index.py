@@ -34,7 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Embed every image under FOLDER (and its captions) into a collection, writing as it goes."""
     from ...adapters import open_store

@@ -16,7 +16,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-
 def run(args: argparse.Namespace) -> int:
     """List the named models and whether each is in the download cache, and what ``auto`` runs here."""
     from urllib.parse import unquote, urlparse

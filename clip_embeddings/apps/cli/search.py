@@ -23,7 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Query a collection with a text or an image and print the nearest items."""
     if (args.query is None) == (args.image is None):

@@ -50,7 +50,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Serve one loaded model (and a collection) over HTTP until interrupted."""
     try:
