@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "clear_prototype_cache",
     "moderate",
     "similarity",
+    "template_parts",
 ]
 
 
@@ -191,7 +193,8 @@ def _cache_key(ef: ClipEF, labels: tuple[str, ...], templates: tuple[str, ...]) 
 
 
 def _compute_prototypes(ef: ClipEF, labels: tuple[str, ...], templates: tuple[str, ...]) -> np.ndarray:
-    texts = [template.format(label) for label in labels for template in templates]
+    parts = [template_parts(template) for template in templates]
+    texts = [prefix + label + suffix for label in labels for prefix, suffix in parts]
     unit = ef.embed_texts(texts).reshape(len(labels), len(templates), -1)
     mean = unit.astype(np.float64).mean(axis=1)
     return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
@@ -255,6 +258,44 @@ def _check_labels(labels: Sequence[str], what: str = "labels") -> tuple[str, ...
     return labels
 
 
+def template_parts(template: str) -> tuple[str, str]:
+    """The text before and after a prompt template's one ``{}``, braces unescaped.
+
+    A template is literal text around exactly one bare ``{}``: no field names or attribute access
+    (``{0.__class__}``), no conversions (``{!r}``), no format specs (``{:>40000000}`` would pad the
+    label to 40 MB); ``{{`` and ``}}`` are literal braces. Anything else is a ``ValueError``, so
+    filling a template never runs more than a string concatenation.
+
+    Example:
+        >>> template_parts("a photo of a {}.")
+        ('a photo of a ', '.')
+        >>> template_parts("{{}} {:>9}")
+        Traceback (most recent call last):
+        ValueError: template '{{}} {:>9}' has a format spec (':>9'); a template is text around exactly one '{}'
+    """
+    if not isinstance(template, str):
+        raise TypeError(f"a template must be a string, got {type(template).__name__}")
+    shown = repr(template) if len(template) <= 60 else repr(template[:57]) + "..."
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"template {shown} is not a valid template ({e}); write a literal brace as {{{{ or }}}}") from None
+    fields = [i for i, (_, name, _, _) in enumerate(parsed) if name is not None]
+    why = f"has {len(fields)} placeholders, needs exactly one" if len(fields) != 1 else None
+    if why is None:
+        _, name, spec, conversion = parsed[fields[0]]
+        if name:
+            why = f"names a field ({name!r})"
+        elif conversion is not None:
+            why = f"has a conversion ('!{conversion}')"
+        elif spec:
+            why = f"has a format spec (':{spec}')"
+    if why is not None:
+        raise ValueError(f"template {shown} {why}; a template is text around exactly one '{{}}'")
+    prefix = "".join(text for text, *_ in parsed[: fields[0] + 1])
+    return prefix, "".join(text for text, *_ in parsed[fields[0] + 1 :])
+
+
 def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     if isinstance(templates, str):
         templates = (templates,)
@@ -262,8 +303,7 @@ def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     if not templates:
         raise ValueError("templates must not be empty")
     for template in templates:
-        if not isinstance(template, str) or "{}" not in template:
-            raise ValueError(f"each template needs one '{{}}' where the label goes, got {template!r}")
+        template_parts(template)
     return templates
 
 
@@ -292,6 +332,15 @@ class ZeroShotClassifier:
         self.ef = ef
         self.labels: tuple[str, ...] = _check_labels(labels)
         self.templates: tuple[str, ...] = _check_templates(templates)
+
+    def prompts(self, label: str) -> list[str]:
+        """The texts embedded for ``label``: each template filled with it.
+
+        Example:
+            >>> ZeroShotClassifier(ClipEF(), ["cat", "dog"], ["a {}.", "{{{}}}"]).prompts("cat")  # doctest: +SKIP
+            ['a cat.', '{cat}']
+        """
+        return [prefix + label + suffix for prefix, suffix in map(template_parts, self.templates)]
 
     @property
     def prototypes(self) -> np.ndarray:

@@ -42,6 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        help="how long a request waits for others to share its pass (default: 5)")
     group.add_argument("--max-items", type=positive_int, default=64, metavar="N",
                        help="most texts, images or labels in one request (default: 64)")
+    group.add_argument("--max-templates", type=positive_int, default=32, metavar="N",
+                       help="most prompt templates in one /classify request (default: 32)")
+    group.add_argument("--max-prompts", type=positive_int, default=512, metavar="N",
+                       help="most labels x templates in one /classify request (default: 512)")
+    group.add_argument("--max-prompt-chars", type=positive_int, default=1000, metavar="N",
+                       help="longest label, and longest template filled with a label (default: 1000)")
+    group.add_argument("--max-urls", type=positive_int, default=16, metavar="N",
+                       help="most image URLs in one request (default: 16)")
     group.add_argument("--threads", type=positive_int, default=None, metavar="N",
                        help="torch threads for the model (default: torch's, one per core); fewer leaves cores "
                             "for decoding uploads and for other processes")
@@ -74,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     limits = ServeLimits(
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, request_timeout=args.timeout,
         max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_items=args.max_items,
-        token=token, allow_private_urls=args.allow_private_urls,
+        max_templates=args.max_templates, max_prompts=args.max_prompts, max_prompt_chars=args.max_prompt_chars,
+        max_urls=args.max_urls, token=token, allow_private_urls=args.allow_private_urls,
     )
     where = f"{args.db} collection {args.collection!r} at {args.location}" if store is not None else "no collection"
     print(f"serving {ef.model_name} ({where}) on http://{args.host}:{args.port}/", file=sys.stderr)

@@ -17,7 +17,6 @@ import os
 import re
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -32,48 +31,13 @@ from ...inputs.options import LoaderOptions
 from ...inputs.sources import load_image
 from ...tasks.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 from .batcher import Batcher, QueueFull
+from .budget import check_images, check_prompts
 from .inputs import BadRequest, Body, ImageInput, choice, integer, read_body, where_filter
+from .limits import ServeLimits
 
 STATIC = resources.files("clip_embeddings.apps.server") / "static"
 _ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _PUBLIC = ("/", "/health", "/favicon.ico")  # and /static/: what the page needs before a token
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """What one request may cost the server; the defaults suit a LAN or a reverse proxy in front.
-
-    Attributes:
-        max_upload_bytes: the largest request body (413 beyond it), also each image's byte limit.
-        max_pixels: the largest ``width * height`` of an image, checked before decoding (422).
-        request_timeout: seconds a request may wait for its body and for the model (408 / 503).
-        max_queue: most requests waiting for the model (429 beyond it).
-        max_batch: most texts + images in one shared forward pass.
-        max_wait_ms: how long the first request of a pass waits for others to join it.
-        max_items: most texts, images or labels in one request (413 beyond it).
-        token: when set, every API route needs ``Authorization: Bearer <token>`` (401 otherwise).
-        allow_private_urls: let image URLs reach loopback and private addresses (off: no SSRF).
-        url_timeout: seconds to fetch one image URL.
-
-    Example:
-        >>> ServeLimits(max_queue=32).max_batch
-        64
-    """
-
-    max_upload_bytes: int = 32 * 2**20
-    max_pixels: int = 50_000_000
-    request_timeout: float = 30.0
-    max_queue: int = 256
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
-    max_items: int = 64
-    token: str | None = None
-    allow_private_urls: bool = False
-    url_timeout: float = 10.0
-
-    def loader_options(self) -> LoaderOptions:
-        return LoaderOptions(max_pixels=self.max_pixels, max_bytes=self.max_upload_bytes, url_timeout=self.url_timeout,
-                             allow_private_addresses=self.allow_private_urls)
 
 
 class Service:
@@ -189,6 +153,7 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
     @app.post("/embed")
     async def embed(request: Request) -> dict:
         body = await read_body(request, limits.max_items)
+        check_images(body.images, limits)
         texts = _texts(body)
         on_error = choice(body, "on_error", "raise", ("raise", "skip"))
         if not texts and not body.images:
@@ -211,6 +176,7 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
     @app.post("/search")
     async def search(request: Request) -> dict:
         body = await read_body(request, limits.max_items)
+        check_images(body.images, limits)
         store_ = service.require_store(body)
         k = integer(body, "k", 12, 1, 200)
         modality = choice(body, "modality", "image", ("image", "text"))
@@ -246,8 +212,11 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
             raise BadRequest("classify needs at least two labels")
         if not body.images:
             raise BadRequest("classify needs at least one image")
+        templates = body.get("templates") or DEFAULT_TEMPLATES
+        check_images(body.images, limits)
+        check_prompts(labels, templates, limits)
         try:
-            classifier = ZeroShotClassifier(service.ef, labels, body.get("templates") or DEFAULT_TEMPLATES)
+            classifier = ZeroShotClassifier(service.ef, labels, templates)
         except (ValueError, TypeError) as e:
             raise BadRequest(str(e)) from None
         k = integer(body, "k", min(5, len(labels)), 1, len(labels))
