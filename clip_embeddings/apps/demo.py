@@ -1,4 +1,4 @@
-"""``python -m clip_embeddings.apps.demo``: the whole job on the example photos, in about a minute.
+"""``python -m clip_embeddings.demo``: the whole job on the example photos, in about a minute.
 
 1. index ``examples/images`` (with the captions from its ``captions.json``) into an embedded
    Chroma database under the output folder;
@@ -10,8 +10,8 @@ The model is ``$CLIP_WEIGHTS`` (a local checkpoint) when set, else ViT-B/32, dow
 
 Example::
 
-    $ python -m clip_embeddings.apps.demo --output demo_output
-    $ CLIP_WEIGHTS=~/models/ViT-B-32.pt python -m clip_embeddings.apps.demo
+    $ python -m clip_embeddings.demo --output demo_output
+    $ CLIP_WEIGHTS=~/models/ViT-B-32.pt python -m clip_embeddings.demo
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def photos_in(images: Path) -> list[str]:
     """The photos the demo runs on, or a one-line reason and the fix (checked before any model loads).
 
     The sample photos live in the source checkout (``examples/images``), not in the installed
-    package, so an installed ``python -m clip_embeddings.apps.demo`` needs ``--images``.
+    package, so an installed ``python -m clip_embeddings.demo`` needs ``--images``.
     """
     from .console import UsageError
     from ..inputs.folders import iter_image_files
@@ -208,7 +208,7 @@ def run(model: str, output: Path, images: Path = EXAMPLES) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; errors print one line unless ``--debug``."""
     parser = argparse.ArgumentParser(
-        prog="python -m clip_embeddings.apps.demo",
+        prog="python -m clip_embeddings.demo",
         description="Index the example photos into Chroma, search them by text, zero-shot classify them, and "
                     "save a contact sheet of the results.",
     )
