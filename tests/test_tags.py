@@ -15,7 +15,7 @@ from clip_embeddings.adapters import open_store
 from clip_embeddings.adapters.base import item_id
 from clip_embeddings.collection.records import tags_of
 from clip_embeddings.tasks.tags import Tagger, read_vocabulary
-from clip_embeddings.zeroshot import DEFAULT_TEMPLATES
+from clip_embeddings.tasks.zeroshot import DEFAULT_TEMPLATES
 
 KINDS = ["chroma", "qdrant", "lancedb"]
 CANDIDATES = ["a cat", "coffee", "a rocket", "galaxies", "an astronaut", "a man", "an eye", "the sea",

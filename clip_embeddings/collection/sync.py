@@ -34,8 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..captions import caption_for, folder_captions
-from ..images import iter_image_files
+from ..inputs.captions import caption_for, folder_captions
+from ..inputs.folders import iter_image_files
 
 
 @dataclass(frozen=True)

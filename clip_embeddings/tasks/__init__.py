@@ -1,1 +1,4 @@
-"""CLIP-level tasks over embeddings: zero-shot, fine-tuning, evaluation, scores, tags."""
+"""CLIP-level tasks built on the embedding function: zero-shot classification and moderation
+(:mod:`.zeroshot`), fine-tuning and linear probes (:mod:`.finetune`), evaluation (:mod:`.evaluation`),
+tags at ingest (:mod:`.tags`).
+"""

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..embedding import ClipEF
-from ..zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+from ..embedding.function import ClipEF
+from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 
 TAG_PREFIX = "tag:"  # the metadata key of a tag is TAG_PREFIX + label (collection/records.py reads it)
 
