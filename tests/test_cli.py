@@ -24,8 +24,10 @@ from clip_embeddings.core.loading import default_model
 from clip_embeddings.core.download import MODELS
 
 SUBCOMMANDS = {
-    "index": ["--db", "--location", "--collection", "--extensions", "--no-recursive", "--on-error", "--model"],
-    "search": ["QUERY_TEXT", "--image", "--modality", "-k", "--db", "--collection"],
+    "index": ["--db", "--location", "--collection", "--extensions", "--no-recursive", "--on-error", "--model",
+              "--sync", "--dry-run", "--watch", "--tags"],
+    "search": ["QUERY", "--image", "--modality", "-k", "--db", "--collection", "--like", "--min-score", "--tag"],
+    "delete": ["ID", "--where", "--tag"],
     "classify": ["IMAGES", "--labels", "--labels-file", "--templates", "-k"],
     "eval": ["--dataset", "--labels", "--templates"],
     "finetune": ["--pairs", "--epochs", "--lr", "--batch-size", "--output", "--freeze-image", "--freeze-text"],

@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                "with path,caption columns, paths relative to FOLDER (default: FOLDER/captions.json "
                                "or FOLDER/captions.csv if present, and a .txt file beside an image)")
     captions.add_argument("--no-captions", action="store_true", help="store images only, even if captions exist")
+    _add_sync_arguments(p)
     _add_ray_arguments(p)
     return p
 
@@ -52,12 +53,22 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "engine", "local") == "ray":
         return _index_with_ray(args, folder)
     captions = _captions(args)
+    if args.watch and args.dry_run:
+        raise UsageError("--watch applies changes as they happen; --dry-run only reports them: use one of them")
+    if args.tags is not None and not Path(args.tags).is_file():
+        raise UsageError(f"{args.tags}: vocabulary file not found (one tag label a line)")
     store = open_store(args.db, args.location, args.collection, make_ef(args, on_error=args.on_error))
     # A progress bar is for people watching; in logs and pipes it is only noise.
     options: dict[str, Any] = {"recursive": not args.no_recursive, "on_error": args.on_error,
                                "progress": sys.stderr.isatty(), "captions": captions}
     if args.extensions:
         options["extensions"] = _extensions(args.extensions)
+    if args.tags is not None:
+        from ...tasks.tags import Tagger, read_vocabulary
+
+        options["tags"] = Tagger(store.ef, read_vocabulary(args.tags), threshold=args.tag_threshold)
+    if args.sync or args.dry_run or args.watch:
+        return _sync(args, store, folder, options)
     report = IngestReport()
     where = f"{args.db} collection {args.collection!r} at {args.location}"
     interrupted = (f"interrupted: {{new}} new item(s) were stored in {where} before the stop ({{stored}} of this "
@@ -89,6 +100,62 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "json", False):
         _print_skipped(report.skipped)
     return 0
+
+
+def _sync(args: argparse.Namespace, store: Any, folder: Path, options: dict[str, Any]) -> int:
+    """``--sync`` / ``--dry-run``: one sync; ``--watch``: a sync now and after every burst of changes."""
+    from ...collection.watch import watch
+
+    where = f"{args.db} collection {args.collection!r} at {args.location}"
+
+    def sync_once() -> Any:
+        return store.index_folder(folder, sync=True, dry_run=args.dry_run, **options)
+
+    def show(report: Any) -> None:
+        counts = {"items": store.count(), "images": store.count("image"), "texts": store.count("text")}
+        document = {"folder": str(folder), "db": args.db, "location": str(args.location),
+                    "collection": args.collection, **report.to_dict(), "collection_counts": counts}
+        emit(args, document, [f"{'checked' if args.dry_run else 'synced'} {folder} with {where}",
+                              f"  {report}".split("\n")[0],
+                              f"  the collection holds {counts['items']} item(s)"])
+        if not getattr(args, "json", False):
+            _print_skipped(report.skipped)
+        sys.stdout.flush()  # a watcher's log is read while it runs
+
+    if not args.watch:
+        show(sync_once())
+        return 0
+    try:
+        with GracefulStop("stopping after the current sync (Ctrl-C again to stop now)") as stop:
+            if not getattr(args, "json", False):
+                print(f"watching {folder} (Ctrl-C to stop)", flush=True)
+            watch(sync_once, folder, stop=lambda: stop.requested, on_report=show,
+                  backend="poll" if args.poll else None, poll_seconds=args.poll_seconds)
+    except KeyboardInterrupt:  # the second Ctrl-C: a sync may have stopped part-way
+        print(f"\nstopped during a sync; run `index {folder} --sync` to finish it", file=sys.stderr)
+        return 130
+    print(f"stopped watching {folder}; {where} matches it as of the last sync", file=sys.stderr)
+    return 0
+
+
+def _add_sync_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sync, watch and tags")
+    group.add_argument("--sync", action="store_true",
+                       help="make the collection match FOLDER: remove items whose file is gone, replace edited "
+                            "files, follow renames (records from elsewhere are never touched)")
+    group.add_argument("--dry-run", action="store_true", help="with --sync: report what would change, change nothing")
+    group.add_argument("--watch", action="store_true",
+                       help="sync now, then keep syncing as files change (watchdog events, or polling without "
+                            "the watch extra) until Ctrl-C")
+    group.add_argument("--poll", action="store_true",
+                       help="with --watch: poll the folder instead of file-system events (network drives)")
+    group.add_argument("--poll-seconds", type=float, default=2.0, metavar="S",
+                       help="with --watch --poll: seconds between polls (default: 2)")
+    group.add_argument("--tags", metavar="VOCABULARY",
+                       help="tag each image with the labels of this file (one a line) it scores over "
+                            "--tag-threshold, zero-shot; `search --tag LABEL` filters by them")
+    group.add_argument("--tag-threshold", type=float, default=0.1, metavar="P",
+                       help="zero-shot probability over the vocabulary a label needs (default: 0.1)")
 
 
 def _captions(args: argparse.Namespace) -> dict[str, str] | bool:
