@@ -121,7 +121,7 @@ def test_debug_prints_the_traceback(tmp_path, capsys):
 
 def test_search_needs_exactly_one_query(tmp_path, capsys):
     assert cli.main(["search", "--location", str(tmp_path), "--collection", "photos"]) == 1
-    assert capsys.readouterr().err.startswith("error: search takes a QUERY_TEXT or --image PATH")
+    assert capsys.readouterr().err.startswith("error: search takes a QUERY, --image PATH or --like ID")
 
 
 @pytest.mark.parametrize("db", ["qdrant", "lancedb"])
