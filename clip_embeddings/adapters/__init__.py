@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from .._extras import require  # the one helper that names the extra to install
-from ..errors import CollectionNotFoundError
+from ..errors import CollectionNotFoundError, StoreAddressError
 
 if TYPE_CHECKING:
     from ..embedding.function import ClipEF
@@ -41,7 +41,7 @@ def open_store(kind: Kind, location: str | os.PathLike, name: str, ef: ClipEF | 
         >>> store.query("a cat", k=3)  # doctest: +SKIP
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        raise StoreAddressError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     location = check_location(kind, location)
     local = location != ":memory:" and "://" not in location
     if ef is None or not create:
@@ -63,29 +63,29 @@ def open_store(kind: Kind, location: str | os.PathLike, name: str, ef: ClipEF | 
 
 
 def check_location(kind: str, location: str | os.PathLike) -> str:
-    """``location`` as a string, or a ``ValueError`` that says what is wrong and how to write it.
+    """``location`` as a string, or a :class:`StoreAddressError` (a ``ValueError``) that says what is wrong and how to write it.
 
     Example:
         >>> check_location("chroma", "localhost:8000")
         Traceback (most recent call last):
         ...
-        ValueError: localhost:8000 looks like a server address without a scheme; write http://localhost:8000
+        clip_embeddings.errors.StoreAddressError: localhost:8000 looks like a server address without a scheme; write http://localhost:8000
     """
     location = os.fspath(location)
     if not location:
-        raise ValueError("the location is empty; give a folder, ':memory:' or a server URL")
+        raise StoreAddressError("the location is empty; give a folder, ':memory:' or a server URL")
     if _HOST_PORT.match(location):
-        raise ValueError(f"{location} looks like a server address without a scheme; write http://{location}")
+        raise StoreAddressError(f"{location} looks like a server address without a scheme; write http://{location}")
     if "://" not in location and location != ":memory:" and os.path.isfile(location):
-        raise ValueError(f"{location} is a file; the location of a {kind} database is a folder (created if "
+        raise StoreAddressError(f"{location} is a file; the location of a {kind} database is a folder (created if "
                          "missing) or a server URL such as http://localhost:8000")
     if kind == "lancedb" and location.startswith(("http://", "https://")):
-        raise ValueError(
+        raise StoreAddressError(
             f"LanceDB has no http server mode to open {location!r}; use a directory, ':memory:', "
             "or a LanceDB URI such as s3://bucket/path or db://database"
         )
     if kind != "lancedb" and "://" in location and not location.startswith(("http://", "https://")):
-        raise ValueError(f"{location}: a {kind} server location is an http:// or https:// URL")
+        raise StoreAddressError(f"{location}: a {kind} server location is an http:// or https:// URL")
     return location
 
 
@@ -102,22 +102,22 @@ def parse_sink(sink: str) -> tuple[Kind, str, str]:
         ('lancedb', '/data/db', 'photos')
     """
     if "://" not in sink:
-        raise ValueError(f"not a store address: {sink!r} (expected lancedb://DIR/TABLE, "
+        raise StoreAddressError(f"not a store address: {sink!r} (expected lancedb://DIR/TABLE, "
                          "chroma+http://HOST:PORT/NAME or qdrant+http://HOST:PORT/NAME)")
     scheme, rest = sink.split("://", 1)
     if scheme == "lancedb":
         location, _, name = rest.rstrip("/").rpartition("/")
         if not location or not name:
-            raise ValueError(f"{sink!r}: expected lancedb://DIR/TABLE")
+            raise StoreAddressError(f"{sink!r}: expected lancedb://DIR/TABLE")
         return "lancedb", location, name
     db, _, transport = scheme.partition("+")
     if db in ("chroma", "qdrant") and transport in ("http", "https"):
         url = urlparse(f"{transport}://{rest}")
         name = url.path.strip("/")
         if not url.hostname or not name or "/" in name:
-            raise ValueError(f"{sink!r}: expected {db}+{transport}://HOST:PORT/COLLECTION")
+            raise StoreAddressError(f"{sink!r}: expected {db}+{transport}://HOST:PORT/COLLECTION")
         return db, f"{transport}://{url.netloc}", name  # type: ignore[return-value]
-    raise ValueError(f"{sink!r}: unknown store scheme {scheme!r} (lancedb, chroma+http(s), qdrant+http(s))")
+    raise StoreAddressError(f"{sink!r}: unknown store scheme {scheme!r} (lancedb, chroma+http(s), qdrant+http(s))")
 
 
 def _has_database(kind: str, location: str) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..inputs.captions import caption_for, folder_captions
 from ..embedding.function import ClipEF
-from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
+from ..errors import CollectionNotFoundError, ConfigError, ImageLoadError, IncompatibleCollectionError, ModelMismatchError
 from ..inputs.folders import IMAGE_EXTENSIONS, iter_image_files
 from ..inputs.options import ImageLike
 from ..embedding.pipeline import ImageResult, OnError, SkippedItem
@@ -211,7 +211,7 @@ class Store(ABC):
             return ef
         stored = self._stored_config()
         if stored is None:
-            raise ValueError(f"{self.describe()} has no clip-embeddings config (was it made by clip-embeddings?); "
+            raise IncompatibleCollectionError(f"{self.describe()} has no clip-embeddings config (was it made by clip-embeddings?); "
                              "pass ef=ClipEF(...) to open it")
         return ClipEF.build_from_config(stored)
 
@@ -276,7 +276,7 @@ class Store(ABC):
     def _ingest(self, entries: Iterable[_Entry], on_error: OnError, progress: bool,
                 total: int | None) -> Iterator[IngestReport]:
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+            raise ConfigError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         seen: set[str] = set()  # item ids of this ingest: the same content twice is stored once
         buffered: dict[str, list[Record]] = {}
         report, since = IngestReport(), time.monotonic()

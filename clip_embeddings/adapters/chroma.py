@@ -27,7 +27,7 @@ require("chromadb", extra="chroma")  # before the imports below: names the extra
 from chromadb.utils.embedding_functions import register_embedding_function  # noqa: E402
 
 from ..embedding.function import ClipEF
-from ..errors import ImageLoadError
+from ..errors import ImageLoadError, IncompatibleCollectionError
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
 from ..embedding.pipeline import decode_many
 from .base import Hit, Modality, Record, Store, row_id
@@ -93,7 +93,7 @@ class ChromaStore(Store):
                 # Chroma rebuilds ClipEF from the stored config; the loader must follow its policy.
                 ef = client.get_collection(name).configuration.get("embedding_function")
                 if not isinstance(ef, ClipEF):
-                    raise ValueError(f"Chroma collection {name!r} was not made with clip-embeddings (its function: {ef!r})")
+                    raise IncompatibleCollectionError(f"Chroma collection {name!r} was not made with clip-embeddings (its function: {ef!r})")
             self.collection = client.get_collection(name, embedding_function=ef, data_loader=ImageLoader.for_function(ef))
         elif ef is None:
             raise self._missing()
@@ -209,7 +209,7 @@ def upsert_uris(collection: Any, ids: Sequence[str], uris: Sequence[str],
     if not isinstance(ef, ClipEF):
         ef = collection.configuration.get("embedding_function")
     if not isinstance(ef, ClipEF):
-        raise ValueError(f"collection {collection.name!r} does not use ClipEF; it uses {ef!r}")
+        raise IncompatibleCollectionError(f"collection {collection.name!r} does not use ClipEF; it uses {ef!r}")
     embeddings = ef.encode_images(list(uris), on_error="raise").embeddings
     collection.upsert(ids=list(ids), embeddings=list(embeddings), uris=list(uris),
                       metadatas=list(metadatas) if metadatas is not None else None)

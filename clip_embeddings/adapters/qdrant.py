@@ -31,6 +31,7 @@ require("qdrant_client", extra="qdrant")  # before the import below: names the e
 from qdrant_client import models as qmodels  # noqa: E402
 
 from ..embedding.function import ClipEF
+from ..errors import IncompatibleCollectionError
 from .base import Hit, Modality, Record, Store
 
 CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()
@@ -70,7 +71,7 @@ class QdrantStore(Store):
             )
             if self._stored_config() is None:
                 # Servers before 1.16 drop collection metadata; without it nothing could check the model later.
-                raise ValueError(
+                raise IncompatibleCollectionError(
                     f"the Qdrant server did not keep the metadata of collection {name!r} (it needs Qdrant >= 1.16); "
                     "upgrade the server, then delete and recreate the collection"
                 )

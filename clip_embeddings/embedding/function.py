@@ -24,7 +24,7 @@ import torch
 
 from .cache import CacheWarning, EmbeddingCache
 from ..core.download import cache_dir
-from ..errors import ClipError, ModelLoadError, ModelMismatchError
+from ..errors import ClipError, ConfigError, IncompatibleCollectionError, ModelLoadError, ModelMismatchError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from ..core.loading import check_model_reference, default_model
 from .loaded import LoadedModel, shared_model
@@ -105,11 +105,11 @@ class ClipEF:
         server: str | None = None,
     ):
         if long_text not in ("truncate", "chunk"):
-            raise ValueError(f"long_text must be 'truncate' or 'chunk', not {long_text!r}")
+            raise ConfigError(f"long_text must be 'truncate' or 'chunk', not {long_text!r}")
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+            raise ConfigError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         if batch_size < 1 or num_workers < 1:
-            raise ValueError("batch_size and num_workers must be at least 1")
+            raise ConfigError("batch_size and num_workers must be at least 1")
         model = default_model() if model is None else model
         if expected_fingerprint is None:
             # A typo fails here, not at the first add; a function rebuilt from a collection's
@@ -287,7 +287,7 @@ class ClipEF:
         """
         on_error = on_error or self.on_error
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+            raise ConfigError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         rows: list[np.ndarray] = []
         indices: list[int] = []
         digests: list[str] = []
@@ -393,18 +393,18 @@ class ClipEF:
     def validate_config(config: dict[str, Any]) -> None:
         missing = [k for k in ("model", "fingerprint", "dim") if k not in config]
         if missing:
-            raise ValueError(f"not a clip-embeddings config: missing {', '.join(missing)} in {config}")
+            raise IncompatibleCollectionError(f"not a clip-embeddings config: missing {', '.join(missing)} in {config}")
         if config.get("version", CONFIG_VERSION) > CONFIG_VERSION:
-            raise ValueError(f"config version {config['version']} is newer than this clip-embeddings understands; upgrade it")
+            raise ConfigError(f"config version {config['version']} is newer than this clip-embeddings understands; upgrade it")
         if config.get("on_error", "raise") not in ("raise", "skip"):
-            raise ValueError(f"config on_error must be 'raise' or 'skip', not {config['on_error']!r}")
+            raise ConfigError(f"config on_error must be 'raise' or 'skip', not {config['on_error']!r}")
         workers = config.get("num_workers", 4)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"config num_workers must be an int >= 1, not {workers!r}")
+            raise ConfigError(f"config num_workers must be an int >= 1, not {workers!r}")
         try:
             LoaderOptions.from_config(config.get("loader_options"))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"config loader_options: {e}") from None
+            raise ConfigError(f"config loader_options: {e}") from None
 
     def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
         if "model" in new_config and new_config.get("fingerprint") not in (None, old_config.get("fingerprint")):

@@ -25,16 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ClipError, ImageLoadError, ModelMismatchError
+from ..errors import ClipError, ImageLoadError, ModelMismatchError, ServerError
 from ..inputs.options import LoaderOptions, RawImage
 from ..inputs.decode import decode_image
 
 
 TOKEN_ENV = "CLIP_EMBEDDINGS_TOKEN"
-
-
-class ServerError(ClipError, OSError):
-    """The embedding server could not be reached, or refused a request (its reason is included)."""
 
 
 class RemoteModel:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ImageLoadError
+from ..errors import ConfigError, ImageLoadError
 from ..inputs.options import ImageLike
 from ..core.loading import default_device, load
 from ..core.model import CLIP
@@ -225,7 +225,7 @@ def finetune(
     if freeze_image and freeze_text:
         raise ValueError("freeze_image and freeze_text together leave only the temperature to train")
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        raise ConfigError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     pairs = list(pairs)
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], str)):

@@ -42,6 +42,7 @@ from ...adapters import open_store, parse_sink
 from ...adapters.base import Modality, Record, Store, item_id, row_id, text_digest
 from ...embedding.pipeline import source_of
 from ...embedding.function import ClipEF
+from ...errors import StoreAddressError
 from ...inputs.options import describe
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -269,7 +270,7 @@ def open_sink(sink: str | Store | tuple[Any, str], ef: ClipEF) -> Store:
 
         return ChromaStore(sink[0], sink[1], ef)
     if not isinstance(sink, str):
-        raise ValueError(f"not a sink: {sink!r} (expected a Store, (client, name), lancedb://DIR/TABLE, "
+        raise StoreAddressError(f"not a sink: {sink!r} (expected a Store, (client, name), lancedb://DIR/TABLE, "
                          "chroma+http://HOST:PORT/NAME or qdrant+http://HOST:PORT/NAME)")
     kind, location, name = parse_sink(sink)
     return open_store(kind, location, name, ef=ef)

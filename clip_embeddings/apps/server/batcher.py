@@ -23,11 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import QueueFull  # re-exported: its old import path
 from ...embedding.function import ClipEF, ImageEmbeddings, SkippedItem
-
-
-class QueueFull(Exception):
-    """The batcher already holds ``max_queue`` waiting jobs (the server answers 429)."""
 
 
 @dataclass
