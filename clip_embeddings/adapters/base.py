@@ -28,7 +28,8 @@ import numpy as np
 
 from ..inputs.captions import caption_for, folder_captions
 from ..embedding.function import ClipEF
-from ..errors import CollectionNotFoundError, ConfigError, ImageLoadError, IncompatibleCollectionError, ModelMismatchError
+from ..config import check_on_error
+from ..errors import CollectionNotFoundError, ImageLoadError, IncompatibleCollectionError, ModelMismatchError
 from ..inputs.folders import IMAGE_EXTENSIONS, iter_image_files
 from ..inputs.options import ImageLike
 from ..embedding.pipeline import ImageResult, OnError, SkippedItem
@@ -275,8 +276,7 @@ class Store(ABC):
 
     def _ingest(self, entries: Iterable[_Entry], on_error: OnError, progress: bool,
                 total: int | None) -> Iterator[IngestReport]:
-        if on_error not in ("raise", "skip"):
-            raise ConfigError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        check_on_error(on_error)
         seen: set[str] = set()  # item ids of this ingest: the same content twice is stored once
         buffered: dict[str, list[Record]] = {}
         report, since = IngestReport(), time.monotonic()

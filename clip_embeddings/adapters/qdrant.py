@@ -25,9 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from .._extras import require
+from .registry import StoreKind
 
-require("qdrant_client", extra="qdrant")  # before the import below: names the extra when it is missing
+KIND = StoreKind(
+    kind="qdrant", store_class="QdrantStore", extra="qdrant", client="qdrant_client", distribution="qdrant-client",
+    purpose="Qdrant", servers=("http", "https"), marker="meta.json",
+    locations="a folder, ':memory:', or a Qdrant server URL http(s)://HOST:6333",
+)
+KIND.require_client()  # before the import below: names the extra when it is missing
+from qdrant_client import QdrantClient  # noqa: E402
 from qdrant_client import models as qmodels  # noqa: E402
 
 from ..embedding.function import ClipEF
@@ -57,6 +63,21 @@ class QdrantStore(Store):
         >>> [h.source for h in store.query("a rocket", k=1, where={"album": "space"})]  # doctest: +SKIP
         ['/abs/path/rocket.jpg']
     """
+
+    @classmethod
+    def open_location(cls, location: str, name: str, ef: ClipEF | None) -> QdrantStore:
+        """Collection ``name`` at a checked location (``open_store`` calls this; see ``KIND``)."""
+        if location == ":memory:":
+            client = QdrantClient(":memory:")
+        elif location.startswith(("http://", "https://")):
+            client = QdrantClient(url=location)
+        else:
+            client = QdrantClient(path=location)
+        try:
+            return cls(client, name, ef)
+        except BaseException:
+            client.close()  # a local Qdrant folder stays locked while its client is open
+            raise
 
     def __init__(self, client: Any, name: str, ef: ClipEF | None = None):
         self.client, self.name = client, name
