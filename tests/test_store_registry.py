@@ -85,9 +85,10 @@ def test_the_documented_forms(address, parts):
 
 
 @pytest.mark.parametrize("address, message", [
-    ("photos", "not a store address"), ("mongo:///x#y", "unknown store kind"), ("chroma:///x#", "no collection"),
+    ("photos", "not a store address"), ("mongo:///x#y", "unknown store scheme"), ("chroma:///x#", "no collection"),
     ("chroma+http://#photos", "expected"), ("lancedb+http://host:1#t", "no http server mode"),
     ("chroma+ftp://host/x#y", "location is"), ("qdrant://host:6333#y", "without a scheme"),
+    ("chroma+http://127.0.0.1:8000/", "no collection"), ("lancedb://photos", "no collection"),
 ])
 def test_bad_addresses_say_what_is_wrong(address, message):
     with pytest.raises(ce.StoreAddressError, match=message):

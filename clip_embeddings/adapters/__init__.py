@@ -149,12 +149,12 @@ def parse_address(address: str) -> tuple[Kind, str, str]:
         ('pgvector', 'postgresql://me@db.local:5432/media?sslmode=require', 'photos')
     """
     if not isinstance(address, str) or "://" not in address:
-        raise StoreAddressError(f"not a store address: {address!r} (expected KIND://PATH#NAME or "
-                                "KIND+SCHEME://HOST:PORT#NAME, e.g. chroma:///data/db#photos, qdrant+http://host:6333#photos)")
+        raise StoreAddressError(f"not a store address: {address!r} (expected KIND://PATH#COLLECTION or "
+                                "KIND+SCHEME://HOST:PORT#COLLECTION, e.g. chroma:///data/db#photos, qdrant+http://host:6333#photos)")
     scheme, rest = address.split("://", 1)
     kind, plus, transport = scheme.partition("+")
     if kind not in kinds():
-        raise StoreAddressError(f"{address!r}: unknown store kind {kind!r} (one of {', '.join(kind_names())})")
+        raise StoreAddressError(f"{address!r}: unknown store scheme {kind!r} (the kinds: {', '.join(kind_names())})")
     body, hash_, fragment = rest.rpartition("#") if "#" in rest else (rest, "", "")
     if plus:
         location, name = _server_parts(address, kind, transport, body, fragment if hash_ else None)
@@ -162,28 +162,30 @@ def parse_address(address: str) -> tuple[Kind, str, str]:
         location, name = (body, fragment) if hash_ else _split_last(address, body)
     name = unquote(name)
     if not name:
-        raise StoreAddressError(f"{address!r}: no collection name (end the address with #NAME)")
+        raise StoreAddressError(f"{address!r}: no collection name (end the address with #COLLECTION)")
     check_location(kind, location)
     return kind, location, name
 
 
 def _server_parts(address: str, kind: str, transport: str, body: str, fragment: str | None) -> tuple[str, str]:
     if not transport or not body or body.startswith("/"):
-        raise StoreAddressError(f"{address!r}: expected {kind}+SCHEME://HOST[:PORT]#NAME")
+        raise StoreAddressError(f"{address!r}: expected {kind}+SCHEME://HOST[:PORT]#COLLECTION")
     if fragment is not None:
         return f"{transport}://{body}", fragment
     # The older form: the name is the URL's last path segment (a query string stays with the URL).
     path, question, query = body.partition("?")
     if "/" not in path:
-        raise StoreAddressError(f"{address!r}: no collection name (end the address with #NAME)")
+        raise StoreAddressError(f"{address!r}: no collection name (end the address with #COLLECTION)")
     location, _, name = path.rstrip("/").rpartition("/")
+    if not location:
+        raise StoreAddressError(f"{address!r}: no collection name (end the address with #COLLECTION)")
     return f"{transport}://{location}" + (f"?{query}" if question else ""), name
 
 
 def _split_last(address: str, body: str) -> tuple[str, str]:
     location, _, name = body.rstrip("/").rpartition("/")
     if not location:
-        raise StoreAddressError(f"{address!r}: no collection name (end the address with #NAME)")
+        raise StoreAddressError(f"{address!r}: no collection name (end the address with #COLLECTION)")
     return location, name
 
 
