@@ -16,10 +16,12 @@ import textwrap
 import pytest
 
 import clip_embeddings as ce
-from clip_embeddings import decision_table, onnx_backend, refine, runtime
-from clip_embeddings.decision_table import isa_level, load_table, table_decision
-from clip_embeddings.embedding import shared_model
-from clip_embeddings.runtime import PathResult
+from clip_embeddings.embedding.loaded import shared_model
+from clip_embeddings.runtime import auto as runtime
+from clip_embeddings.runtime import onnx_backend, refine
+from clip_embeddings.runtime import table as decision_table
+from clip_embeddings.runtime.auto import PathResult
+from clip_embeddings.runtime.table import isa_level, load_table, table_decision
 from tests.model_factory import save_state_dict, tiny_reference_clip
 from tests.test_runtime import AMD_BF16, AVX2_ONLY, INTEL_AMX
 
@@ -140,8 +142,9 @@ def test_the_background_work_says_once_on_a_terminal_what_it_does(tmp_path):
     # A real terminal (a pty) on stderr, a real ClipEF whose probe runs in the background, twice.
     script = textwrap.dedent(f"""
         import clip_embeddings as ce
-        from clip_embeddings import refine, runtime
-        from clip_embeddings.embedding import shared_model
+        from clip_embeddings.embedding.loaded import shared_model
+        from clip_embeddings.runtime import auto as runtime
+        from clip_embeddings.runtime import refine
         refine.PROBE_NICE = 0
         from tests.model_factory import save_state_dict, tiny_reference_clip
         from tests.test_runtime import AVX2_ONLY
