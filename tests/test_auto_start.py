@@ -132,7 +132,7 @@ def test_a_probe_that_disagrees_replaces_the_table_in_the_cache_and_in_the_runni
     ce.ClipEF(model=str(path), device="cpu", cache=False).embed_texts(["a dog"])
     lm.refinement.join(timeout=600)  # ... which runs after it, in the background
     assert calls and lm.precision == "fp32" and lm.runtime["source"] == "probe"
-    again = runtime.first_decision(ce.build_model(reference.state_dict()), AVX2_ONLY)
+    again = decision_table.first_decision(ce.build_model(reference.state_dict()), AVX2_ONLY)
     assert again.from_cache and again.source == "probe" and again.precision == "fp32"  # the table's is replaced
     stored = json.loads(runtime.decisions_file().read_text())["decisions"][AVX2_ONLY.cache_key]
     assert [entry["dtype"] for entry in stored.values()] == ["fp32"]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings.runtime import onnx_backend, refine
+from clip_embeddings.runtime import onnx_backend, refine, table
 from clip_embeddings.runtime import auto as runtime
 from clip_embeddings.core.download import cache_dir
 from clip_embeddings.embedding.loaded import shared_model
@@ -94,6 +94,6 @@ def test_clipef_starts_from_the_table_then_runs_the_backend_the_probe_chose(monk
     assert isinstance(lm.model.visual, onnx_backend.OnnxImageTower) == ort_wins
     assert lm.precision.startswith("ort") == ort_wins and onnx_file.exists() == ort_wins
     assert lm.runtime["source"] == "probe"
-    stored = runtime.first_decision(ce.build_model(reference.state_dict()), AVX2_ONLY, onnx_available=True)
+    stored = table.first_decision(ce.build_model(reference.state_dict()), AVX2_ONLY, onnx_available=True)
     assert stored.from_cache and stored.source == "probe" and stored.precision == lm.precision  # the cache has it
     assert float(abs(ef.embed_images(sample_images[:3]) - expected).max()) < 1e-5  # after the switch: same values

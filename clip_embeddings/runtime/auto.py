@@ -17,7 +17,7 @@ linears beat MKL on AMD processors and gain little on Intel's. So ``auto`` decid
 5. The decision is cached in ``cache_dir()/runtime-decisions.json``, keyed by CPU model + torch
    version (+ the architecture), so later start-ups skip the probe.
 
-A first load does not wait for the probe: :func:`first_decision` takes the cached decision, else
+A first load does not wait for the probe: ``runtime.table.first_decision`` takes the cached decision, else
 the shipped table's (:mod:`clip_embeddings.runtime.table`), else exact fp32, at once, and
 :mod:`clip_embeddings.runtime.refine` probes in the background (``CLIP_AUTO_PROBE=0``: never).
 """
@@ -41,7 +41,7 @@ _log = logging.getLogger("clip_embeddings")
 
 __all__ = [
     "COSINE_BAR", "MARGIN", "TOWERS", "Capabilities", "Decision", "PathResult", "auto_decision", "decide",
-    "detect_capabilities", "first_decision", "first_paths", "path_name", "probe", "probe_allowed", "second_paths",
+    "detect_capabilities", "first_paths", "path_name", "probe", "probe_allowed", "second_paths",
 ]
 
 COSINE_BAR = 0.9999  # a reduced-precision path must keep every canary row this close to fp32
@@ -542,40 +542,3 @@ def probe_allowed() -> bool:
         True
     """
     return os.environ.get("CLIP_AUTO_PROBE", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def first_decision(model: torch.nn.Module, caps: Capabilities | None = None, *, onnx_available: bool = False,
-                   table: Sequence[Mapping[str, Any]] | None = None) -> Decision:
-    """What ``auto`` runs from the first call, without timing anything: the work is a file read.
-
-    In order: a model too small to probe runs exact fp32; a decision probed on this machine before
-    (the cache); the shipped table's entry for this CPU's ISA level, model family and torch
-    (``source="table"``); else exact fp32 with every rewrite (``source="default"``). Whether the
-    probe should still run is the caller's (:mod:`clip_embeddings.refine`): wherever
-    ``source != "probe"``.
-
-    Example:
-        >>> first_decision(ce.build_model(sd)).source  # doctest: +SKIP
-        'table'
-    """
-    from .table import load_table, table_decision
-    from .inference import applicable_rewrites
-
-    caps = caps or detect_capabilities()
-    rewrites = applicable_rewrites(model)
-    weights = matrix_weights(model)
-    if weights < MIN_PROBE_WEIGHTS:
-        return small_model_decision(caps, rewrites, weights)
-    architecture = architecture_of(model)
-    hit = cached_decision(caps, architecture)
-    if hit is not None:
-        return hit
-    by_dtype = {"fp32": rewrites}
-    if caps.native_bf16:
-        by_dtype["bf16"] = applicable_rewrites(model, torch.bfloat16)
-    decision = table_decision(caps, architecture, load_table() if table is None else table, rewrites=by_dtype,
-                              onnx_available=onnx_available)
-    if decision is not None:
-        return decision
-    return Decision("fp32", tuple(rewrites), f"no table entry for this CPU and model ({architecture}): exact fp32 "
-                    "with every rewrite until the probe has run", caps, source="default")

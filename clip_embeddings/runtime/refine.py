@@ -1,6 +1,6 @@
 """The slow part of ``dtype="auto"``, done in the background: the ONNX export and the probe.
 
-A first ``ClipEF()`` runs what :func:`~clip_embeddings.runtime.auto.first_decision` says at once (the
+A first ``ClipEF()`` runs what :func:`~clip_embeddings.runtime.table.first_decision` says at once (the
 cache, else the shipped table), so its first vector costs a model load, not a probe. What is
 left runs in one background thread, after the first forward pass has returned:
 
@@ -106,7 +106,7 @@ def interim_decision(decision: Decision, fp32_rewrites: tuple[str, ...]) -> Deci
 def auto_start(clip: torch.nn.Module, caps: Capabilities, onnx_file: Path | None) -> tuple[Decision, dict[str, Any]]:
     """``auto``'s first decision for ``clip`` (no timing), and the background work it leaves, if any.
 
-    The decision comes from the cache or the shipped table (:func:`runtime.first_decision`); where
+    The decision comes from the cache or the shipped table (:func:`~.table.first_decision`); where
     it runs ONNX Runtime's image tower and the export is not written yet, torch runs images until
     it is; where it was not probed on this machine, the probe is left to the background.
     ``pending`` holds what :func:`start_refinement` needs (empty: nothing left to do).
@@ -117,9 +117,10 @@ def auto_start(clip: torch.nn.Module, caps: Capabilities, onnx_file: Path | None
     from . import auto as runtime
     from . import onnx_backend
     from .inference import applicable_rewrites
+    from .table import first_decision
 
     available = onnx_backend.available() and onnx_file is not None
-    decision = runtime.first_decision(clip, caps, onnx_available=available)
+    decision = first_decision(clip, caps, onnx_available=available)
     if decision.dtype == "ort" and not available:  # uninstalled since it was decided
         decision = runtime.Decision("fp32", applicable_rewrites(clip), "ONNX Runtime was chosen but is not installed "
                                     "now: fp32 with every rewrite", caps, text=decision.text, source=decision.source)

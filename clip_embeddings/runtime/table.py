@@ -24,9 +24,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from . import auto
 from .auto import Capabilities, Decision
 
-__all__ = ["TABLE_FILE", "family_of", "isa_level", "load_table", "table_decision"]
+__all__ = ["TABLE_FILE", "family_of", "first_decision", "isa_level", "load_table", "table_decision"]
 
 TABLE_FILE = Path(__file__).resolve().parent.parent / "data" / "decision-table.json"
 TABLE_VERSION = 1
@@ -135,3 +138,39 @@ def load_table(path: Path = TABLE_FILE) -> tuple[dict[str, Any], ...]:
         _log.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         return ()
+
+
+def first_decision(model: torch.nn.Module, caps: Capabilities | None = None, *, onnx_available: bool = False,
+                   table: Sequence[Mapping[str, Any]] | None = None) -> Decision:
+    """What ``auto`` runs from the first call, without timing anything: the work is a file read.
+
+    In order: a model too small to probe runs exact fp32; a decision probed on this machine before
+    (the cache); the shipped table's entry for this CPU's ISA level, model family and torch
+    (``source="table"``); else exact fp32 with every rewrite (``source="default"``). Whether the
+    probe should still run is the caller's (:mod:`clip_embeddings.runtime.refine`): wherever
+    ``source != "probe"``.
+
+    Example:
+        >>> first_decision(ce.build_model(sd)).source  # doctest: +SKIP
+        'table'
+    """
+    from .inference import applicable_rewrites
+
+    caps = caps or auto.detect_capabilities()
+    rewrites = applicable_rewrites(model)
+    weights = auto.matrix_weights(model)
+    if weights < auto.MIN_PROBE_WEIGHTS:
+        return auto.small_model_decision(caps, rewrites, weights)
+    architecture = auto.architecture_of(model)
+    hit = auto.cached_decision(caps, architecture)
+    if hit is not None:
+        return hit
+    by_dtype = {"fp32": rewrites}
+    if caps.native_bf16:
+        by_dtype["bf16"] = applicable_rewrites(model, torch.bfloat16)
+    decision = table_decision(caps, architecture, load_table() if table is None else table, rewrites=by_dtype,
+                              onnx_available=onnx_available)
+    if decision is not None:
+        return decision
+    return Decision("fp32", tuple(rewrites), f"no table entry for this CPU and model ({architecture}): exact fp32 "
+                    "with every rewrite until the probe has run", caps, source="default")
