@@ -142,7 +142,7 @@ def fastembed_images(reference: torch.nn.Module, name: str, data_dir: Path):
         from fastembed import ImageEmbedding
     except ImportError as e:
         return None, f"fastembed is not installed ({e}): pip install 'clip-embeddings[bench]'"
-    from clip_embeddings.embedding import weights_digest
+    from clip_embeddings.embedding.loaded import weights_digest
 
     res = reference.visual.input_resolution
     folder = Path(data_dir) / "fastembed" / f"{name.replace('/', '-')}-{weights_digest(reference.state_dict())[:12]}"
