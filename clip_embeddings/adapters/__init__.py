@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote, unquote
 
 from ..errors import CollectionNotFoundError, StoreAddressError
 from .registry import StoreKind, kind_names, kinds

@@ -56,7 +56,8 @@ class ImageLoader:
         >>> client.create_collection("photos", embedding_function=ef, data_loader=ImageLoader.for_function(ef))  # doctest: +SKIP
     """
 
-    def __init__(self, options: LoaderOptions = DEFAULT_OPTIONS, num_workers: int = EmbeddingConfig.num_workers, ef: ClipEF | None = None):
+    def __init__(self, options: LoaderOptions = DEFAULT_OPTIONS, num_workers: int = EmbeddingConfig.num_workers,
+                 ef: ClipEF | None = None):
         self.options = options
         self.num_workers = num_workers
         self.ef = ef
@@ -106,7 +107,8 @@ class ChromaStore(Store):
                 # Chroma rebuilds ClipEF from the stored config; the loader must follow its policy.
                 ef = client.get_collection(name).configuration.get("embedding_function")
                 if not isinstance(ef, ClipEF):
-                    raise IncompatibleCollectionError(f"Chroma collection {name!r} was not made with clip-embeddings (its function: {ef!r})")
+                    raise IncompatibleCollectionError(
+                        f"Chroma collection {name!r} was not made with clip-embeddings (its function: {ef!r})")
             self.collection = client.get_collection(name, embedding_function=ef, data_loader=ImageLoader.for_function(ef))
         elif ef is None:
             raise self._missing()
