@@ -102,8 +102,8 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
         True
     """
     global _load_count
-    from ..runtime import onnx_backend
     from ..runtime import auto as runtime
+    from ..runtime import onnx_backend
     from ..runtime.inference import applicable_rewrites, prepare_for_inference
 
     device = torch.device(device or default_device())
