@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
                                  [[arch, d.precision, reason] for (arch, d), reason in zip(decided, why, strict=True)],
                                  align="lll", max_width=120))
     else:
-        text.append('dtype="auto": nothing decided yet on this CPU; the first ClipEF() load of a model probes it')
+        text.append('dtype="auto": nothing probed yet on this CPU; a first ClipEF() runs the shipped table\'s choice '
+                    'and probes in the background')
     emit(args, document, text)
     return 0
