@@ -14,29 +14,47 @@ loader options, the errors, and the task functions. Lower-level names (``CLIP``,
 importable from here and from their modules, outside ``__all__``.
 """
 
+from ._version import __version__
 from .adapters import open_store, registration
 from .adapters.base import IngestReport, Store
-from ._version import __version__
-from .embedding.cache import EmbeddingCache
 from .core.download import available_models
-from .embedding.function import ClipEF, ImageEmbeddings, SkippedItem
-from .inputs.options import LoaderOptions
-from .tasks.evaluation import evaluate
-from .tasks.finetune import finetune, linear_probe
-from .errors import (
-    BadRequest, CacheWarning, ClipError, ClipWarning, CollectionError, CollectionNotFoundError, ConfigError,
-    DownloadError, ImageLoadError, IncompatibleCollectionError, MissingExtraError, ModelLoadError,
-    ModelMismatchError, QueueFull, ServerError, StoreAddressError, TextTooLongError, UsageError,
-)
 from .core.loading import load
-from .core.tokenizer import tokenize
-from .tasks.zeroshot import ZeroShotClassifier, classify, moderate, similarity
 
 # Lower level, importable from here for existing code and docs, but not part of __all__.
 from .core.model import CLIP, build_model  # noqa: F401
 from .core.preprocess import Preprocess  # noqa: F401
+from .core.tokenizer import tokenize
+from .embedding.cache import EmbeddingCache
+from .embedding.function import ClipEF, ImageEmbeddings, SkippedItem
+from .errors import (
+    BadRequest,
+    CacheWarning,
+    ClipError,
+    ClipWarning,
+    CollectionError,
+    CollectionNotFoundError,
+    ConfigError,
+    DownloadError,
+    ImageLoadError,
+    IncompatibleCollectionError,
+    MissingExtraError,
+    ModelLoadError,
+    ModelMismatchError,
+    QueueFull,
+    ServerError,
+    StoreAddressError,
+    TextTooLongError,
+    UsageError,
+)
+from .inputs.options import LoaderOptions
 from .runtime.inference import optimize_for_inference  # noqa: F401
-from .tasks.finetune import contrastive_loss  # noqa: F401
+from .tasks.evaluation import evaluate
+from .tasks.finetune import (
+    contrastive_loss,  # noqa: F401
+    finetune,
+    linear_probe,
+)
+from .tasks.zeroshot import ZeroShotClassifier, classify, moderate, similarity
 
 registration.install()
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 import numpy as np
@@ -55,7 +55,7 @@ _DEFAULTS = EmbeddingConfig()
 
 # --- the registry function ------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _shared_ef(config: EmbeddingConfig) -> ClipEF:
     # One ClipEF per configuration per process: LanceDB re-creates the function from the schema
     # each time a table is opened, and the model behind it is loaded once anyway (shared_model).
@@ -146,7 +146,7 @@ class ClipLanceEmbeddings(EmbeddingFunction):
         out: list[np.ndarray | None] = [None] * len(items)
         present = [i for i, x in enumerate(items) if x is not None]
         if self.source == "text":
-            for i, v in zip(present, self.clip().embed_texts([items[i] for i in present])):
+            for i, v in zip(present, self.clip().embed_texts([items[i] for i in present]), strict=True):
                 out[i] = v
             return out
         result = self.clip().encode_images([items[i] for i in present], on_error=self.on_error)

@@ -23,16 +23,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import CacheWarning, EmbeddingCache
+from ..config import (
+    CONFIG_VERSION,  # noqa: F401 - re-exported: its old import path
+    EmbeddingConfig,
+    LongText,
+    OnError,
+    check_on_error,
+)
 from ..core.download import cache_dir
-from ..config import CONFIG_VERSION  # noqa: F401 - re-exported: its old import path
-from ..config import EmbeddingConfig, LongText, OnError, check_on_error
+from ..core.loading import check_model_reference, default_model
+from ..core.tokenizer import get_tokenizer, token_windows
 from ..errors import ClipError, ConfigError, ModelLoadError, ModelMismatchError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
-from ..core.loading import check_model_reference, default_model
+from .cache import CacheWarning, EmbeddingCache
 from .loaded import LoadedModel, shared_model
 from .pipeline import ImagePipeline, SkippedItem, l2_normalize
-from ..core.tokenizer import get_tokenizer, token_windows
 
 # long_text="chunk" embeds at most this many 75-token windows per text (about 20 KB of English):
 # one forward pass each, so a 1 MB text would otherwise cost thousands of them (66 s measured).
@@ -390,11 +395,11 @@ class ClipEF:
         image_at = [i for i, x in enumerate(input) if not isinstance(x, str)]
         rows: list[np.ndarray | None] = [None] * len(input)
         if text_at:
-            for i, v in zip(text_at, self.embed_texts([input[i] for i in text_at])):
+            for i, v in zip(text_at, self.embed_texts([input[i] for i in text_at]), strict=True):
                 rows[i] = v
         if image_at:
             # A database needs one row per input, so bad images always raise here.
-            for i, v in zip(image_at, self.encode_images([input[i] for i in image_at], on_error="raise").embeddings):
+            for i, v in zip(image_at, self.encode_images([input[i] for i in image_at], on_error="raise").embeddings, strict=True):
                 rows[i] = v
         return rows  # type: ignore[return-value]
 

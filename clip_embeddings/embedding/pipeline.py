@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import EmbeddingConfig, OnError
-from ..errors import ImageLoadError
-from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions, RawImage, describe
-from ..inputs.decode import decode_image
-from ..inputs.sources import read_image_source
+from ..config import EmbeddingConfig
+from ..config import OnError as OnError  # re-exported: its older import path
 from ..core.preprocess import Preprocess, resize_target
+from ..errors import ImageLoadError
+from ..inputs.decode import decode_image
+from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions, RawImage, describe
+from ..inputs.sources import read_image_source
 
 if TYPE_CHECKING:
     from .cache import EmbeddingCache
@@ -292,7 +293,8 @@ class ImagePipeline:
     """
 
     def __init__(self, encoder: Encoder | LoadedModel, *, options: LoaderOptions = DEFAULT_OPTIONS,
-                 cache: EmbeddingCache | None = None, batch_size: int = EmbeddingConfig.batch_size, num_workers: int = EmbeddingConfig.num_workers,
+                 cache: EmbeddingCache | None = None, batch_size: int = EmbeddingConfig.batch_size,
+                 num_workers: int = EmbeddingConfig.num_workers,
                  fast_decode: bool = True):
         self.encoder = encoder if hasattr(encoder, "encode") else LocalEncoder(encoder, options, fast_decode)
         self.options = options
