@@ -42,7 +42,6 @@ import os
 import re
 import socket
 import ssl
-import stat
 import threading
 import time
 import urllib.error
@@ -57,6 +56,7 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageLoadError
+from .user_files import Refused, read_regular_file, walk_folder
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -340,6 +340,8 @@ def read_image_source(item: ImageLike, options: LoaderOptions = DEFAULT_OPTIONS)
         ...
         clip_embeddings.errors.ImageLoadError: does-not-exist.jpg: file not found
     """
+    if isinstance(item, Refused):  # a folder walk's entry it could not read: reported as this item
+        raise ImageLoadError(item.reason, source=os.path.abspath(item.path))
     source = describe(item)
     if isinstance(item, str):
         low = item[:8].lower()
@@ -384,41 +386,14 @@ def read_image_source(item: ImageLike, options: LoaderOptions = DEFAULT_OPTIONS)
 
 
 def _read_file(path: Union[str, os.PathLike], source: str, options: LoaderOptions) -> bytes:
+    """A local file under the one rule for user files (:mod:`clip_embeddings.user_files`)."""
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        reason = "file not found"
-        if os.path.islink(path):
-            reason += " (broken symbolic link)"
-        raise ImageLoadError(reason, source=source) from None
-    except NotADirectoryError:
-        raise ImageLoadError("file not found (a parent in the path is not a folder)",
-                             source=source) from None
-    except PermissionError:
-        raise ImageLoadError("permission denied", source=source) from None
-    except (OSError, ValueError) as e:  # ValueError: embedded NUL byte
-        raise ImageLoadError(f"cannot read file: {getattr(e, 'strerror', None) or e}",
-                             source=source) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageLoadError("is a directory", source=source)
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
-        raise ImageLoadError("not a regular file", source=source)
-    if st.st_size == 0:
-        raise ImageLoadError("empty file (0 bytes)", source=source)
-    if st.st_size > options.max_bytes:
-        raise ImageLoadError(_too_big("file", st.st_size, options), source=source)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(options.max_bytes + 1)  # the file may have grown since stat
-    except PermissionError:
-        raise ImageLoadError("permission denied", source=source) from None
-    except OSError as e:
-        raise ImageLoadError(f"cannot read file: {e.strerror or e}", source=source) from None
+        data = read_regular_file(path, options.max_bytes, root=getattr(path, "root", None),
+                                 too_big=lambda size: _too_big("file", size, options))
+    except Refused as e:
+        raise ImageLoadError(e.reason, source=source) from None
     if not data:
         raise ImageLoadError("empty file (0 bytes)", source=source)
-    if len(data) > options.max_bytes:
-        raise ImageLoadError(f"file is larger than max_bytes={options.max_bytes} "
-                             f"({_fmt_bytes(options.max_bytes)})", source=source)
     return data
 
 
@@ -1103,13 +1078,15 @@ def load_image(item: ImageLike, options: LoaderOptions = DEFAULT_OPTIONS,
 
 def iter_image_files(folder: Union[str, os.PathLike],
                      extensions: Iterable[str] = IMAGE_EXTENSIONS,
-                     recursive: bool = True) -> Iterator[Path]:
+                     recursive: bool = True, *, on_error: str = "raise") -> Iterator[Path]:
     """The image files in ``folder``, in a sorted, deterministic order.
 
     Extensions are compared case-insensitively (``"JPG"``, ``".jpg"`` and ``"jpg"`` are the same).
     Hidden files and hidden folders (names starting with ``"."``) are skipped. Paths are sorted by
     their parts, by code point, so the order does not depend on the platform or the locale.
-    Symbolic links are followed, each folder at most once.
+    Symbolic links are followed inside ``folder``, each folder at most once; a link leading out of
+    it is not (:mod:`clip_embeddings.user_files`). A subfolder that cannot be listed, or such a link,
+    raises :class:`ImageLoadError` naming it (``on_error="skip"`` leaves them out).
 
     Example:
         >>> for path in iter_image_files("photos"):  # doctest: +SKIP
@@ -1122,32 +1099,8 @@ def iter_image_files(folder: Union[str, os.PathLike],
         raise ImageLoadError("folder not found", source=str(root))
     if not root.is_dir():
         raise ImageLoadError("not a folder", source=str(root))
-    wanted = frozenset("." + e.lower().lstrip(".") for e in extensions)
-    yield from _walk(root, wanted, recursive, set())
-
-
-def _walk(folder: Path, wanted: frozenset[str], recursive: bool,
-          seen: set[tuple[int, int]]) -> Iterator[Path]:
-    try:
-        st = folder.stat()
-        key = (st.st_dev, st.st_ino)
-        if key in seen:  # a symbolic link loop
-            return
-        seen.add(key)
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda entry: entry.name)
-    except OSError:
-        return  # unreadable subfolder: skipped, as a listing would
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        try:
-            is_dir = entry.is_dir()
-            is_file = not is_dir and entry.is_file()
-        except OSError:
-            continue
-        if is_dir:
-            if recursive:
-                yield from _walk(folder / entry.name, wanted, recursive, seen)
-        elif is_file and os.path.splitext(entry.name)[1].lower() in wanted:
-            yield folder / entry.name
+    for found in walk_folder(root, extensions, recursive):
+        if not isinstance(found, Refused):
+            yield found
+        elif on_error == "raise":
+            raise ImageLoadError(found.reason, source=found.path)
