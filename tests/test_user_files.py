@@ -24,12 +24,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings import cli
+from clip_embeddings.apps import cli
 from clip_embeddings.adapters import open_store
 from clip_embeddings.adapters.base import item_id
-from clip_embeddings.captions import folder_captions, read_captions_file
-from clip_embeddings.images import iter_image_files, read_image_source
-from clip_embeddings.user_files import FolderFile, Refused, read_regular_file, walk_folder
+from clip_embeddings.inputs.captions import folder_captions, read_captions_file
+from clip_embeddings.inputs.folders import iter_image_files
+from clip_embeddings.inputs.sources import read_image_source
+from clip_embeddings.inputs.user_files import FolderFile, Refused, read_regular_file, walk_folder
 
 SECRET = "TOP-SECRET-KEY-MATERIAL"
 AS_ROOT = os.geteuid() == 0  # root reads every file whatever its mode: "unreadable" needs another user
