@@ -24,7 +24,7 @@ import torch
 
 from .cache import CacheWarning, EmbeddingCache
 from ..core.download import cache_dir
-from ..errors import ClipError, ModelLoadError, ModelMismatchError
+from ..errors import ClipError, ImageLoadError, ModelLoadError, ModelMismatchError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from ..core.loading import check_model_reference, default_model
 from .loaded import LoadedModel, shared_model
@@ -338,8 +338,15 @@ class ClipEF:
             for i, v in zip(text_at, self.embed_texts([input[i] for i in text_at])):
                 rows[i] = v
         if image_at:
-            # A database needs one row per input, so bad images always raise here.
-            for i, v in zip(image_at, self.encode_images([input[i] for i in image_at], on_error="raise").embeddings):
+            # A database needs one row per input, so bad images always raise here, naming the
+            # bad image's place in ``input`` (the pipeline only saw the images).
+            try:
+                encoded = self.encode_images([input[i] for i in image_at], on_error="raise")
+            except ImageLoadError as e:
+                if e.index is None:
+                    raise
+                raise ImageLoadError(e.reason, index=image_at[e.index], source=e.source) from None
+            for i, v in zip(image_at, encoded.embeddings):
                 rows[i] = v
         return rows  # type: ignore[return-value]
 
