@@ -256,6 +256,7 @@ class ClipEF:
                     tokens[row, : len(sequences[i])] = torch.tensor(sequences[i])
                 features = lm.model.encode_text(tokens.to(lm.device)).float().cpu().numpy()
                 out[batch] = features
+        lm.used.set()  # dtype="auto"'s background work waits for the first forward pass
         return out
 
     # -- images --

@@ -266,6 +266,7 @@ class LocalEncoder:
         lm = self.loaded
         with torch.inference_mode():
             features = lm.model.encode_image(torch.stack(payloads).to(lm.device)).float().cpu().numpy()
+            lm.used.set()  # dtype="auto"'s background work waits for the first forward pass
         return l2_normalize(features), {}
 
 

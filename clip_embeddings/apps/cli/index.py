@@ -15,7 +15,7 @@ from .common import DB_MODULES, common_options, make_ef, model_options, positive
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``index`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("index", parents=[common_options(), store_options(), model_options()], help="embed a folder of images into a collection",
+    p = sub.add_parser("index", parents=[common_options(), store_options(), model_options(remote=True)], help="embed a folder of images into a collection",
                        description="Embed every image under FOLDER into a collection. Ids come from the image "
                                    "content, so re-indexing a folder stores nothing new.")
     p.add_argument("folder", metavar="FOLDER", help="folder of images to index")

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
                                   for arch, decision in sorted((a, runtime.decision_from_entry(d, caps)) for a, d in decisions.items())],
                                  align="lll", max_width=120))
     else:
-        text.append('dtype="auto": nothing decided yet on this CPU; the first ClipEF() load of a model probes it')
+        text.append('dtype="auto": nothing probed yet on this CPU; a first ClipEF() runs the shipped table\'s choice '
+                    'and probes in the background')
     emit(args, document, text)
     return 0
