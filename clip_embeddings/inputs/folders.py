@@ -9,12 +9,11 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Union
 
 from ..errors import ImageLoadError
 from .user_files import Refused, walk_folder
-
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -25,7 +24,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # Folders
 
 
-def iter_image_files(folder: Union[str, os.PathLike],
+def iter_image_files(folder: str | os.PathLike,
                      extensions: Iterable[str] = IMAGE_EXTENSIONS,
                      recursive: bool = True, *, on_error: str = "raise") -> Iterator[Path]:
     """The image files in ``folder``, in a sorted, deterministic order.

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         headers = ["rank", "score", "id", "source" if args.modality == "image" else "document"]
         if args.modality == "image" and any(h.document for h in hits):
             headers.append("caption")
-            for row, h in zip(rows, hits):
+            for row, h in zip(rows, hits, strict=True):
                 row.append(h.document or "")
         text.append(format_table(headers, rows, align="rrll", max_width=250))  # whole paths: they get copied
     emit(args, document, text)
