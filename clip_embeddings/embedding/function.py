@@ -33,7 +33,7 @@ from ..config import (
 from ..core.download import cache_dir
 from ..core.loading import check_model_reference, default_model
 from ..core.tokenizer import get_tokenizer, token_windows
-from ..errors import ClipError, ConfigError, ModelLoadError, ModelMismatchError
+from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from .cache import CacheWarning, EmbeddingCache
 from .loaded import LoadedModel, shared_model
@@ -398,8 +398,15 @@ class ClipEF:
             for i, v in zip(text_at, self.embed_texts([input[i] for i in text_at]), strict=True):
                 rows[i] = v
         if image_at:
-            # A database needs one row per input, so bad images always raise here.
-            for i, v in zip(image_at, self.encode_images([input[i] for i in image_at], on_error="raise").embeddings, strict=True):
+            # A database needs one row per input, so bad images always raise here, naming the
+            # bad image's place in ``input`` (the pipeline only saw the images).
+            try:
+                encoded = self.encode_images([input[i] for i in image_at], on_error="raise")
+            except ImageLoadError as e:
+                if e.index is None:
+                    raise
+                raise ImageLoadError(e.reason, index=image_at[e.index], source=e.source) from None
+            for i, v in zip(image_at, encoded.embeddings, strict=True):
                 rows[i] = v
         return rows  # type: ignore[return-value]
 

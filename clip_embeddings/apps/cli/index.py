@@ -89,15 +89,25 @@ def run(args: argparse.Namespace) -> int:
     ])
     if not getattr(args, "json", False):
         _print_skipped(report.skipped)
+    if report.unread_folders:  # what they hold is in no count: the run did not do what was asked
+        print(f"error: {len(report.unread_folders)} folder(s) could not be read, so the report is incomplete: "
+              + ", ".join(report.unread_folders), file=sys.stderr)
+        return 1
     return 0
 
 
 def _captions(args: argparse.Namespace) -> dict[str, str] | bool:
-    """``--captions FILE`` read now (a bad file fails before the model loads); else auto, or none."""
+    """The captions file, read now (a bad one fails, named, before the model loads); or False for none.
+
+    ``--captions FILE``, else ``FOLDER/captions.json`` or ``.csv`` if there is one; ``True`` leaves
+    only the sidecar ``.txt`` files, which are read image by image.
+    """
     if args.no_captions:
         return False
     if args.captions is None:
-        return True
+        from ...inputs.captions import folder_captions
+
+        return folder_captions(args.folder) or True
     from ...inputs.captions import read_captions_file
 
     path = Path(args.captions)
