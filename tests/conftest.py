@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,50 @@ def chroma_server(tmp_path_factory):
         pytest.skip("the `chroma` command (from chromadb) is not installed")
     with chroma_server_at(tmp_path_factory.mktemp("chroma-server")) as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """One PostgreSQL with pgvector for the whole session (the ``pgserver`` wheel ships both and
+    runs them offline; as root it runs them as a ``pgserver`` user); stopped at the end."""
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def store_location(request, tmp_path):
+    """``store_location(kind, tag="")``: a fresh, empty place for a store of ``kind`` in this test.
+
+    A folder for Chroma, Qdrant and LanceDB, a ``.db`` file for Milvus Lite, and for pgvector a
+    URL to a new database on the session's PostgreSQL. ``tag`` tells apart two places of one
+    kind in one test; ``missing=True`` gives a place where no database is.
+    """
+    made: dict[tuple[str, str], str] = {}
+
+    def location(kind: str, tag: str = "", *, missing: bool = False) -> str:
+        if (kind, tag) in made:
+            return made[(kind, tag)]
+        if kind == "pgvector":
+            server = request.getfixturevalue("postgres_server")
+            database = f"t{next(_DATABASES)}"
+            if not missing:
+                import psycopg
+
+                with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+                    conn.execute(f"CREATE DATABASE {database}")  # a name made here, no user input
+            made[(kind, tag)] = server.get_uri(database)
+        elif kind == "milvus":
+            made[(kind, tag)] = str(tmp_path / f"milvus{tag}.db")
+        else:
+            made[(kind, tag)] = str(tmp_path / f"{kind}{tag}")
+        return made[(kind, tag)]
+
+    return location
+
+
+_DATABASES = itertools.count()
 
 
 @pytest.fixture

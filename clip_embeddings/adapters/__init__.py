@@ -20,8 +20,12 @@ if TYPE_CHECKING:
     from ..embedding import ClipEF
     from .base import Store
 
-Kind = Literal["chroma", "qdrant", "lancedb"]
-KINDS: tuple[str, ...] = ("chroma", "qdrant", "lancedb")
+Kind = Literal["chroma", "qdrant", "lancedb", "pgvector", "milvus"]
+KINDS: tuple[str, ...] = ("chroma", "qdrant", "lancedb", "pgvector", "milvus")
+# The kinds whose location is not a plain folder (issue 23): PostgreSQL is always a server URL,
+# and a Milvus Lite database is a path named *.db (a file or a folder, by milvus-lite version).
+_URL_SCHEMES = {"pgvector": ("postgresql://", "postgres://")}
+_FILE_KINDS = ("milvus",)
 
 
 def open_store(kind: Kind, location: str | os.PathLike, name: str, ef: ClipEF | None = None, *,
@@ -29,8 +33,9 @@ def open_store(kind: Kind, location: str | os.PathLike, name: str, ef: ClipEF | 
     """Open (or create, given ``ef``) collection ``name`` of database ``kind`` at ``location``.
 
     ``location`` is a directory for a persistent local store, ``":memory:"`` for a throwaway one
-    (all three), or an ``http(s)://`` URL of a Chroma or Qdrant server. LanceDB also takes its
-    own URIs (``s3://...``, ``db://...``). With ``ef=None`` (or ``create=False``) the collection
+    (Chroma, Qdrant, LanceDB), or an ``http(s)://`` URL of a Chroma, Qdrant or Milvus server.
+    LanceDB also takes its own URIs (``s3://...``, ``db://...``); pgvector takes a
+    ``postgresql://`` URL; Milvus Lite a ``.db`` file. With ``ef=None`` (or ``create=False``) the collection
     must exist, nothing is created on disk, and without ``ef`` its stored config rebuilds the
     embedding function; a missing one raises :class:`~clip_embeddings.errors.CollectionNotFoundError`.
     A store that cannot be created (weights that do not load, say) leaves no folder behind.
@@ -38,6 +43,8 @@ def open_store(kind: Kind, location: str | os.PathLike, name: str, ef: ClipEF | 
     Example:
         >>> store = open_store("qdrant", "qdrant-db", "photos", ClipEF())  # doctest: +SKIP
         >>> store = open_store("chroma", "http://localhost:8000", "photos")  # doctest: +SKIP
+        >>> store = open_store("pgvector", "postgresql://localhost/db", "photos", ClipEF())  # doctest: +SKIP
+        >>> store = open_store("milvus", "./photos.db", "photos", ClipEF())  # doctest: +SKIP
         >>> store.query("a cat", k=3)  # doctest: +SKIP
     """
     if kind not in KINDS:
@@ -57,7 +64,7 @@ def open_store(kind: Kind, location: str | os.PathLike, name: str, ef: ClipEF | 
         try:
             return _open(kind, location, name, ef)
         except BaseException:
-            shutil.rmtree(location, ignore_errors=True)  # created by this call: no half-made database
+            _remove(location)  # created by this call: no half-made database
             raise
     return _open(kind, location, name, ef)
 
@@ -76,6 +83,8 @@ def check_location(kind: str, location: str | os.PathLike) -> str:
         raise ValueError("the location is empty; give a folder, ':memory:' or a server URL")
     if _HOST_PORT.match(location):
         raise ValueError(f"{location} looks like a server address without a scheme; write http://{location}")
+    if kind in _URL_SCHEMES or kind in _FILE_KINDS:
+        return _check_url_or_file_location(kind, location)
     if "://" not in location and location != ":memory:" and os.path.isfile(location):
         raise ValueError(f"{location} is a file; the location of a {kind} database is a folder (created if "
                          "missing) or a server URL such as http://localhost:8000")
@@ -120,9 +129,31 @@ def parse_sink(sink: str) -> tuple[Kind, str, str]:
     raise ValueError(f"{sink!r}: unknown store scheme {scheme!r} (lancedb, chroma+http(s), qdrant+http(s))")
 
 
+def _check_url_or_file_location(kind: str, location: str) -> str:
+    """pgvector: a ``postgresql://`` URL; Milvus: an ``http(s)://`` URL or a Milvus Lite ``.db`` file."""
+    if kind == "pgvector" and not location.startswith(_URL_SCHEMES["pgvector"]):
+        raise ValueError(f"{location!r}: a pgvector location is a PostgreSQL URL such as "
+                         "postgresql://user:password@localhost:5432/database")
+    if kind == "milvus" and "://" in location and not location.startswith(("http://", "https://")):
+        raise ValueError(f"{location!r}: a Milvus server location is an http:// or https:// URL")
+    if kind == "milvus" and "://" not in location and not location.endswith(".db"):
+        raise ValueError(f"{location!r}: a Milvus Lite database is a path whose name ends in .db, "
+                         "such as ./photos.db (or give a Milvus server URL, http://localhost:19530)")
+    return location
+
+
+def _remove(location: str) -> None:
+    if os.path.isdir(location):
+        shutil.rmtree(location, ignore_errors=True)
+    elif os.path.isfile(location):
+        os.remove(location)
+
+
 def _has_database(kind: str, location: str) -> bool:
     """Whether a local folder holds a database of this kind (checked without opening it, which
     would create one: Chroma and Qdrant write their files as soon as a client opens a folder)."""
+    if kind in _FILE_KINDS:
+        return os.path.exists(location)
     marker = {"chroma": "chroma.sqlite3", "qdrant": "meta.json"}.get(kind)
     return os.path.isdir(location) and (marker is None or os.path.exists(os.path.join(location, marker)))
 
@@ -132,6 +163,14 @@ _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
 
 def _open(kind: str, location: str, name: str, ef: ClipEF | None) -> Store:
     is_url = location.startswith(("http://", "https://"))
+    if kind == "pgvector":
+        from .pgvector import PgVectorStore
+
+        return PgVectorStore(location, name, ef)
+    if kind == "milvus":
+        from .milvus import MilvusStore
+
+        return MilvusStore(location, name, ef)
     if kind == "chroma":
         from .chroma import ChromaStore
 
