@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,13 +57,33 @@ def chroma_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
+def postgres_server():
     """One PostgreSQL with pgvector for the whole session (the ``pgserver`` wheel ships both and
     runs them offline; as root it runs them as a ``pgserver`` user); stopped at the end."""
     pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    # Not under pytest's temp root: pytest makes that 0700 on each start, which would shut the
+    # server's own user out of its data folder if another session starts meanwhile.
+    data = tempfile.mkdtemp(prefix="clip-embeddings-postgres-")
+    server = pgserver.get_server(data, cleanup_mode="delete")
     yield server
     server.cleanup()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_database(request):
+    """``postgres_database()``: the URL of a new, empty database on the session's PostgreSQL."""
+
+    def make() -> str:
+        import psycopg
+
+        server = request.getfixturevalue("postgres_server")
+        database = f"t{next(_DATABASES)}"
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {database}")  # a name made here, no user input
+        return server.get_uri(database)
+
+    return make
 
 
 @pytest.fixture
@@ -77,15 +99,10 @@ def store_location(request, tmp_path):
     def location(kind: str, tag: str = "", *, missing: bool = False) -> str:
         if (kind, tag) in made:
             return made[(kind, tag)]
-        if kind == "pgvector":
-            server = request.getfixturevalue("postgres_server")
-            database = f"t{next(_DATABASES)}"
-            if not missing:
-                import psycopg
-
-                with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-                    conn.execute(f"CREATE DATABASE {database}")  # a name made here, no user input
-            made[(kind, tag)] = server.get_uri(database)
+        if kind == "pgvector" and missing:
+            made[(kind, tag)] = request.getfixturevalue("postgres_server").get_uri(f"t{next(_DATABASES)}")
+        elif kind == "pgvector":
+            made[(kind, tag)] = request.getfixturevalue("postgres_database")()
         elif kind == "milvus":
             made[(kind, tag)] = str(tmp_path / f"milvus{tag}.db")
         else:
