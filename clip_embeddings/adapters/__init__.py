@@ -101,32 +101,45 @@ def check_location(kind: str, location: str | os.PathLike) -> str:
 def parse_sink(sink: str) -> tuple[Kind, str, str]:
     """A one-string store address as ``(kind, location, name)``, for the Ray engine and scripts.
 
-    Forms: ``lancedb://DIR/TABLE``, ``chroma+http://HOST:PORT/COLLECTION`` and
-    ``qdrant+http://HOST:PORT/COLLECTION`` (``+https`` for TLS).
+    Forms: ``lancedb://DIR/TABLE``, ``chroma+http://HOST:PORT/COLLECTION``,
+    ``qdrant+http://HOST:PORT/COLLECTION``, ``milvus+http://HOST:PORT/COLLECTION`` (``+https``
+    for TLS), ``milvus://PATH.db/COLLECTION`` (Milvus Lite: one process) and
+    ``pgvector+postgresql://USER@HOST:PORT/DATABASE/TABLE`` (a query string stays with the URL).
 
     Example:
         >>> parse_sink("chroma+http://127.0.0.1:8000/photos")
         ('chroma', 'http://127.0.0.1:8000', 'photos')
         >>> parse_sink("lancedb:///data/db/photos")
         ('lancedb', '/data/db', 'photos')
+        >>> parse_sink("pgvector+postgresql://me@db.local:5432/media/photos?sslmode=require")
+        ('pgvector', 'postgresql://me@db.local:5432/media?sslmode=require', 'photos')
+        >>> parse_sink("milvus:///data/photos.db/photos")
+        ('milvus', '/data/photos.db', 'photos')
     """
     if "://" not in sink:
         raise ValueError(f"not a store address: {sink!r} (expected lancedb://DIR/TABLE, "
                          "chroma+http://HOST:PORT/NAME or qdrant+http://HOST:PORT/NAME)")
     scheme, rest = sink.split("://", 1)
-    if scheme == "lancedb":
+    if scheme in ("lancedb", "milvus"):
         location, _, name = rest.rstrip("/").rpartition("/")
         if not location or not name:
-            raise ValueError(f"{sink!r}: expected lancedb://DIR/TABLE")
-        return "lancedb", location, name
+            raise ValueError(f"{sink!r}: expected {scheme}://{'PATH.db' if scheme == 'milvus' else 'DIR'}/TABLE")
+        return scheme, location, name  # type: ignore[return-value]
+    if scheme in ("pgvector+postgresql", "pgvector+postgres"):
+        path, _, query = rest.partition("?")
+        location, _, name = path.rstrip("/").rpartition("/")
+        if "/" not in location or not name:
+            raise ValueError(f"{sink!r}: expected pgvector+postgresql://USER@HOST:PORT/DATABASE/TABLE")
+        return "pgvector", f"postgresql://{location}" + (f"?{query}" if query else ""), name
     db, _, transport = scheme.partition("+")
-    if db in ("chroma", "qdrant") and transport in ("http", "https"):
+    if db in ("chroma", "qdrant", "milvus") and transport in ("http", "https"):
         url = urlparse(f"{transport}://{rest}")
         name = url.path.strip("/")
         if not url.hostname or not name or "/" in name:
             raise ValueError(f"{sink!r}: expected {db}+{transport}://HOST:PORT/COLLECTION")
         return db, f"{transport}://{url.netloc}", name  # type: ignore[return-value]
-    raise ValueError(f"{sink!r}: unknown store scheme {scheme!r} (lancedb, chroma+http(s), qdrant+http(s))")
+    raise ValueError(f"{sink!r}: unknown store scheme {scheme!r} (lancedb, chroma+http(s), qdrant+http(s), "
+                     "milvus, milvus+http(s), pgvector+postgresql)")
 
 
 def _check_url_or_file_location(kind: str, location: str) -> str:

@@ -40,7 +40,7 @@ from .._extras import require
 require("pymilvus", extra="milvus")  # before the import below: names the extra when it is missing
 from pymilvus import DataType, MilvusClient  # noqa: E402
 
-from ..embedding import ClipEF
+from ..embedding.function import ClipEF
 from .base import Hit, Modality, Record, Store, row_id
 
 CONFIG_KEY = "clip_embeddings"  # collection property holding ClipEF.get_config() as JSON

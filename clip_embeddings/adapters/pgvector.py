@@ -52,7 +52,7 @@ from pgvector.psycopg import register_vector  # noqa: E402
 from psycopg import sql  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 
-from ..embedding import ClipEF
+from ..embedding.function import ClipEF
 from ..errors import CollectionNotFoundError
 from .base import Hit, Modality, Record, Store, row_id
 

@@ -47,10 +47,10 @@ from llama_index.core.schema import Document, ImageDocument, ImageNode, NodeWith
 from pydantic import PrivateAttr  # noqa: E402
 
 from ..adapters.base import Hit, Store
-from ..captions import caption_for, folder_captions
-from ..embedding import ClipEF
+from ..inputs.captions import caption_for, folder_captions
+from ..embedding.function import ClipEF
 from ..errors import ModelMismatchError
-from ..images import iter_image_files
+from ..inputs.folders import iter_image_files
 
 CONFIG_FILE = "clip_embeddings.json"  # beside LlamaIndex's own files in a persist dir
 

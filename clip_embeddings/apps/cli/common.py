@@ -14,8 +14,9 @@ from typing import Any
 from ...core.loading import default_model
 from ..console import UsageError, format_table, status
 
-DBS = ("chroma", "qdrant", "lancedb")
-DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qdrant"), "lancedb": ("lancedb", "lancedb")}
+DBS = ("chroma", "qdrant", "lancedb", "pgvector", "milvus")
+DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qdrant"), "lancedb": ("lancedb", "lancedb"),
+              "pgvector": ("psycopg", "pgvector"), "milvus": ("pymilvus", "milvus")}
 
 
 def make_ef(args: argparse.Namespace, **options: Any):
@@ -117,7 +118,8 @@ def store_options() -> argparse.ArgumentParser:
     group = parent.add_argument_group("database")
     group.add_argument("--db", choices=DBS, default="chroma", help="vector database (default: chroma)")
     group.add_argument("--location", required=True, metavar="PATH_OR_URL",
-                       help="a local folder for an embedded database, or a server URL (http://host:port)")
+                       help="a local folder for an embedded database, or a server URL (http://host:port); "
+                            "pgvector: postgresql://user@host:5432/database; milvus: ./NAME.db or http://host:19530")
     group.add_argument("--collection", required=True, metavar="NAME", help="collection (table) name")
     return parent
 

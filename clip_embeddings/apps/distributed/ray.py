@@ -257,7 +257,9 @@ def open_sink(sink: str | Store | tuple[Any, str], ef: ClipEF) -> Store:
 
     ``sink`` is a Store, a ``(chromadb client, collection name)`` pair, or an address that
     :func:`clip_embeddings.adapters.parse_sink` reads: ``lancedb://DIR/TABLE``,
-    ``chroma+http://HOST:PORT/COLLECTION`` or ``qdrant+http://HOST:6333/COLLECTION`` (``+https`` for TLS).
+    ``chroma+http://HOST:PORT/COLLECTION``, ``qdrant+http://HOST:6333/COLLECTION``,
+    ``milvus+http://HOST:19530/COLLECTION`` (``+https`` for TLS), ``milvus://PATH.db/COLLECTION``
+    or ``pgvector+postgresql://USER@HOST:PORT/DATABASE/TABLE``.
 
     Example:
         >>> store = open_sink("chroma+http://127.0.0.1:8000/photos", ClipEF())  # doctest: +SKIP
