@@ -36,6 +36,8 @@ def main() -> None:
     import clip_embeddings as ce
     from clip_embeddings.adapters import open_store
 
+    ef = ce.ClipEF(args.model)
+    ef.dim  # noqa: B018 - load the weights first: a bad --model is reported before any server starts
     location, server = args.location, None
     if location is None:
         import pgserver
@@ -45,7 +47,7 @@ def main() -> None:
     files, captions = photos_with_captions(Path(args.images))
     albums = [{"album": "space" if f.stem in ("astronaut", "galaxies", "rocket") else "earth"} for f in files]
 
-    store = open_store("pgvector", location, "photos", ce.ClipEF(args.model))
+    store = open_store("pgvector", location, "photos", ef)
     print(store.add_images(files, captions=captions, metadatas=albums, on_error="skip"))
     print(f"items in the table: {store.count()}; index: {store.index_parameters()}")
 
