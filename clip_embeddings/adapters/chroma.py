@@ -27,9 +27,9 @@ require("chromadb", extra="chroma")  # before the imports below: names the extra
 from chromadb.utils.embedding_functions import register_embedding_function  # noqa: E402
 
 from ..embedding.function import ClipEF
+from ..embedding.pipeline import decode_many
 from ..errors import ImageLoadError
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
-from ..embedding.pipeline import decode_many
 from .base import Hit, Modality, Record, Store, row_id
 
 register_embedding_function(ClipEF)
@@ -67,7 +67,7 @@ class ImageLoader:
         local = self.ef is not None and self.ef.fast_decode and not self.ef.server  # a server decodes its own
         draft = self.ef.loaded_model().preprocess.resolution if local else None
         images = decode_many([uris[i] for i in wanted], self.options, workers=self.num_workers, draft_resolution=draft)
-        for i, image in zip(wanted, images):
+        for i, image in zip(wanted, images, strict=True):
             if isinstance(image, ImageLoadError):
                 raise ImageLoadError(image.reason, index=i, source=image.source)
             out[i] = np.asarray(image)
@@ -150,7 +150,7 @@ class ChromaStore(Store):
             query_embeddings=[vector], n_results=k, where=condition, include=["metadatas", "documents", "distances"]
         )
         hits = []
-        for meta, doc, distance in zip(result["metadatas"][0], result["documents"][0], result["distances"][0]):
+        for meta, doc, distance in zip(result["metadatas"][0], result["documents"][0], result["distances"][0], strict=True):
             meta = dict(meta)
             item = meta.pop("item_id")
             for key in ("modality", "digest"):
@@ -162,7 +162,8 @@ class ChromaStore(Store):
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
         got = self.collection.get(ids=list(rows), include=["metadatas", "documents"])
-        return {rows[i]: ((meta or {}).get("digest"), doc) for i, meta, doc in zip(got["ids"], got["metadatas"], got["documents"])}
+        triples = zip(got["ids"], got["metadatas"], got["documents"], strict=True)
+        return {rows[i]: ((meta or {}).get("digest"), doc) for i, meta, doc in triples}
 
     def count(self, modality: Modality | None = None) -> int:
         if modality is not None:

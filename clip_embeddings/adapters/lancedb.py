@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 import numpy as np
@@ -46,7 +46,7 @@ COLUMNS = ("id", "item_id", "modality", "source", "document", "digest")
 
 # --- the registry function ------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _shared_ef(model: str, device: str | None, dtype: str | None, batch_size: int, long_text: str,
                fingerprint: str | None, dim: int | None, loader_options: LoaderOptions = DEFAULT_OPTIONS,
                num_workers: int = 4) -> ClipEF:
@@ -129,7 +129,7 @@ class ClipLanceEmbeddings(EmbeddingFunction):
         out: list[np.ndarray | None] = [None] * len(items)
         present = [i for i, x in enumerate(items) if x is not None]
         if self.source == "text":
-            for i, v in zip(present, self.clip().embed_texts([items[i] for i in present])):
+            for i, v in zip(present, self.clip().embed_texts([items[i] for i in present]), strict=True):
                 out[i] = v
             return out
         result = self.clip().encode_images([items[i] for i in present], on_error=self.on_error)
