@@ -254,7 +254,8 @@ def open_sink(sink: str | Store | tuple[Any, str], ef: ClipEF) -> Store:
     ``sink`` is a Store, a ``(chromadb client, collection name)`` pair, or a store address
     (:func:`clip_embeddings.adapters.parse_address`): ``lancedb:///DIR#TABLE``,
     ``chroma+http://HOST:PORT#COLLECTION``, ``qdrant+https://HOST:6333#COLLECTION``..., or the
-    older ``lancedb://DIR/TABLE`` and ``chroma+http://HOST:PORT/COLLECTION``.
+    older ``lancedb://DIR/TABLE``, ``chroma+http://HOST:PORT/COLLECTION``, ``milvus://PATH.db/COLLECTION``
+    and ``pgvector+postgresql://USER@HOST:PORT/DATABASE/TABLE``.
 
     Example:
         >>> store = open_sink("chroma+http://127.0.0.1:8000/photos", ClipEF())  # doctest: +SKIP
