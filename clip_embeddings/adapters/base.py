@@ -30,12 +30,14 @@ from ..collection import query as compound
 from ..collection import sync as folder_sync
 from ..collection.query import Item
 from ..collection.records import expand_tags, matches
+from ..config import check_on_error
 from ..embedding.function import ClipEF
 from ..embedding.pipeline import ImageResult, OnError, SkippedItem
-from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
+from ..errors import CollectionNotFoundError, ImageLoadError, IncompatibleCollectionError, ModelMismatchError
 from ..inputs.captions import caption_for, folder_captions
-from ..inputs.folders import IMAGE_EXTENSIONS, iter_image_files
+from ..inputs.folders import IMAGE_EXTENSIONS
 from ..inputs.options import ImageLike
+from ..inputs.user_files import FolderFile, Refused, walk_folder
 from ..tasks.tags import Tagger, as_tagger
 from .report import IngestReport
 
@@ -165,8 +167,9 @@ class Store(ABC):
             return ef
         stored = self._stored_config()
         if stored is None:
-            raise ValueError(f"{self.describe()} has no clip-embeddings config (was it made by clip-embeddings?); "
-                             "pass ef=ClipEF(...) to open it")
+            raise IncompatibleCollectionError(
+                f"{self.describe()} has no clip-embeddings config (was it made by clip-embeddings?); "
+                "pass ef=ClipEF(...) to open it")
         return ClipEF.build_from_config(stored)
 
     def _missing(self) -> CollectionNotFoundError:
@@ -234,8 +237,7 @@ class Store(ABC):
 
     def _ingest(self, entries: Iterable[_Entry], on_error: OnError, progress: bool,
                 total: int | None, tagger: Tagger | None = None) -> Iterator[IngestReport]:
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        check_on_error(on_error)
         seen: set[str] = set()  # item ids of this ingest: the same content twice is stored once
         buffered: dict[str, list[Record]] = {}
         report, since = IngestReport(), time.monotonic()
@@ -248,6 +250,8 @@ class Store(ABC):
                         failure = r.error()
                         break
                     report.skipped.append(r.skipped())
+                    if isinstance(r.entry.image, Refused) and r.entry.image.folder:
+                        report.unread_folders.append(r.source)
                     continue
                 report.cache_hits += r.cached
                 item = r.entry.id or item_id("image", r.digest)
@@ -261,7 +265,7 @@ class Store(ABC):
             tagged = tagger.metadata(np.stack([r.vector for _, r in items])) if tagger and items else None
             for n, (item, r) in enumerate(items):
                 buffered[item] = [_image_record(item, r, tagged[n] if tagged else None)]
-            for (item, r), vector in zip(captioned, caption_vectors):
+            for (item, _), vector in zip(captioned, caption_vectors, strict=True):
                 buffered[item].append(replace(buffered[item][0], modality="text", vector=vector))
             # Few large writes cost a database far less than many small ones (LanceDB keeps every
             # version's metadata in memory); the time bound caps what a crash can lose.
@@ -302,7 +306,7 @@ class Store(ABC):
                 meta = dict(metadatas[i] or {}) if metadatas is not None else {}
                 records[item] = [Record(item, "text", np.empty(0, np.float32), digest, document=texts[i], metadata=meta)]
             vectors = self.ef.embed_texts([rs[0].document for rs in records.values()]) if records else []
-            for rs, vector in zip(records.values(), vectors):
+            for rs, vector in zip(records.values(), vectors, strict=True):
                 rs[0].vector = vector
             self._store(records, report)
         return report
@@ -385,21 +389,26 @@ class Store(ABC):
         if not folder.is_dir():
             raise ImageLoadError("not a folder (index_folder takes a directory of images)", source=str(folder))
         root = os.path.abspath(folder)
+        unread: list[str] = []
         files = list(folder_sync.local_files(folder, extensions=extensions, recursive=recursive, captions=captions,
-                                      cache=self.ef.cache))
+                                             cache=self.ef.cache, unread=unread))
         ours, others = folder_sync.stored_items(self.records(with_vectors=False), root, extensions, recursive)
-        plan = folder_sync.plan_sync(files, ours, lambda digest: item_id("image", digest), others.__contains__)
+        plan = folder_sync.plan_sync(files, ours, lambda digest: item_id("image", digest), others.__contains__, unread)
         counts = plan.summary()
         report = IngestReport(new=counts["added"], updated=counts["updated"], renamed=counts["renamed"],
                               removed=counts["removed"], present=counts["unchanged"], duplicates=plan.duplicates,
                               sync=True, dry_run=dry_run)
         report.skipped = [SkippedItem(i, f.path, "cannot read the file") for i, f in enumerate(files) if f.digest is None]
+        report.unread_folders = unread
+        report.skipped += [SkippedItem(-1, path, "cannot list the folder: what it holds is kept as stored")
+                           for path in unread]
         if dry_run:
             return report
         if plan.rename:
             self._write_batches(folder_sync.renamed_records(self.records(), plan))
         self._delete([(item, m) for item in plan.to_delete for m in ("image", "text")])
-        entries = (_Entry(Path(f.path), caption=f.caption) for f in plan.to_ingest)
+        real_root = os.path.realpath(folder)
+        entries = (_Entry(FolderFile(f.path, real_root), caption=f.caption) for f in plan.to_ingest)
         ingested = IngestReport.collect(self._ingest(entries, on_error, progress, len(plan.to_ingest), tagger))
         # A file that could not be embedded now was planned as added or updated: count it as skipped.
         failed = {s.source for s in ingested.skipped}
@@ -419,10 +428,21 @@ class Store(ABC):
         if not folder.is_dir():
             raise ImageLoadError("not a folder (index_folder takes a directory of images)", source=str(folder))
         lookup = folder_captions(folder) if captions is True else (captions or {})
-        sidecars = captions is not False
-        entries = (_Entry(path, caption=caption_for(lookup, folder, path, sidecars=sidecars))
-                   for path in iter_image_files(folder, extensions=extensions, recursive=recursive))
-        return self._ingest(entries, on_error, progress, None, as_tagger(self.ef, tags))
+        sidecars, root = captions is not False, os.path.realpath(folder)
+
+        def entries() -> Iterator[_Entry]:
+            for found in walk_folder(folder, extensions, recursive):
+                if isinstance(found, Refused):
+                    yield _Entry(found)
+                    continue
+                try:
+                    caption = caption_for(lookup, folder, found, sidecars=sidecars, root=root)
+                except Refused as e:  # its caption cannot be read: the item is not stored half-done
+                    yield _Entry(Refused(str(found), f"caption file {e.path}: {e.reason}"))
+                    continue
+                yield _Entry(FolderFile(found, root), caption=caption)
+
+        return self._ingest(entries(), on_error, progress, None, as_tagger(self.ef, tags))
 
     def records(self, modality: Modality | None = None, *, batch_size: int = 512,
                 with_vectors: bool = True) -> Iterator[Record]:

@@ -18,7 +18,9 @@ class IngestReport:
     were stored already with the same content, so nothing was written;
     ``duplicates`` are inputs whose content (or id) came earlier in the same ingest and is stored
     once; ``skipped`` inputs could not be embedded, each with its reason. ``ids`` lists the item ids
-    of every input now in the store, new or present, once each, in input order.
+    of every input now in the store, new or present, once each, in input order. ``unread_folders``
+    (also in ``skipped``) are folders of an ``index_folder`` that could not be listed: what they
+    hold is in no count, so the report is incomplete when there are any.
 
     A sync (``index_folder(..., sync=True)``) also counts ``renamed`` items (same content, new
     path) and ``removed`` ones (file gone); there ``new`` is what it added and ``updated`` what
@@ -36,6 +38,7 @@ class IngestReport:
     duplicates: int = 0
     skipped: list[SkippedItem] = field(default_factory=list)
     cache_hits: int = 0
+    unread_folders: list[str] = field(default_factory=list)
     renamed: int = 0
     removed: int = 0
     sync: bool = False
@@ -63,6 +66,7 @@ class IngestReport:
         self.duplicates += other.duplicates
         self.skipped += other.skipped
         self.cache_hits += other.cache_hits
+        self.unread_folders += other.unread_folders
         self.renamed += other.renamed
         self.removed += other.removed
         return self
@@ -71,7 +75,7 @@ class IngestReport:
         """The counts and the skipped items (index, source, reason) as plain JSON-able values."""
         return {"new": self.new, "updated": self.updated, "present": self.present, "duplicates": self.duplicates,
                 "skipped": [{"index": s.index, "source": s.source, "reason": s.reason} for s in self.skipped],
-                "cache_hits": self.cache_hits,
+                "cache_hits": self.cache_hits, "unread_folders": list(self.unread_folders),
                 **({"renamed": self.renamed, "removed": self.removed, "dry_run": self.dry_run} if self.sync else {})}
 
     def __str__(self) -> str:

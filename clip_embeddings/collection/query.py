@@ -179,11 +179,11 @@ def query_vector(store: QueryStore, terms: Sequence[Term]) -> np.ndarray:
     images = [i for i, t in enumerate(terms) if t.kind == "image"]
     items = [i for i, t in enumerate(terms) if t.kind == "item"]
     if texts:
-        for i, v in zip(texts, store.ef.embed_texts([terms[i].value for i in texts])):
+        for i, v in zip(texts, store.ef.embed_texts([terms[i].value for i in texts]), strict=True):
             vectors[i] = v
     if images:
         values = [Path(terms[i].value) if isinstance(terms[i].value, Path) else terms[i].value for i in images]
-        for i, v in zip(images, store.ef.encode_images(values, on_error="raise").embeddings):
+        for i, v in zip(images, store.ef.encode_images(values, on_error="raise").embeddings, strict=True):
             vectors[i] = v
     if items:
         keys = [(terms[i].value.id, m) for i in items for m in ("image", "text")]
@@ -195,7 +195,7 @@ def query_vector(store: QueryStore, terms: Sequence[Term]) -> np.ndarray:
             if found is None:
                 raise ValueError(f"item {item.id!r} is not stored" + (f" with a {item.modality} vector" if item.modality else ""))
             vectors[i] = found
-    total = sum(t.weight * np.asarray(v, np.float64) for t, v in zip(terms, vectors))
+    total = sum(t.weight * np.asarray(v, np.float64) for t, v in zip(terms, vectors, strict=True))
     norm = float(np.linalg.norm(total))
     if norm < 1e-6:
         raise ValueError("the query's terms cancel out (their weighted sum is zero); change a weight")

@@ -19,8 +19,9 @@ What sync decides, and why:
   one and counted as updated. A renamed file whose caption also changed is re-indexed.
 * **Duplicates**: files with the same content are one item whose source is the first of them in
   the walk's order, as in a fresh index.
-* **Unreadable files** (permission denied) keep whatever is stored for them: sync removes a
-  record only when its file is gone or changed.
+* **Unreadable files** (permission denied, a caption that cannot be read) and everything under
+  a folder that cannot be listed keep whatever is stored for them: sync removes a record only
+  when its file is known to be gone or changed.
 * **Order**: removals and renames are written before new content is embedded; an interrupted
   sync leaves a collection the next sync finishes.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..inputs.captions import caption_for, folder_captions
-from ..inputs.folders import iter_image_files
+from ..inputs.user_files import Refused, walk_folder
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,12 @@ class SyncPlan:
 
 
 def plan_sync(files: Iterable[LocalFile], stored: Iterable[StoredItem], item_of: Callable[[str], str],
-              elsewhere: Callable[[str], bool] = lambda item: False) -> SyncPlan:
+              elsewhere: Callable[[str], bool] = lambda item: False, unread: Iterable[str] = ()) -> SyncPlan:
     """Compare the folder's files (in walk order) with the items stored from it.
 
     ``item_of`` maps a content digest to its item id; ``elsewhere(item)`` says whether that item is
-    stored from outside the folder (then the file is stored already and is left alone).
+    stored from outside the folder (then the file is stored already and is left alone);
+    items under an ``unread`` folder (one that could not be listed) are kept.
 
     Example:
         >>> files = [LocalFile("/p/new.jpg", 1, 0, "d1"), LocalFile("/p/b.jpg", 1, 0, "d3")]
@@ -140,7 +142,8 @@ def plan_sync(files: Iterable[LocalFile], stored: Iterable[StoredItem], item_of:
             replaced.add(old.id)
         else:
             plan.add.append(f)
-    plan.remove = [s for s in stored if s.id not in kept and s.id not in replaced]
+    hidden = tuple(folder.rstrip(os.sep) + os.sep for folder in unread)
+    plan.remove = [s for s in stored if s.id not in kept and s.id not in replaced and not s.source.startswith(hidden or ("\0",))]
     return plan
 
 
@@ -152,16 +155,29 @@ class DigestCache(Protocol):
 
 
 def local_files(folder: str | os.PathLike, *, extensions: Iterable[str], recursive: bool = True,
-                captions: Mapping[str, str] | bool = True, cache: DigestCache | None = None) -> Iterator[LocalFile]:
+                captions: Mapping[str, str] | bool = True, cache: DigestCache | None = None,
+                unread: list[str] | None = None) -> Iterator[LocalFile]:
     """The folder's image files in walk order with their SHA-256 digests (the ingest's content ids).
 
     An unchanged file (same size and mtime) takes its digest from the embedding cache instead of
-    being read again; a file that cannot be read has ``digest=None``.
+    being read again; a file that cannot be read (or refused: a link out of the folder) has
+    ``digest=None``; folders that cannot be listed are appended to ``unread``.
     """
     lookup = folder_captions(folder) if captions is True else (captions or {})
-    for path in iter_image_files(folder, extensions=extensions, recursive=recursive):
+    root = os.path.realpath(folder)
+    for path in walk_folder(folder, extensions, recursive):
+        if isinstance(path, Refused):
+            if path.folder and unread is not None:
+                unread.append(os.path.abspath(path.path))
+            elif not path.folder:
+                yield LocalFile(os.path.abspath(path.path), 0, 0, None)
+            continue
         absolute = os.path.abspath(path)
-        caption = caption_for(lookup, folder, path, sidecars=captions is not False)
+        try:
+            caption = caption_for(lookup, folder, path, sidecars=captions is not False, root=root)
+        except Refused:
+            yield LocalFile(absolute, 0, 0, None)
+            continue
         try:
             stat = os.stat(absolute)
             digest = cache.file_digest(absolute, stat) if cache is not None else None
