@@ -265,8 +265,8 @@ def test_open_store_reaches_a_chroma_server_by_url(chroma_server, corpus):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_records_list_every_stored_vector_with_its_fields(kind, tmp_path, corpus):
-    store, _ = build(kind, tmp_path, corpus)
+def test_records_list_every_stored_vector_with_its_fields(kind, store_location, corpus):
+    store, _ = build(kind, store_location(kind), corpus)
     batches = list(store._scan(batch_size=4))
     assert all(len(b) <= 4 for b in batches)
     records = [r for b in batches for r in b]
@@ -286,8 +286,8 @@ def test_records_list_every_stored_vector_with_its_fields(kind, tmp_path, corpus
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_delete_by_id_and_where_removes_whole_items(kind, tmp_path, corpus):
-    store, _ = build(kind, tmp_path, corpus)
+def test_delete_by_id_and_where_removes_whole_items(kind, store_location, corpus):
+    store, _ = build(kind, store_location(kind), corpus)
     first, text = corpus.image_ids[0], corpus.text_ids[0]
     assert store.delete([first, text, "not-stored"]) == 2
     assert (store.count(), store.count("image"), store.count("text")) == (6 + 2, 6, 6 + 2)
@@ -305,8 +305,8 @@ def test_delete_by_id_and_where_removes_whole_items(kind, tmp_path, corpus):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_deleting_a_caption_keeps_its_image(kind, tmp_path, corpus):
-    store, _ = build(kind, tmp_path, corpus)
+def test_deleting_a_caption_keeps_its_image(kind, store_location, corpus):
+    store, _ = build(kind, store_location(kind), corpus)
     item = corpus.image_ids[1]
     store._delete([(item, "text")])
     assert store.get_item(item) is not None and store.get_item(item, "text") is None
