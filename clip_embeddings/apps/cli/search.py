@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             headers.append("caption")
             for row, h in zip(rows, hits, strict=True):
                 row.append(h.document or "")
-        text.append(format_table(headers, rows, align="rrll", max_width=250))  # whole paths: they get copied
+        align = "rrll" + "l" * (len(headers) - 4)  # the caption column too (zip(strict=True) in format_table)
+        text.append(format_table(headers, rows, align=align, max_width=250))  # whole paths: they get copied
     emit(args, document, text)
     return 0
