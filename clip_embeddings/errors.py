@@ -82,9 +82,9 @@ class ConfigError(ClipError, ValueError):
     """A configuration value is not valid, or a persisted config cannot be read by this release.
 
     Example:
-        >>> from clip_embeddings.embedding.function import validate_config
+        >>> from clip_embeddings.config import EmbeddingConfig
         >>> try:
-        ...     validate_config({"model": "ViT-B/32", "fingerprint": "x", "dim": 512, "version": 99})
+        ...     EmbeddingConfig.from_dict({"model": "ViT-B/32", "fingerprint": "x", "dim": 512, "version": 99})
         ... except ConfigError as e:
         ...     print("newer" in str(e))
         True
