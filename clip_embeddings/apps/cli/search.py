@@ -50,13 +50,13 @@ def run(args: argparse.Namespace) -> int:
     }
     text = [f"{len(hits)} nearest {args.modality} record(s) to {query} in {args.db} collection {args.collection!r}:"]
     if hits:
-        rows = [[rank, h.score, h.id, h.source or h.document or ""] for rank, h in enumerate(hits, 1)]
-        headers = ["rank", "score", "id", "source" if args.modality == "image" else "document"]
-        if args.modality == "image" and any(h.document for h in hits):
-            headers.append("caption")
-            for row, h in zip(rows, hits, strict=True):
-                row.append(h.document or "")
-        align = "rrll" + "l" * (len(headers) - 4)  # the caption column too (zip(strict=True) in format_table)
+        # The caption (if any) before the source, so the whole path stays last: it gets copied.
+        captions = args.modality == "image" and any(h.document for h in hits)
+        rows = [[rank, h.score, h.id, *([h.document or ""] if captions else []), h.source or h.document or ""]
+                for rank, h in enumerate(hits, 1)]
+        headers = ["rank", "score", "id", *(["caption"] if captions else []),
+                   "source" if args.modality == "image" else "document"]
+        align = "rrll" + "l" * (len(headers) - 4)
         text.append(format_table(headers, rows, align=align, max_width=250))  # whole paths: they get copied
     emit(args, document, text)
     return 0
