@@ -69,7 +69,10 @@ def run_case(name: str, model: str) -> dict:
     from fastapi.testclient import TestClient
 
     import clip_embeddings as ce
-    from clip_embeddings.server import Batcher, ServeLimits, create_app
+    try:
+        from clip_embeddings.apps.server import Batcher, ServeLimits, create_app
+    except ImportError:  # a checkout from before the package layout
+        from clip_embeddings.server import Batcher, ServeLimits, create_app
 
     busy = [0.0]
     real = Batcher._serve

@@ -18,9 +18,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import clip_embeddings as ce  # noqa: E402
-import clip_embeddings.tokenizer as tokenizer_module  # noqa: E402
-from clip_embeddings.server import ServeLimits, create_app  # noqa: E402
-from clip_embeddings.zeroshot import ZeroShotClassifier  # noqa: E402
+import clip_embeddings.core.tokenizer as tokenizer_module  # noqa: E402
+from clip_embeddings.apps.server import ServeLimits, create_app  # noqa: E402
+from clip_embeddings.tasks.zeroshot import ZeroShotClassifier  # noqa: E402
 
 # A template is literal text (any character but a brace, or a doubled brace) around exactly one
 # bare "{}": written from the format-string grammar, independently of string.Formatter.

@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import clip_embeddings as ce  # noqa: E402
 from clip_embeddings.adapters import open_store  # noqa: E402
-from clip_embeddings.server import ServeLimits, create_app  # noqa: E402
+from clip_embeddings.apps.server import ServeLimits, create_app  # noqa: E402
 
 FIELDS = {
     "/embed": ["texts", "text", "images", "image", "on_error"],

@@ -26,10 +26,10 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import clip_embeddings as ce  # noqa: E402
-import clip_embeddings.server.service as service_module  # noqa: E402
-import clip_embeddings.zeroshot as zeroshot  # noqa: E402
+import clip_embeddings.apps.server.service as service_module  # noqa: E402
+import clip_embeddings.tasks.zeroshot as zeroshot  # noqa: E402
 from clip_embeddings.adapters import open_store  # noqa: E402
-from clip_embeddings.server import ServeLimits, create_app  # noqa: E402
+from clip_embeddings.apps.server import ServeLimits, create_app  # noqa: E402
 from tests.servers import serving  # noqa: E402
 from tests.serving import running  # noqa: E402
 
@@ -290,7 +290,7 @@ def test_allowed_hosts_can_name_others_or_any(store):
 
 
 def test_serve_answers_to_the_address_it_binds():
-    from clip_embeddings.server.limits import default_allowed_hosts
+    from clip_embeddings.apps.server.limits import default_allowed_hosts
 
     assert "192.168.1.20" in default_allowed_hosts("192.168.1.20")
     assert "attacker.example" not in default_allowed_hosts("127.0.0.1")
@@ -322,7 +322,7 @@ def test_the_page_loads_behind_a_proxy_prefix_with_a_token(store, no_proxy):
 # --- the remote client ------------------------------------------------------------------------------
 
 def test_the_remote_client_never_sends_its_token_to_another_origin(monkeypatch, no_proxy):
-    from clip_embeddings.remote import RemoteModel, ServerError
+    from clip_embeddings.embedding.remote import RemoteModel, ServerError
 
     seen: list[str | None] = []
 
@@ -356,7 +356,7 @@ def test_the_remote_client_never_sends_its_token_to_another_origin(monkeypatch, 
 
 
 def test_the_remote_client_says_when_a_server_wants_a_token(store, no_proxy, monkeypatch):
-    from clip_embeddings.remote import RemoteModel, ServerError
+    from clip_embeddings.embedding.remote import RemoteModel, ServerError
 
     monkeypatch.delenv("CLIP_EMBEDDINGS_TOKEN", raising=False)
     with running(create_app(store.ef, store, ServeLimits(token="T"))) as url:

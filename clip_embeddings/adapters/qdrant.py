@@ -30,7 +30,7 @@ from .._extras import require
 require("qdrant_client", extra="qdrant")  # before the import below: names the extra when it is missing
 from qdrant_client import models as qmodels  # noqa: E402
 
-from ..embedding import ClipEF
+from ..embedding.function import ClipEF
 from .base import Hit, Modality, Record, Store
 
 CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()
