@@ -325,7 +325,7 @@ def test_chroma_collection_made_through_the_server_reopens_in_a_new_process(serv
     here = photos.query(query_texts=["a photo of a cat"], n_results=3)["ids"][0]
     script = (
         "import json, chromadb, clip_embeddings\n"
-        "from clip_embeddings.embedding.function import model_load_count\n"
+        "from clip_embeddings.embedding.loaded import model_load_count\n"
         f"c = chromadb.PersistentClient({path!r}).get_collection('remote')\n"
         "ids = c.query(query_texts=['a photo of a cat'], n_results=3)['ids'][0]\n"
         "print(json.dumps({'ids': ids, 'loads': model_load_count()}))\n"

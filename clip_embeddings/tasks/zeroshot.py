@@ -320,7 +320,11 @@ def template_parts(template: str) -> tuple[str, str]:
     if why is not None:
         raise ValueError(f"template {shown} {why}; a template is text around exactly one '{{}}'")
     prefix = "".join(text for text, *_ in parsed[: fields[0] + 1])
-    return prefix, "".join(text for text, *_ in parsed[fields[0] + 1 :])
+    suffix = "".join(text for text, *_ in parsed[fields[0] + 1 :])
+    escaped = [part.replace("{", "{{").replace("}", "}}") for part in (prefix, suffix)]
+    if escaped[0] + "{}" + escaped[1] != template:  # e.g. "{:}": an empty spec is still a spec
+        raise ValueError(f"template {shown} has a format spec or conversion; a template is text around exactly one '{{}}'")
+    return prefix, suffix
 
 
 def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
