@@ -23,22 +23,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from ..errors import ClipError, ImageLoadError, ModelMismatchError
-from ..inputs.options import LoaderOptions, RawImage
+from ..errors import ImageLoadError, ModelMismatchError, ServerError
 from ..inputs.decode import decode_image
-
+from ..inputs.options import LoaderOptions, RawImage
 
 TOKEN_ENV = "CLIP_EMBEDDINGS_TOKEN"
-
-
-class ServerError(ClipError, OSError):
-    """The embedding server could not be reached, or refused a request (its reason is included)."""
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -197,7 +192,7 @@ class RemoteEncoder:
                 "on_error": "skip",
             })
             got = np.asarray(answer["images"], dtype=np.float32).reshape(-1, self.dim)
-            for row, position in zip(got, answer["image_indices"]):
+            for row, position in zip(got, answer["image_indices"], strict=True):
                 rows[chunk[position]] = row
             for bad in answer["skipped"]:
                 failed[chunk[bad["index"]]] = bad["reason"]
@@ -222,7 +217,7 @@ def _per_request(batch_size: int, health: dict[str, Any]) -> int:
     return max(1, min(batch_size, health.get("limits", {}).get("max_items", batch_size)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def remote_model(url: str) -> RemoteModel:
     """The process-wide client for ``url`` (databases rebuild embedding functions often)."""
     return RemoteModel(url)

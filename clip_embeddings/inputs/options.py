@@ -18,13 +18,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
 
-ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 """Everything :func:`read_image_source` accepts."""
 
 MAX_SOURCE_CHARS = 200  # long paths/URLs are shortened in error messages and payloads
@@ -82,7 +82,7 @@ class LoaderOptions:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_config(cls, config: Optional[dict]) -> "LoaderOptions":
+    def from_config(cls, config: dict | None) -> LoaderOptions:
         """Rebuild options from :meth:`to_config`'s dict; absent keys take their defaults.
 
         Example:
@@ -92,11 +92,11 @@ class LoaderOptions:
         if config is None:
             return DEFAULT_OPTIONS
         if not isinstance(config, dict):
-            raise ValueError(f"loader_options must be a dict, not {type(config).__name__}")
+            raise ConfigError(f"loader_options must be a dict, not {type(config).__name__}")
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - set(fields))
         if unknown:
-            raise ValueError(f"unknown loader_options {unknown}; known: {sorted(fields)}")
+            raise ConfigError(f"unknown loader_options {unknown}; known: {sorted(fields)}")
         for name, value in config.items():
             want = bool if name.startswith("allow_") else float if name == "url_timeout" else int
             ok = isinstance(value, bool) if want is bool else (
@@ -142,8 +142,8 @@ class RawImage:
     """
 
     source: str
-    data: Optional[bytes]
-    image: Optional[Image.Image]
+    data: bytes | None
+    image: Image.Image | None
     digest: str
 
 

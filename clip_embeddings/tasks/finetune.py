@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ImageLoadError
-from ..inputs.options import ImageLike
+from ..config import EmbeddingConfig, check_on_error
 from ..core.loading import default_device, load
 from ..core.model import CLIP
-from ..embedding.pipeline import OnError, SkippedItem, preprocess_many
 from ..core.preprocess import Preprocess
 from ..core.tokenizer import tokenize
+from ..embedding.pipeline import OnError, SkippedItem, preprocess_many
+from ..errors import ImageLoadError
+from ..inputs.options import ImageLike
 
 __all__ = ["FinetuneResult", "LinearProbe", "contrastive_loss", "finetune", "linear_probe", "parameter_groups"]
 
@@ -149,7 +150,7 @@ class _Pairs:
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
         images, captions = [], []
         prepared = preprocess_many([self.pairs[i][0] for i in indices], self.preprocess, workers=self.workers)
-        for index, out in zip(indices, prepared):
+        for index, out in zip(indices, prepared, strict=True):
             if isinstance(out, ImageLoadError):
                 if self.on_error == "raise":
                     raise ImageLoadError(out.reason, index=index, source=out.source)
@@ -181,7 +182,7 @@ def finetune(
     seed: int = 0,
     progress: bool = True,
     on_error: OnError = "raise",
-    num_workers: int = 4,
+    num_workers: int = EmbeddingConfig.num_workers,
 ) -> FinetuneResult:
     """Fine-tune CLIP contrastively on (image, caption) pairs; optionally save the weights.
 
@@ -224,8 +225,7 @@ def finetune(
         raise ValueError("epochs must be at least 1 and batch_size at least 2 (a batch needs negatives)")
     if freeze_image and freeze_text:
         raise ValueError("freeze_image and freeze_text together leave only the temperature to train")
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    check_on_error(on_error)
     pairs = list(pairs)
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], str)):

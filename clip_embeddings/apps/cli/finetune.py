@@ -9,13 +9,15 @@ import os
 import sys
 from pathlib import Path
 
+from ...config import ON_ERROR
 from ..console import UsageError, emit, format_table
 from .common import common_options, model_options, positive_int, skipped_json, skipped_lines
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``finetune`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("finetune", parents=[common_options(), model_options()], help="fine-tune on (image, caption) pairs",
+    p = sub.add_parser("finetune", parents=[common_options(), model_options(dtype=False)],
+                       help="fine-tune on (image, caption) pairs",
                        description="Contrastively fine-tune CLIP on (image, caption) pairs and save a checkpoint "
                                    "that ce.load and --model read.")
     p.add_argument("--pairs", required=True, metavar="CSV_OR_JSONL",
@@ -28,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--freeze-text", action="store_true", help="keep the text tower fixed")
     p.add_argument("--warmup-steps", type=int, default=0, metavar="N",
                    help="steps of linear learning-rate warm-up (default: 0)")
-    p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
+    p.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="drop pairs whose image cannot be read (listed at the end), or stop (default: skip)")
     return p
 

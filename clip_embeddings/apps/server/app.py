@@ -175,7 +175,7 @@ async def classify(request: Request) -> dict:
     return {
         "labels": result.labels,
         "results": [{"index": i, "labels": top, "probabilities": scores}
-                    for i, top, scores in zip(result.indices, result.top_labels, result.top_scores)],
+                    for i, top, scores in zip(result.indices, result.top_labels, result.top_scores, strict=True)],
         "skipped": [{"index": s.index, "source": s.source, "reason": s.reason} for s in embedded.skipped],
     }
 

@@ -24,10 +24,7 @@ from typing import Any
 import numpy as np
 
 from ...embedding.function import ClipEF, ImageEmbeddings, SkippedItem
-
-
-class QueueFull(Exception):
-    """The batcher already holds ``max_queue`` waiting jobs (the server answers 429)."""
+from ...errors import QueueFull  # re-exported: its old import path
 
 
 @dataclass
@@ -160,7 +157,7 @@ class Batcher:
 
     def _images(self, jobs: list[_Job]) -> None:
         result = self.ef.encode_images([item for job in jobs for item in job.items], on_error="skip")
-        for job, part in zip(jobs, split_images(result, [len(job.items) for job in jobs])):
+        for job, part in zip(jobs, split_images(result, [len(job.items) for job in jobs]), strict=True):
             job.future.set_result(part)
 
 
