@@ -56,7 +56,7 @@ class Record:
 
     id: str  # the item id
     modality: Modality
-    vector: np.ndarray
+    vector: np.ndarray | None  # None only from a scan without vectors
     digest: str
     source: str | None = None  # where an image came from: path, URL, or a description
     document: str | None = None  # the text, or an image's caption
@@ -185,6 +185,16 @@ class Store(ABC):
     @abstractmethod
     def _stored_config(self) -> dict[str, Any] | None:
         """The embedding-function config saved with the collection, if any."""
+
+    @abstractmethod
+    def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
+              with_vectors: bool = True) -> Iterator[list[Record]]:
+        """Every stored record of ``modality`` (both when ``None``: images, then texts), in batches
+        of at most ``batch_size``, using the database's own paging so memory stays bounded.
+
+        ``Record.id`` is the item id, ``.vector`` the stored float32 vector (``None`` without
+        ``with_vectors``), ``.metadata`` the user's own keys only (nothing clip-embeddings reserves).
+        """
 
     # -- shared behaviour --
 
@@ -446,6 +456,24 @@ class Store(ABC):
             raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
         return self._search(np.asarray(vector, np.float32), k, modality, where)
 
+    def records(self, modality: Modality | None = None, *, batch_size: int = 512,
+                with_vectors: bool = True) -> Iterator[list[Record]]:
+        """Every stored record, batch by batch: what exports and collection jobs read.
+
+        Images come before texts when ``modality`` is ``None``; memory is bounded by
+        ``batch_size``, whatever the collection's size.
+
+        Example:
+            >>> for batch in store.records("image", batch_size=256):  # doctest: +SKIP
+            ...     print(len(batch), batch[0].vector.shape)
+            256 (512,)
+        """
+        if modality not in (None, "image", "text"):
+            raise ValueError(f"modality must be 'image', 'text' or None, not {modality!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        return self._scan(modality, batch_size=batch_size, with_vectors=with_vectors)
+
     def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
         """The stored record of item id ``item`` (source, caption, metadata), or ``None``.
 
@@ -457,6 +485,11 @@ class Store(ABC):
         probe[0] = 1.0  # any unit vector: the filter on the id does the finding
         hits = self._search(probe, 1, modality, {"item_id": item})
         return hits[0] if hits and hits[0].id == item else None
+
+
+def scan_modalities(modality: Modality | None) -> tuple[Modality, ...]:
+    """The modalities a scan walks, in order: images first, then texts."""
+    return ("image", "text") if modality is None else (modality,)
 
 
 def _image_record(item: str, result: ImageResult) -> Record:

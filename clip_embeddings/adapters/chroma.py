@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from ..embedding import ClipEF
 from ..errors import ImageLoadError
 from ..images import DEFAULT_OPTIONS, LoaderOptions
 from ..pipeline import decode_many
-from .base import Hit, Modality, Record, Store, row_id
+from .base import Hit, Modality, Record, Store, row_id, scan_modalities
 
 register_embedding_function(ClipEF)
 
@@ -164,12 +164,35 @@ class ChromaStore(Store):
         got = self.collection.get(ids=list(rows), include=["metadatas", "documents"])
         return {rows[i]: ((meta or {}).get("digest"), doc) for i, meta, doc in zip(got["ids"], got["metadatas"], got["documents"])}
 
+    def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
+              with_vectors: bool = True) -> Iterator[list[Record]]:
+        include = ["metadatas", "documents"] + (["embeddings"] if with_vectors else [])
+        for kind in scan_modalities(modality):
+            offset = 0
+            while True:  # Chroma pages a get with limit/offset (in insertion order)
+                got = self.collection.get(where={"modality": kind}, limit=batch_size, offset=offset, include=include)
+                if not got["ids"]:
+                    break
+                vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
+                yield [_record(kind, meta, doc, vector) for meta, doc, vector in zip(got["metadatas"], got["documents"], vectors)]
+                offset += len(got["ids"])
+                if len(got["ids"]) < batch_size:
+                    break
+
     def count(self, modality: Modality | None = None) -> int:
         if modality is not None:
             return len(self.collection.get(where={"modality": modality}, include=[])["ids"])
         # One row per modality: an item is an image row, or a text row with no image row beside it.
         ids = self.collection.get(include=[])["ids"]
         return len({i.removesuffix(":text") for i in ids})
+
+
+def _record(modality: Modality, meta: dict[str, Any] | None, document: str | None, vector: Any) -> Record:
+    meta = dict(meta or {})
+    item, digest, source = meta.pop("item_id"), meta.pop("digest", None), meta.pop("source", None)
+    meta.pop("modality", None)
+    vector = None if vector is None else np.asarray(vector, dtype=np.float32)
+    return Record(item, modality, vector, digest, source=source, document=document or None, metadata=meta)
 
 
 def _metadata(record: Record) -> dict[str, Any]:

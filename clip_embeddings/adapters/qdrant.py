@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ require("qdrant_client", extra="qdrant")  # before the import below: names the e
 from qdrant_client import models as qmodels  # noqa: E402
 
 from ..embedding import ClipEF
-from .base import Hit, Modality, Record, Store
+from .base import Hit, Modality, Record, Store, scan_modalities
 
 CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()
 RESERVED = ("item_id", "source", "document", "digest")
@@ -135,6 +136,19 @@ class QdrantStore(Store):
                 found[(item, modality)] = (payload.get("digest"), payload.get("document"))
         return found
 
+    def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
+              with_vectors: bool = True) -> Iterator[list[Record]]:
+        for kind in scan_modalities(modality):
+            has = qmodels.Filter(must=[qmodels.HasVectorCondition(has_vector=kind)])
+            offset = None
+            while True:  # Qdrant's scroll pages by the next point id, so memory stays bounded
+                points, offset = self.client.scroll(self.name, scroll_filter=has, limit=batch_size, offset=offset,
+                                                    with_payload=True, with_vectors=[kind] if with_vectors else False)
+                if points:
+                    yield [_record(point, kind, with_vectors) for point in points]
+                if offset is None:
+                    break
+
     def count(self, modality: Modality | None = None) -> int:
         if modality is None:
             return self.client.count(self.name, exact=True).count
@@ -174,6 +188,14 @@ def to_filter(where: dict[str, Any] | qmodels.Filter | None) -> qmodels.Filter |
             )
         conditions.append(qmodels.FieldCondition(key=key, match=match))
     return qmodels.Filter(must=conditions)
+
+
+def _record(point: Any, modality: Modality, with_vector: bool) -> Record:
+    payload = dict(point.payload or {})
+    item = payload.pop("item_id", str(point.id))
+    source, document, digest = payload.pop("source", None), payload.pop("document", None), payload.pop("digest", None)
+    vector = np.asarray(point.vector[modality], dtype=np.float32) if with_vector else None
+    return Record(item, modality, vector, digest, source=source, document=document, metadata=payload)
 
 
 def _payload(record: Record, keep_digest: bool) -> dict[str, Any]:
