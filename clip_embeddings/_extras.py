@@ -14,7 +14,8 @@ from .errors import MissingExtraError
 
 # The distribution that provides each top-level module, where its name differs.
 _DISTRIBUTIONS = {"qdrant_client": "qdrant-client", "langchain_core": "langchain-core", "chromadb": "chromadb",
-                  "lancedb": "lancedb", "pyarrow": "pyarrow", "ray": "ray[data]"}
+                  "lancedb": "lancedb", "pyarrow": "pyarrow", "ray": "ray[data]",
+                  "sklearn": "scikit-learn"}
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -41,4 +42,5 @@ def require(module: str, extra: str) -> ModuleType:
 
 
 _PURPOSE = {"chroma": "Chroma", "qdrant": "Qdrant", "lancedb": "LanceDB", "langchain": "LangChain",
-            "ray": "the Ray engine", "notebook": "the notebook"}
+            "ray": "the Ray engine", "notebook": "the notebook",
+            "export": "exporting a collection", "map": "the collection map"}

@@ -58,3 +58,42 @@ def no_proxy(monkeypatch):
     """Loopback test servers must be reached directly, whatever proxy the environment names."""
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
+
+
+def synthetic_records(n: int, dim: int, seed: int = 0, start: int = 0) -> list:
+    """``n`` image records with random unit vectors and varied metadata, written straight through
+    ``Store._write`` by collection-job tests (no model run needed)."""
+    import uuid
+
+    import numpy as np
+
+    from clip_embeddings.adapters.base import Record
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    records = []
+    for i in range(n):
+        meta = {"album": ["a", "b", "c"][i % 3], "n": start + i}
+        if i % 2:
+            meta["score"] = i / 7
+        records.append(Record(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{seed}-{start + i}")), "image", vectors[i],
+                              f"digest-{start + i}", source=f"/photos/{start + i}.jpg",
+                              document=f"caption {start + i}" if i % 3 else None, metadata=meta))
+    return records
+
+
+@pytest.fixture
+def open_synthetic(tmp_path, tiny_model_path):
+    """``open_synthetic(kind, n)``: a store of ``kind`` holding ``n`` synthetic image records."""
+    import clip_embeddings as ce
+    from clip_embeddings.adapters import open_store
+
+    def make(kind: str, n: int, name: str = "synthetic"):
+        store = open_store(kind, str(tmp_path / kind), name, ce.ClipEF(str(tiny_model_path), cache=False))
+        records = synthetic_records(n, store.ef.dim)
+        for start in range(0, n, 256):
+            store._write(records[start:start + 256])
+        return store
+
+    return make

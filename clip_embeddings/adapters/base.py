@@ -27,6 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..captions import caption_for, folder_captions
+from ..collection.export import ExportReport
+from ..collection.export import export as export_collection
 from ..embedding import ClipEF
 from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
 from ..images import IMAGE_EXTENSIONS, ImageLike, iter_image_files
@@ -473,6 +475,20 @@ class Store(ABC):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         return self._scan(modality, batch_size=batch_size, with_vectors=with_vectors)
+
+    def export(self, path: str | os.PathLike, *, format: Literal["npy", "parquet"] = "npy",
+               modality: Modality | None = None, shard_size: int = 1_000_000, progress: bool = False) -> ExportReport:
+        """Stream every stored vector and its metadata to files: clip-retrieval's ``img_emb/*.npy`` +
+        ``metadata/*.parquet`` layout (``format="npy"``) or one Parquet file; memory stays flat.
+
+        See :mod:`clip_embeddings.collection.export` for the layout.
+
+        Example:
+            >>> store.export("exported/", format="npy").counts  # doctest: +SKIP
+            {'image': 1200, 'text': 1200}
+        """
+        return export_collection(self, path, format=format, modality=modality, shard_size=shard_size,
+                                 progress=progress)
 
     def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
         """The stored record of item id ``item`` (source, caption, metadata), or ``None``.

@@ -1,0 +1,51 @@
+"""What the collection-job benchmarks share: a store filled with synthetic vectors, no model run.
+
+Vectors are written straight through ``Store._write`` in batches (so filling a 100k store never
+holds it all): ``clusters`` centres on the unit sphere, each vector its centre plus noise, so a
+nearest-neighbour search has real structure to find. The model is the tiny test architecture
+with 512-d embeddings (ViT-B/32's width): the store needs an embedding function, not a forward
+pass.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+import _common as c  # noqa: I001
+
+
+def embedding_function(data_dir: Path, dim: int = 512):
+    import clip_embeddings as ce
+    from tests.model_factory import tiny_reference_clip
+
+    model = tiny_reference_clip("vit", seed=0, embed_dim=dim)
+    return ce.ClipEF(str(c.weights_file(f"tiny{dim}", data_dir, model=model)), cache=False)
+
+
+def clustered_batches(n: int, dim: int, clusters: int, spread: float = 0.35, seed: int = 0,
+                      batch: int = 1000) -> Iterator[list]:
+    """``n`` image records in batches: unit vectors around ``clusters`` random centres."""
+    from clip_embeddings.adapters.base import Record
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        v = centres[rng.integers(0, clusters, m)] + spread * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        yield [Record(str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-{start + i}")), "image", v[i], f"d{start + i}",
+                      source=f"/photos/{start + i}.jpg", metadata={"n": start + i}) for i in range(m)]
+
+
+def filled_store(kind: str, location: Path, n: int, data_dir: Path, clusters: int, seed: int = 0):
+    from clip_embeddings.adapters import open_store
+
+    store = open_store(kind, str(location), "bench", embedding_function(data_dir))
+    for records in clustered_batches(n, store.ef.dim, clusters, seed=seed):
+        store._write(records)
+    return store
