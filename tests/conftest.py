@@ -97,3 +97,59 @@ def open_synthetic(tmp_path, tiny_model_path):
         return store
 
     return make
+
+
+CROP = 0.02  # per edge: 8 % of the area. At 4 % the tiny 32-px model moves a crop as far as another picture
+
+
+def planted_duplicates(folder: Path, originals: int = 300, seed: int = 0) -> list[list[Path]]:
+    """``originals`` distinct synthetic pictures, each with 0-3 near copies, as groups of JPEG paths.
+
+    A picture is a random noise texture with random shapes on it (its own seed, so no two are
+    alike); its copies are ``0..3`` of (chosen per picture): a re-encode at JPEG quality 60, a
+    resize to 80 %, a crop of 2 % per edge, a 5 % brightness change. Copies are named
+    ``<original>_copy<variant>.jpg``.
+    """
+    import os
+
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageEnhance
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    groups = []
+    for n in range(originals):
+        size = int(rng.integers(96, 160))
+        noise = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+        image = Image.fromarray(noise).resize((size, size), Image.BILINEAR)
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(3, 7))):
+            x0, y0 = rng.integers(0, size, 2)
+            x1, y1 = x0 + rng.integers(10, size // 2), y0 + rng.integers(10, size // 2)
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            shape = [draw.ellipse, draw.rectangle, draw.line][int(rng.integers(0, 3))]
+            shape([int(x0), int(y0), int(x1), int(y1)], fill=colour, **({"width": 6} if shape == draw.line else {}))
+        original = folder / f"img{n:04d}.jpg"
+        image.save(original, quality=95)
+        variants = [
+            lambda im: im,
+            lambda im: im.resize((int(im.width * 0.8), int(im.height * 0.8)), Image.LANCZOS),
+            lambda im: im.crop((int(im.width * CROP), int(im.height * CROP), im.width - int(im.width * CROP),
+                                im.height - int(im.height * CROP))),
+            lambda im: ImageEnhance.Brightness(im).enhance(1.05),
+        ]
+        group = [original]
+        for v in sorted(rng.choice(4, size=int(rng.integers(0, 4)), replace=False)):
+            copy = folder / f"img{n:04d}_copy{v}.jpg"
+            variants[v](image).save(copy, quality=60 if v == 0 else 90)
+            os.utime(copy, (1_700_000_000 + n + v + 1,) * 2)  # copies are younger than their original
+            group.append(copy)
+        os.utime(original, (1_700_000_000 + n,) * 2)
+        groups.append(group)
+    return groups
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory) -> list[list[Path]]:
+    """The session's planted-duplicate picture set (see :func:`planted_duplicates`)."""
+    return planted_duplicates(tmp_path_factory.mktemp("planted"))

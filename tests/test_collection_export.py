@@ -17,7 +17,7 @@ KINDS = ["chroma", "qdrant", "lancedb"]
 
 
 def stored(store, modality):
-    return {r.id: r for batch in store.records(modality) for r in batch}
+    return {r.id: r for r in store.records(modality)}
 
 
 def bits(a):

@@ -264,9 +264,9 @@ def test_open_store_reaches_a_chroma_server_by_url(chroma_server, corpus):
 @pytest.mark.parametrize("kind", KINDS)
 def test_records_scan_every_vector_in_bounded_batches(kind, tmp_path, corpus):
     store, _ = build(kind, tmp_path, corpus)
-    images = [r for batch in store.records("image", batch_size=3) for r in batch]
-    texts = [r for batch in store.records("text", batch_size=4) for r in batch]
-    assert all(len(b) <= 3 for b in store.records("image", batch_size=3))
+    images = list(store.records("image", batch_size=3))
+    texts = list(store.records("text", batch_size=4))
+    assert [len(b) for b in store._scan("image", batch_size=3)] == [3, 3, 1]
     assert sorted(r.id for r in images) == sorted(corpus.image_ids)
     assert sorted(r.id for r in texts) == sorted(corpus.all_text_ids)
     by_id = dict(zip(corpus.image_ids, range(len(corpus.image_ids))))
@@ -282,8 +282,8 @@ def test_records_scan_every_vector_in_bounded_batches(kind, tmp_path, corpus):
     for r in texts:
         assert r.document == text_of[r.id]
         np.testing.assert_allclose(r.vector, vector_of[r.id], atol=1e-6)
-    both = [r for batch in store.records(with_vectors=False) for r in batch]
-    assert [r.modality for r in both] == ["image"] * 7 + ["text"] * 10  # images first, then texts
+    both = list(store.records(with_vectors=False))
+    assert sorted(r.modality for r in both) == ["image"] * 7 + ["text"] * 10
     assert all(r.vector is None for r in both)
     with pytest.raises(ValueError, match="modality"):
-        store.records("audio")  # type: ignore[arg-type]
+        list(store.records("audio"))  # type: ignore[arg-type]

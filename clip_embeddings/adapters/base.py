@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..captions import caption_for, folder_captions
+from ..collection.duplicates import DuplicateReport, find_duplicates, remove_duplicates
 from ..collection.export import ExportReport
 from ..collection.export import export as export_collection
 from ..embedding import ClipEF
@@ -459,22 +460,19 @@ class Store(ABC):
         return self._search(np.asarray(vector, np.float32), k, modality, where)
 
     def records(self, modality: Modality | None = None, *, batch_size: int = 512,
-                with_vectors: bool = True) -> Iterator[list[Record]]:
-        """Every stored record, batch by batch: what exports and collection jobs read.
-
-        Images come before texts when ``modality`` is ``None``; memory is bounded by
-        ``batch_size``, whatever the collection's size.
+                with_vectors: bool = True) -> Iterator[Record]:
+        """Every stored record (of ``modality``), read ``batch_size`` at a time: memory stays bounded.
 
         Example:
-            >>> for batch in store.records("image", batch_size=256):  # doctest: +SKIP
-            ...     print(len(batch), batch[0].vector.shape)
-            256 (512,)
+            >>> sorted({r.source for r in store.records(with_vectors=False)})  # doctest: +SKIP
+            ['/photos/cat.jpg', '/photos/dog.jpg']
         """
         if modality not in (None, "image", "text"):
             raise ValueError(f"modality must be 'image', 'text' or None, not {modality!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        return self._scan(modality, batch_size=batch_size, with_vectors=with_vectors)
+        for batch in self._scan(modality, batch_size=batch_size, with_vectors=with_vectors):
+            yield from batch
 
     def export(self, path: str | os.PathLike, *, format: Literal["npy", "parquet"] = "npy",
                modality: Modality | None = None, shard_size: int = 1_000_000, progress: bool = False) -> ExportReport:
@@ -489,6 +487,25 @@ class Store(ABC):
         """
         return export_collection(self, path, format=format, modality=modality, shard_size=shard_size,
                                  progress=progress)
+
+    def duplicates(self, threshold: float | None = None, *, gap: float = 1.5, k: int = 8, delete: bool = False,
+                   progress: bool = False) -> DuplicateReport:
+        """Groups of duplicate images (same content, or CLIP cosine ``>= threshold`` with a clear gap
+        to every other neighbour), each best first with a suggested keeper.
+
+        Nothing is deleted unless ``delete=True``, which removes every member but the keeper.
+        The default threshold is the published one for the store's model; see
+        :mod:`clip_embeddings.collection.duplicates` for the method and the keeper rule.
+
+        Example:
+            >>> report = store.duplicates(threshold=0.97)  # doctest: +SKIP
+            >>> report.groups[0].keeper.source  # doctest: +SKIP
+            '/photos/beach.jpg'
+        """
+        report = find_duplicates(self, threshold, gap=gap, k=k, progress=progress)
+        if delete:
+            remove_duplicates(self, report.groups)
+        return report
 
     def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
         """The stored record of item id ``item`` (source, caption, metadata), or ``None``.

@@ -106,7 +106,7 @@ def metadata_columns(store: StoreLike, modalities: Iterable[str], batch_size: in
     pa = require("pyarrow", "export")
     seen: dict[str, set[type]] = {}
     for m in modalities:
-        for batch in store.records(m, batch_size=batch_size, with_vectors=False):
+        for batch in store._scan(m, batch_size=batch_size, with_vectors=False):
             for r in batch:
                 for key, value in r.metadata.items():
                     if value is not None:
@@ -181,7 +181,7 @@ def _write_npy_shards(store: StoreLike, root: Path, modality: str, shard_size: i
     types = metadata_columns(store, [modality], batch_size)
     digits = int(math.log10(max(1, math.ceil(total / shard_size)))) + 1  # clip-retrieval's zero padding
     shard, writer, number = None, None, 0
-    for batch in _split(store.records(modality, batch_size=batch_size), shard_size):
+    for batch in _split(store._scan(modality, batch_size=batch_size), shard_size):
         if shard is None or shard.rows >= shard_size:
             if shard is not None:
                 _close_shard(shard, writer, report)
@@ -227,7 +227,7 @@ def _write_parquet(store: StoreLike, path: Path, modalities: tuple[str, ...], ba
     writer = None
     try:
         for m in modalities:
-            for batch in store.records(m, batch_size=batch_size):
+            for batch in store._scan(m, batch_size=batch_size):
                 vectors = np.stack([r.vector for r in batch]).astype(np.float32, copy=False)
                 columns = {
                     "id": pa.array([r.id for r in batch], pa.string()),

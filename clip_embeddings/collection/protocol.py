@@ -25,12 +25,12 @@ class RecordLike(Protocol):
 
 
 class StoreLike(Protocol):
-    """The Store primitives a collection job reads through."""
+    """The Store primitives a collection job reads through (``_scan`` pages the records in batches)."""
 
     ef: Any
 
-    def records(self, modality: Any = None, *, batch_size: int = 512,
-                with_vectors: bool = True) -> Iterator[list[Any]]: ...
+    def _scan(self, modality: Any = None, *, batch_size: int = 512,
+              with_vectors: bool = True) -> Iterator[list[Any]]: ...
 
     def count(self, modality: Any = None) -> int: ...
 
