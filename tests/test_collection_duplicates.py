@@ -124,3 +124,26 @@ def test_delete_keeps_only_the_keepers(kind, tmp_path, tiny_planted):
     left = {r.id for r in store.records("image", with_vectors=False)}
     assert all(g.keeper.id in left and not {m.id for m in g.extras} & left for g in report.groups)
     assert store.duplicates(threshold=THRESHOLD).groups == []
+
+
+@pytest.fixture(scope="module")
+def vit_planted(planted, tmp_path_factory) -> Planted:
+    """The planted set embedded by full-size ViT-B/32 (12 + 12 layers) with random weights."""
+    import torch
+
+    from tests.model_factory import reference_clip
+
+    path = tmp_path_factory.mktemp("vit-b-32") / "vit-b-32-random.pt"
+    torch.save(reference_clip("ViT-B/32", scaled=False, seed=0).state_dict(), path)
+    return Planted(planted, str(path))
+
+
+@pytest.mark.slow
+def test_full_size_random_vit_b_32_on_the_planted_set(tmp_path, vit_planted):
+    # Random weights are not CLIP: they put near copies at cosine >= 0.997 but distinct random
+    # textures almost as close, so the threshold alone merges pictures and the guard separates them.
+    for kind in KINDS:
+        store = vit_planted.store(kind, tmp_path / kind)
+        groups = found(store.duplicates(threshold=THRESHOLD))
+        assert all(len(g & vit_planted.originals) == 1 for g in groups), kind  # nothing distinct merged
+        assert groups == vit_planted.groups, (kind, len(groups & vit_planted.groups), len(vit_planted.groups))

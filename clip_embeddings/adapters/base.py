@@ -199,6 +199,12 @@ class Store(ABC):
         ``with_vectors``), ``.metadata`` the user's own keys only (nothing clip-embeddings reserves).
         """
 
+    def _search_many(self, vectors: np.ndarray, k: int, modality: Modality,
+                     where: dict[str, Any] | None) -> list[list[Hit]]:
+        """:meth:`_search` for each row of ``vectors``; databases with batched queries override it
+        (one round trip, and one evaluation of the filter, for a whole batch)."""
+        return [self._search(v, k, modality, where) for v in vectors]
+
     # -- shared behaviour --
 
     def check_model(self) -> None:

@@ -145,19 +145,16 @@ class ChromaStore(Store):
                 )
 
     def _search(self, vector: np.ndarray, k: int, modality: Modality, where: dict[str, Any] | None) -> list[Hit]:
+        return self._search_many(np.asarray(vector)[None], k, modality, where)[0]
+
+    def _search_many(self, vectors: np.ndarray, k: int, modality: Modality,
+                     where: dict[str, Any] | None) -> list[list[Hit]]:
         condition = {"modality": modality} if not where else {"$and": [{"modality": modality}, where]}
         result = self.collection.query(
-            query_embeddings=[vector], n_results=k, where=condition, include=["metadatas", "documents", "distances"]
+            query_embeddings=list(vectors), n_results=k, where=condition, include=["metadatas", "documents", "distances"]
         )
-        hits = []
-        for meta, doc, distance in zip(result["metadatas"][0], result["documents"][0], result["distances"][0]):
-            meta = dict(meta)
-            item = meta.pop("item_id")
-            for key in ("modality", "digest"):
-                meta.pop(key, None)
-            source = meta.pop("source", None)
-            hits.append(Hit(item, 1.0 - float(distance), modality, source, doc or None, meta))
-        return hits
+        return [[_hit(meta, doc, distance, modality) for meta, doc, distance in zip(*rows)]
+                for rows in zip(result["metadatas"], result["documents"], result["distances"])]
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
@@ -185,6 +182,15 @@ class ChromaStore(Store):
         # One row per modality: an item is an image row, or a text row with no image row beside it.
         ids = self.collection.get(include=[])["ids"]
         return len({i.removesuffix(":text") for i in ids})
+
+
+def _hit(meta: dict[str, Any], document: str | None, distance: float, modality: Modality) -> Hit:
+    meta = dict(meta)
+    item = meta.pop("item_id")
+    for key in ("modality", "digest"):
+        meta.pop(key, None)
+    source = meta.pop("source", None)
+    return Hit(item, 1.0 - float(distance), modality, source, document or None, meta)
 
 
 def _record(modality: Modality, meta: dict[str, Any] | None, document: str | None, vector: Any) -> Record:

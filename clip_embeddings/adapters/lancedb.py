@@ -246,19 +246,27 @@ class LanceDBStore(Store):
             rows[old["id"]] = replace(r, source=r.source or old["source"], document=r.document or old["document"], metadata=meta)
 
     def _search(self, vector: np.ndarray, k: int, modality: Modality, where: dict[str, Any] | str | None) -> list[Hit]:
+        return self._search_many(np.asarray(vector)[None], k, modality, where)[0]
+
+    def _search_many(self, vectors: np.ndarray, k: int, modality: Modality,
+                     where: dict[str, Any] | str | None) -> list[list[Hit]]:
         condition = f"modality = {_sql(modality)}"
         if where:
             condition += f" AND ({where if isinstance(where, str) else to_sql(where)})"
+        queries = [np.asarray(v, np.float32) for v in vectors]
         rows = (
-            self.table.search(np.asarray(vector, np.float32), vector_column_name="vector")
+            self.table.search(queries if len(queries) > 1 else queries[0], vector_column_name="vector")
             .distance_type("cosine").where(condition, prefilter=True).limit(k)
             .select(["item_id", "source", "document", "metadata", "_distance"]).to_list()
         )
-        return [
-            Hit(r["item_id"], 1.0 - float(r["_distance"]), modality, r["source"], r["document"],
-                json.loads(r["metadata"]) if r["metadata"] else {})
-            for r in rows
-        ]
+        out: list[list[Hit]] = [[] for _ in queries]
+        for r in rows:  # a multi-vector query tags each row with its query's index
+            out[r.get("query_index", 0)].append(
+                Hit(r["item_id"], 1.0 - float(r["_distance"]), modality, r["source"], r["document"],
+                    json.loads(r["metadata"]) if r["metadata"] else {}))
+        for hits in out:
+            hits.sort(key=lambda h: -h.score)
+        return out
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}

@@ -117,14 +117,14 @@ class QdrantStore(Store):
             self.name, query=np.asarray(vector, dtype=np.float32).tolist(), using=modality, limit=k,
             query_filter=to_filter(where), with_payload=True,
         )
-        hits = []
-        for point in result.points:
-            payload = dict(point.payload or {})
-            item = payload.pop("item_id", str(point.id))
-            source, document = payload.pop("source", None), payload.pop("document", None)
-            payload.pop("digest", None)
-            hits.append(Hit(item, float(point.score), modality, source, document, payload))
-        return hits
+        return [_hit(point, modality) for point in result.points]
+
+    def _search_many(self, vectors: np.ndarray, k: int, modality: Modality, where: Any) -> list[list[Hit]]:
+        condition = to_filter(where)
+        requests = [qmodels.QueryRequest(query=np.asarray(v, dtype=np.float32).tolist(), using=modality, limit=k,
+                                         filter=condition, with_payload=True) for v in vectors]
+        results = self.client.query_batch_points(self.name, requests=requests)
+        return [[_hit(point, modality) for point in result.points] for result in results]
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         wanted = {point_id(item): item for item, _ in keys}
@@ -188,6 +188,14 @@ def to_filter(where: dict[str, Any] | qmodels.Filter | None) -> qmodels.Filter |
             )
         conditions.append(qmodels.FieldCondition(key=key, match=match))
     return qmodels.Filter(must=conditions)
+
+
+def _hit(point: Any, modality: Modality) -> Hit:
+    payload = dict(point.payload or {})
+    item = payload.pop("item_id", str(point.id))
+    source, document = payload.pop("source", None), payload.pop("document", None)
+    payload.pop("digest", None)
+    return Hit(item, float(point.score), modality, source, document, payload)
 
 
 def _record(point: Any, modality: Modality, with_vector: bool) -> Record:

@@ -4,7 +4,7 @@ How near duplicates are found, in order:
 
 1. **Neighbours from the database.** Every stored image vector is read batch by batch
    (``Store.records``) and its ``k`` nearest images come from the database's own search
-   (``Store._search``), so nothing builds an all-pairs matrix; the cost is one nearest-neighbour
+   (``Store._search_many``: one batched query per batch), so nothing builds an all-pairs matrix; the cost is one nearest-neighbour
    query per image (linear in the collection where the database has an ANN index: Chroma's HNSW,
    a Qdrant server, an indexed LanceDB table; local Qdrant and unindexed LanceDB search by brute
    force, so there it grows with the square).
@@ -198,10 +198,9 @@ def find_duplicates(store: StoreLike, threshold: float | None = None, *, gap: fl
 
     with tqdm(total=total, disable=not progress, desc="duplicates", unit="img") as bar:
         for batch in store._scan("image", batch_size=batch_size):
-            for r in batch:
+            for r, (near, found) in zip(batch, _copies_in_batch(store, batch, cutoff, gap, k, max_k)):
                 if r.digest:
                     by_digest.setdefault(r.digest, []).append(r.id)
-                near, found = _copies_of(store, r, cutoff, gap, k, max_k)
                 wanted.update((r.id, other) for other in found)
                 if near and near[0][0] <= cutoff or len(by_digest.get(r.digest, ())) > 1:
                     info[r.id] = {"source": r.source, "digest": r.digest, "metadata": r.metadata, "vector": r.vector}
@@ -220,22 +219,31 @@ def find_duplicates(store: StoreLike, threshold: float | None = None, *, gap: fl
     return DuplicateReport(threshold=threshold, gap=gap, k=k, scanned=total, groups=groups)
 
 
-def _copies_of(store: StoreLike, record: Any, cutoff: float, gap: float, k: int,
-               max_k: int) -> tuple[list[tuple[float, str]], list[str]]:
-    """The record's nearest other images as (distance, id), and which of them are its copies.
+def _copies_in_batch(store: StoreLike, batch: list[Any], cutoff: float, gap: float, k: int,
+                     max_k: int) -> list[tuple[list[tuple[float, str]], list[str]]]:
+    """For each record of a batch: its nearest other images as (distance, id), and its copies.
 
-    When every neighbour fetched but the last is a copy, more copies may lie beyond: fetch ``4k``
-    (up to ``max_k``) and look again. A dense region without a gap is not searched further.
+    One batched query for the batch (``_search_many``). When every neighbour fetched but the
+    last is a copy, more copies may lie beyond: that record is asked again for ``4k`` (up to
+    ``max_k``). A dense region without a gap is not searched further.
     """
-    while True:
-        hits = store._search(record.vector, k + 1, "image", None)
-        near = sorted((max(0.0, 1.0 - h.score), h.id) for h in hits if h.id != record.id)
-        if len(hits) < k + 1:  # the whole collection: nothing further away, so no gap is hidden
-            near.append((float("inf"), ""))
-        found = copies(near, cutoff, gap)
-        if len(hits) < k + 1 or len(found) < len(near) - 1 or k >= max_k:
-            return near, found
-        k = min(max_k, 4 * k)
+    import numpy as np
+
+    out: list[Any] = [None] * len(batch)
+    todo = list(range(len(batch)))
+    while todo:
+        vectors = np.stack([np.asarray(batch[i].vector, np.float32) for i in todo])
+        again = []
+        for i, hits in zip(todo, store._search_many(vectors, k + 1, "image", None)):
+            near = sorted((max(0.0, 1.0 - h.score), h.id) for h in hits if h.id != batch[i].id)
+            if len(hits) < k + 1:  # the whole collection: nothing further away, so no gap is hidden
+                near.append((float("inf"), ""))
+            found = copies(near, cutoff, gap)
+            out[i] = (near, found)
+            if len(hits) >= k + 1 and len(found) == len(near) - 1 and k < max_k:
+                again.append(i)
+        todo, k = again, min(max_k, 4 * k)
+    return out
 
 
 def _group(kind: str, ids: list[str], info: dict[str, dict[str, Any]]) -> DuplicateGroup:
