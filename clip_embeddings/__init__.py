@@ -18,6 +18,7 @@ from .errors import (
     ClipError,
     CollectionNotFoundError,
     DownloadError,
+    EmptyCollectionError,
     ImageLoadError,
     ModelLoadError,
     ModelMismatchError,
@@ -27,6 +28,7 @@ from .inference import optimize_for_inference
 from .loading import load
 from .model import CLIP, build_model
 from .preprocess import Preprocess
+from .tasks.scores import clip_score
 from .tokenizer import tokenize
 from .zeroshot import ZeroShotClassifier, classify, moderate, similarity
 
@@ -43,6 +45,7 @@ __all__ = [
     "ClipError",
     "CollectionNotFoundError",
     "DownloadError",
+    "EmptyCollectionError",
     "ImageLoadError",
     "ModelLoadError",
     "ModelMismatchError",
@@ -52,6 +55,7 @@ __all__ = [
     "available_models",
     "build_model",
     "classify",
+    "clip_score",
     "contrastive_loss",
     "evaluate",
     "finetune",
