@@ -29,6 +29,7 @@ import numpy as np
 from ..captions import caption_for, folder_captions
 from ..collection.duplicates import DuplicateReport, find_duplicates, remove_duplicates
 from ..collection.export import ExportReport
+from ..collection.map import MapReport, render_map
 from ..collection.export import export as export_collection
 from ..embedding import ClipEF
 from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
@@ -512,6 +513,20 @@ class Store(ABC):
         if delete:
             remove_duplicates(self, report.groups)
         return report
+
+    def map(self, path: str | os.PathLike, *, projection: str = "pca", clusters: int | None = None,
+            vocabulary: Sequence[str] | None = None, html: bool = False, progress: bool = False) -> MapReport:
+        """Draw the collection's images on a 2-D map (PCA, t-SNE or UMAP) framed by k-means cluster,
+        each cluster named by its nearest words; a PNG at ``path`` (and an HTML page with ``html``).
+
+        See :mod:`clip_embeddings.collection.map`.
+
+        Example:
+            >>> store.map("map.png", clusters=6).clusters[0]["words"]  # doctest: +SKIP
+            ['seashore', 'sandbar']
+        """
+        return render_map(self, path, projection=projection, clusters=clusters, vocabulary=vocabulary,
+                          html_page=html, progress=progress)
 
     def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
         """The stored record of item id ``item`` (source, caption, metadata), or ``None``.
