@@ -59,7 +59,7 @@ def weights_file(name: str, data_dir: Path = DEFAULT_DATA, seed: int = 0, model:
     by everyone on a machine), and a file written by another version of ``tests/model_factory.py``
     would silently pair the reference with other weights.
     """
-    from clip_embeddings.embedding import weights_digest
+    from clip_embeddings.embedding.loaded import weights_digest
 
     state_dict = (model if model is not None else reference_model(name, seed)).state_dict()
     path = Path(data_dir) / "weights" / f"{name.replace('/', '-')}-seed{seed}-{weights_digest(state_dict)[:12]}.pt"

@@ -5,7 +5,7 @@ caption-length texts (10-20 tokens) in batches of ``--batch``:
 
 * ``reference``: openai/CLIP under ``torch.no_grad``; texts as ``clip.tokenize`` gives them (77 tokens);
 * ``ours auto``: the model ``ClipEF()`` runs by default (``dtype="auto"``: the path the probe in
-  ``clip_embeddings/runtime.py`` chose for this CPU, named in the JSON's ``runtime``), same tensors,
+  ``clip_embeddings/runtime/auto.py`` chose for this CPU, named in the JSON's ``runtime``), same tensors,
   under ``torch.inference_mode`` (texts: the same 77-token rows, so the model's own work is compared);
 * ``ours fp32 (...)`` / ``ours bf16 (...)``: each precision path with every rewrite that applies
   (``prepare_for_inference``), unless it is the path ``auto`` took (then it is the auto row); bf16
@@ -43,7 +43,7 @@ def preprocessed_photos(n: int, resolution: int) -> torch.Tensor:
     from PIL import Image
     import io
 
-    from clip_embeddings.preprocess import Preprocess
+    from clip_embeddings.core.preprocess import Preprocess
 
     pre = Preprocess(resolution)
     return torch.stack([pre(Image.open(io.BytesIO(c.photo_jpeg(i, (640, 480)))).convert("RGB")) for i in range(n)])
@@ -137,9 +137,9 @@ def models_for(name: str, args) -> dict:
     """Every candidate for one architecture, all from the same random weights."""
     import peers
 
-    from clip_embeddings import runtime
-    from clip_embeddings.embedding import shared_model
-    from clip_embeddings.inference import applicable_rewrites, prepare_for_inference
+    from clip_embeddings.runtime import auto as runtime
+    from clip_embeddings.embedding.loaded import shared_model
+    from clip_embeddings.runtime.inference import applicable_rewrites, prepare_for_inference
 
     reference, ours, weights = c.model_pair(name, args.data_dir)
     lm = shared_model(str(weights), "cpu", "auto")  # probes (or reads the cached decision) once
@@ -160,7 +160,7 @@ def models_for(name: str, args) -> dict:
 
 
 def run(args) -> dict:
-    from clip_embeddings import runtime
+    from clip_embeddings.runtime import auto as runtime
 
     torch.manual_seed(0)
     caps = runtime.detect_capabilities()

@@ -76,7 +76,7 @@ def one_image_per_call(reference, preprocess, files, collection) -> np.ndarray:
     return np.stack(vectors)
 
 
-DTYPE = "auto"  # what ClipEF() runs by default: the path clip_embeddings.runtime chose for this CPU
+DTYPE = "auto"  # what ClipEF() runs by default: the path clip_embeddings.runtime.auto chose for this CPU
 
 
 def model_only(ours, tensors: torch.Tensor, batch: int) -> None:
@@ -89,7 +89,7 @@ def first_ingest(weights, folder, workdir, args, client, label, *, num_workers, 
     """One ingest into a new collection with a new, empty cache: (seconds, model busy s, peak MB, store)."""
     from clip_embeddings import ClipEF
     from clip_embeddings.adapters.chroma import ChromaStore
-    from clip_embeddings.embedding import shared_model
+    from clip_embeddings.embedding.loaded import shared_model
 
     lm = shared_model(str(weights), "cpu", DTYPE)
     ef = ClipEF(model=str(weights), device="cpu", dtype=DTYPE, batch_size=args.batch,
@@ -113,8 +113,9 @@ def ingest_entry(runs, n, **extra) -> dict:
 def run_model(name: str, args, workdir: Path) -> dict:
     import chromadb
 
-    from clip_embeddings.embedding import shared_model
-    from clip_embeddings.images import decode_image, read_image_source
+    from clip_embeddings.embedding.loaded import shared_model
+    from clip_embeddings.inputs.decode import decode_image
+    from clip_embeddings.inputs.sources import read_image_source
 
     folder = c.image_folder(args.images, args.data_dir)
     files = c.folder_files(folder)

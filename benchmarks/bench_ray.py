@@ -5,7 +5,7 @@ Embeds ``--images`` JPEGs (``--size`` px, photo-like: gradients plus sensor nois
 * ``single``: one ``ClipEF.encode_images`` call in this process (model loaded beforehand), with
   torch on 1 thread and on ``--cpus`` threads; the faster is the baseline (on a machine busy with
   other work, several OpenMP threads spin against each other and one thread can win by 5x);
-* ``ray``: the same pipeline as :func:`clip_embeddings.distributed.ray.embed_dataset`, with
+* ``ray``: the same pipeline as :func:`clip_embeddings.apps.distributed.ray.embed_dataset`, with
   ``--actors`` actors on a local Ray limited to ``--cpus`` CPUs, one CPU (one torch thread) each.
 
 For Ray it reports the end-to-end rate (actor start-up and model load included, what a short
@@ -36,8 +36,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
-from clip_embeddings.distributed.ray import ClipBatchEmbedder, sources_dataset  # noqa: E402
-from clip_embeddings.embedding import ClipEF  # noqa: E402
+from clip_embeddings.apps.distributed.ray import ClipBatchEmbedder, sources_dataset  # noqa: E402
+from clip_embeddings.embedding.function import ClipEF  # noqa: E402
 
 
 def photo_like_jpegs(n: int, size: int, data_dir: Path) -> list[str]:

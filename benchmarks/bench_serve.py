@@ -39,7 +39,7 @@ MODES = ("one at a time", "32 clients")
 
 
 def start_server(weights: Path, port: int, args) -> subprocess.Popen:
-    command = [sys.executable, "-m", "clip_embeddings.cli", "serve", "--model", str(weights), "--device", args.device,
+    command = [sys.executable, "-m", "clip_embeddings.apps.cli", "serve", "--model", str(weights), "--device", args.device,
                "--port", str(port), "--max-batch", str(args.clients), "--max-wait-ms", str(args.max_wait_ms),
                "--max-queue", str(4 * args.clients)] + (["--threads", str(args.threads)] if args.threads else [])
     env = {**os.environ, "PYTHONPATH": str(c.ROOT)}

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import clip_embeddings.images as images
+import clip_embeddings.inputs as images
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(1224, 816), (2048, 1536), (3000, 2000), (4032, 3024)]  # 1, 3, 6, 12 MP
@@ -38,12 +38,12 @@ STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
 def preprocessor(resolution: int):
-    """``clip_embeddings.preprocess.Preprocess`` if present, else bicubic resize + crop + normalise."""
+    """``clip_embeddings.core.preprocess.Preprocess`` if present, else bicubic resize + crop + normalise."""
     try:
-        from clip_embeddings.preprocess import Preprocess
+        from clip_embeddings.core.preprocess import Preprocess
 
         pre = Preprocess(resolution)
-        return "clip_embeddings.preprocess.Preprocess", lambda im: pre(im).numpy()
+        return "clip_embeddings.core.preprocess.Preprocess", lambda im: pre(im).numpy()
     except ImportError:
         pass
 

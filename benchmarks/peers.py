@@ -1,7 +1,7 @@
 """The other runtimes a user could pick for the same weights: Hugging Face transformers, ONNX Runtime.
 
 * ``hf_clip``: ``transformers.CLIPModel`` built from the reference's state dict, renamed to the HF
-  layout (the inverse of ``clip_embeddings.checkpoint.convert_huggingface``). HF has no ResNet
+  layout (the inverse of ``clip_embeddings.core.checkpoint.convert_huggingface``). HF has no ResNet
   vision tower, so for RN models only its text tower exists (``None`` is returned for ViT-less).
 * ``onnx_encoders``: openai/CLIP's ``encode_image`` / ``encode_text`` exported to ONNX (the
   TorchScript exporter; needs the ``onnx`` package) and run by ONNX Runtime's CPU provider with
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from clip_embeddings.checkpoint import _HF_BLOCK, _HF_TOP
+from clip_embeddings.core.checkpoint import _HF_BLOCK, _HF_TOP
 
 
 def to_huggingface(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -8,33 +8,27 @@ Three names cover most uses::
     ef = ce.ClipEF()                                # one embedding function for Chroma, Qdrant, LanceDB
 """
 
-from . import _registration
-from .cache import EmbeddingCache
-from .download import available_models
-from .embedding import ClipEF, ImageEmbeddings, SkippedItem
-from .evaluation import evaluate
-from .finetune import contrastive_loss, finetune, linear_probe
+from .adapters import registration
+from ._version import __version__
+from .embedding.cache import EmbeddingCache
+from .core.download import available_models
+from .embedding.function import ClipEF, ImageEmbeddings, SkippedItem
+from .tasks.evaluation import evaluate
+from .tasks.finetune import contrastive_loss, finetune, linear_probe
 from .errors import (
-    ClipError,
-    CollectionNotFoundError,
-    DownloadError,
-    EmptyCollectionError,
-    ImageLoadError,
-    ModelLoadError,
-    ModelMismatchError,
+    ClipError, CollectionNotFoundError, DownloadError, EmptyCollectionError, ImageLoadError, ModelLoadError, ModelMismatchError,
     TextTooLongError,
 )
-from .inference import optimize_for_inference
-from .loading import load
-from .model import CLIP, build_model
-from .preprocess import Preprocess
+from .runtime.inference import optimize_for_inference
+from .core.loading import load
+from .core.model import CLIP, build_model
+from .core.preprocess import Preprocess
+from .core.tokenizer import tokenize
 from .tasks.scores import clip_score
-from .tokenizer import tokenize
-from .zeroshot import ZeroShotClassifier, classify, moderate, similarity
+from .tasks.zeroshot import ZeroShotClassifier, classify, moderate, similarity
 
-__version__ = "0.1.0"
 
-_registration.install()
+registration.install()
 
 __all__ = [
     "CLIP",

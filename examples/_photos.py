@@ -16,7 +16,7 @@ IMAGES = Path(__file__).resolve().parent / "images"
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    # The library's rule (clip_embeddings.loading.default_model), without importing torch for --help.
+    # The library's rule (clip_embeddings.core.loading.default_model), without importing torch for --help.
     parser.add_argument("--model", default=os.environ.get("CLIP_WEIGHTS") or "ViT-B/32",
                         help="model name or local weights path (default: $CLIP_WEIGHTS or ViT-B/32)")
     parser.add_argument("--debug", action="store_true", help="print full tracebacks instead of one-line errors")
@@ -34,7 +34,7 @@ def run(main: Callable[[], None]) -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        from clip_embeddings.console import report_error
+        from clip_embeddings.apps.console import report_error
 
         report_error(e, debug="--debug" in sys.argv[1:])
         sys.exit(1)
@@ -51,7 +51,7 @@ def scratch_dir(given: str | None, prefix: str) -> str:
 
 def photos_with_captions(folder: str | os.PathLike = IMAGES) -> tuple[list[Path], list[str | None]]:
     """The images directly in ``folder`` (sorted) and their captions from its captions.json, if any."""
-    from clip_embeddings.images import iter_image_files
+    from clip_embeddings.inputs.folders import iter_image_files
 
     folder = Path(folder)
     files = list(iter_image_files(folder, recursive=False))

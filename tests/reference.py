@@ -73,7 +73,7 @@ def reference_embeddings(weights_path, images=(), texts=()):
     import numpy as np
     import torch
 
-    from clip_embeddings.preprocess import Preprocess
+    from clip_embeddings.core.preprocess import Preprocess
 
     state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
     model = model_module().build_model(dict(state_dict)).float().eval()

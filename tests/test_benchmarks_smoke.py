@@ -49,7 +49,7 @@ def test_tiny_encode_run_writes_the_expected_json(tmp_path):
 def test_bench_quick_runs_end_to_end_on_the_tiny_model(tmp_path):
     """``clip-embeddings bench --quick``: every stage (encode with peers, ingest, memory) and a summary."""
     out = tmp_path / "run_all.json"
-    cmd = [sys.executable, "-m", "clip_embeddings.cli", "bench", "--quick", "--models", "tiny", "--memory-model", "tiny",
+    cmd = [sys.executable, "-m", "clip_embeddings.apps.cli", "bench", "--quick", "--models", "tiny", "--memory-model", "tiny",
            "--json", str(out), "--data-dir", str(tmp_path / "data")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=BENCH.parent)
     assert done.returncode == 0, done.stderr[-3000:]

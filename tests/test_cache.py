@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import clip_embeddings as ce
-from clip_embeddings import embedding
-from clip_embeddings.cache import CacheWarning, EmbeddingCache, parse_size
+from clip_embeddings.embedding import function as embedding
+from clip_embeddings.embedding.cache import CacheWarning, EmbeddingCache, parse_size
 
 
 def _images(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -212,7 +212,7 @@ def test_clear_and_parse_size(tmp_path):
 
 
 def test_cache_command_stats_prune_clear(tiny_model_path, tmp_path, capsys):
-    from clip_embeddings.cli import main
+    from clip_embeddings.apps.cli import main
 
     path = tmp_path / "cmd.sqlite3"
     ce.ClipEF(str(tiny_model_path), cache=path).encode_images(_images(30, seed=6))

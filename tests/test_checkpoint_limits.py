@@ -122,7 +122,7 @@ sys.modules["__torch__"]._ScriptModule = _ScriptModule
 def test_torchscript_stride_zero_tensor_is_refused_before_clone(tmp_path):
     path = tmp_path / "stride0.pt"
     _torchscript_like(path, (12_000, 12_000), (0, 0))  # 576 MB claimed, 4 bytes stored
-    assert path.stat().st_size < 2000 and ce.checkpoint.is_torchscript(path)
+    assert path.stat().st_size < 2000 and ce.core.checkpoint.is_torchscript(path)
     result = _load_in_subprocess(path)
     assert result["outcome"].startswith("ModelLoadError") and "claims more than its storage" in result["outcome"]
     assert result["grown"] < 100 * 2**20, result

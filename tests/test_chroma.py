@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings import embedding
+from clip_embeddings.embedding import loaded as embedding
 from clip_embeddings.adapters.chroma import ChromaStore, ImageLoader, upsert_uris
 from tests.reference import reference_embeddings
 

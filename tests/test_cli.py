@@ -17,8 +17,11 @@ import pytest
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings import cli, console
-from clip_embeddings.download import MODELS
+from clip_embeddings.apps import cli, console
+from clip_embeddings.apps.cli import bench
+from clip_embeddings.apps.cli.finetune import read_pairs
+from clip_embeddings.core.loading import default_model
+from clip_embeddings.core.download import MODELS
 
 SUBCOMMANDS = {
     "index": ["--db", "--location", "--collection", "--extensions", "--no-recursive", "--on-error", "--model"],
@@ -35,7 +38,7 @@ SUBCOMMANDS = {
 def clip_embeddings_command() -> list[str]:
     """The installed console script next to this interpreter, else the module."""
     script = Path(sys.executable).with_name("clip-embeddings")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "clip_embeddings.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "clip_embeddings.apps.cli"]
 
 
 def run_cli(*args: str, model: Path | None = None) -> subprocess.CompletedProcess:
@@ -230,12 +233,12 @@ def test_read_pairs_csv_with_and_without_header(tmp_path):
     with_header.write_text('caption,image\n"a cat, sleeping",a.jpg\n')
     bare = tmp_path / "bare.csv"
     bare.write_text(f"{tmp_path / 'a.jpg'},a dog\n")
-    assert cli.read_pairs(with_header) == [(str(tmp_path / "a.jpg"), "a cat, sleeping")]
-    assert cli.read_pairs(bare) == [(str(tmp_path / "a.jpg"), "a dog")]
+    assert read_pairs(with_header) == [(str(tmp_path / "a.jpg"), "a cat, sleeping")]
+    assert read_pairs(bare) == [(str(tmp_path / "a.jpg"), "a dog")]
 
 
 def test_bench_runs_the_script_or_explains(tmp_path, monkeypatch, capfd):
-    monkeypatch.setattr(cli, "benchmarks_script", lambda: tmp_path / "benchmarks" / "run_all.py")
+    monkeypatch.setattr(bench, "benchmarks_script", lambda: tmp_path / "benchmarks" / "run_all.py")
     assert cli.main(["bench"]) == 1
     err = capfd.readouterr().err
     assert err.startswith("error:") and "source checkout" in err
@@ -250,7 +253,7 @@ def test_bench_runs_the_script_or_explains(tmp_path, monkeypatch, capfd):
 
 def test_default_model_comes_from_clip_weights(monkeypatch):
     monkeypatch.delenv("CLIP_WEIGHTS", raising=False)
-    assert cli.default_model() == "ViT-B/32"
+    assert default_model() == "ViT-B/32"
     monkeypatch.setenv("CLIP_WEIGHTS", "/models/tuned.pt")
     assert cli.build_parser().parse_args(["classify", "x.jpg", "--labels", "a,b"]).model == "/models/tuned.pt"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import clip_embeddings as ce
-from clip_embeddings import cli
+from clip_embeddings.apps import cli
 from clip_embeddings.adapters import open_store
-from clip_embeddings.download import MODELS
+from clip_embeddings.core.download import MODELS
 from tests.test_cli import _image_folder, run_cli, tiny_env  # noqa: F401  (a fixture)
 from tests.test_stores_parametrised import Corpus, assert_ranking, close
 

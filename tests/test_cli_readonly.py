@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clip_embeddings import cli
+from clip_embeddings.apps import cli
 from tests.test_cli import tiny_env  # noqa: F401  (a fixture)
 
 KINDS = ["chroma", "qdrant", "lancedb"]

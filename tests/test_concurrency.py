@@ -26,7 +26,7 @@ from PIL import Image
 
 import clip_embeddings as ce
 from tests.servers import chroma_command, chroma_server_at
-from clip_embeddings import embedding
+from clip_embeddings.embedding import loaded as embedding
 from clip_embeddings.adapters.base import item_id
 
 pytestmark = pytest.mark.timeout(300)

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from clip_embeddings import cli
-from clip_embeddings.console import status
+from clip_embeddings.apps import cli
+from clip_embeddings.apps.console import status
 from tests.test_cli import tiny_env  # noqa: F401  (a fixture)
 
 
@@ -55,7 +55,7 @@ def test_a_first_ctrl_c_asks_for_a_stop_and_a_second_one_stops_at_once(capsys):
     import os
     import signal
 
-    from clip_embeddings.console import GracefulStop
+    from clip_embeddings.apps.console import GracefulStop
 
     before = signal.getsignal(signal.SIGINT)
     with GracefulStop() as stop:

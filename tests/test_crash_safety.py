@@ -279,7 +279,7 @@ def test_cache_survives_sigkill_mid_transaction(tmp_path):
     done = [int(x) for x in _lines(progress)]
     assert path.with_name(path.name + "-wal").exists()  # the kill left the WAL behind, uncheckpointed
 
-    from clip_embeddings.cache import EmbeddingCache
+    from clip_embeddings.embedding.cache import EmbeddingCache
 
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

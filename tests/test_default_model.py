@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import clip_embeddings as ce
-from clip_embeddings import embedding
+from clip_embeddings.embedding import loaded as embedding
 from tests.reference import reference_embeddings
 
 

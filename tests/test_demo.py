@@ -9,7 +9,7 @@ import urllib.error
 
 from PIL import Image
 
-from clip_embeddings import demo
+from clip_embeddings.apps import demo
 
 
 def test_demo_prints_tables_and_saves_contact_sheet(tmp_path, tiny_model_path):
@@ -41,7 +41,7 @@ def test_demo_offline_says_set_clip_weights_in_one_line(tmp_path, monkeypatch, c
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr("clip_embeddings.download.urllib.request.urlopen", offline)
+    monkeypatch.setattr("clip_embeddings.core.download.urllib.request.urlopen", offline)
     monkeypatch.delenv("CLIP_WEIGHTS", raising=False)
     assert demo.main(["--output", str(tmp_path)]) == 1
     captured = capsys.readouterr()

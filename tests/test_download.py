@@ -1,4 +1,4 @@
-"""Tests for clip_embeddings.download against a real local HTTP server (urllib is not mocked)."""
+"""Tests for clip_embeddings.core.download against a real local HTTP server (urllib is not mocked)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import time
 
 import pytest
 
-from clip_embeddings.download import (
-    MODELS, available_models, cache_dir, download, expected_sha256, model_path,
-)
+from clip_embeddings.core.download import MODELS, available_models, cache_dir, download, expected_sha256, model_path
 from clip_embeddings.errors import ClipError, DownloadError, ModelLoadError
 from tests.servers import serving
 

@@ -9,8 +9,9 @@ import torch
 from PIL import Image, ImageOps
 
 import clip_embeddings as ce
-from clip_embeddings import embedding
-from clip_embeddings.tokenizer import token_windows
+from clip_embeddings.embedding import function as embedding
+from clip_embeddings.embedding import loaded
+from clip_embeddings.core.tokenizer import token_windows
 from tests.reference import reference_embeddings
 
 
@@ -61,7 +62,7 @@ def test_long_text_truncates_by_default_and_chunks_on_request(tiny_model_path):
     chunked = _ef(tiny_model_path, long_text="chunk").embed_texts([long_text])
     windows = token_windows(long_text)
     assert len(windows) > 1
-    lm = embedding.shared_model(str(tiny_model_path))
+    lm = loaded.shared_model(str(tiny_model_path))
     with torch.no_grad():
         per_window = torch.nn.functional.normalize(
             torch.cat([lm.model.encode_text(torch.tensor([w])) for w in windows]), dim=-1)
@@ -83,12 +84,12 @@ def test_call_keeps_order_of_mixed_inputs(tiny_model_path, sample_images):
 def test_model_is_loaded_once_across_instances_and_rebuilds(tiny_model_path):
     ef = _ef(tiny_model_path)
     ef.embed_texts(["warm up"])
-    before = embedding.model_load_count()
+    before = loaded.model_load_count()
     for _ in range(20):
         rebuilt = ce.ClipEF.build_from_config(ef.get_config())
         rebuilt.embed_texts(["again"])
         ce.ClipEF(str(tiny_model_path)).embed_texts(["and again"])
-    assert embedding.model_load_count() == before
+    assert loaded.model_load_count() == before
 
 
 def test_config_round_trip_carries_fingerprint(tiny_model_path):

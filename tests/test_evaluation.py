@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings.evaluation import evaluate, read_labels
-from clip_embeddings.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+from clip_embeddings.tasks.evaluation import evaluate, read_labels
+from clip_embeddings.tasks.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 from tests.test_zeroshot import LABELS, build_constructed_model
 
 FOLDERS = [label.replace(" ", "_") for label in LABELS]  # "a cat" -> a_cat, read back as "a cat"
@@ -66,7 +66,7 @@ def test_wrong_labels_give_exactly_the_predicted_accuracy(dataset, tmp_path):
 
 def test_repeated_class_names_share_one_prototype(dataset):
     # openai/CLIP's ImageNet class list names two classes 'missile' and two 'sunglasses'.
-    assert len(set(ce.zeroshot.IMAGENET_CLASSES)) == len(ce.zeroshot.IMAGENET_CLASSES) - 2
+    assert len(set(ce.tasks.zeroshot.IMAGENET_CLASSES)) == len(ce.tasks.zeroshot.IMAGENET_CLASSES) - 2
     root, ef = dataset
     folders = sorted(FOLDERS)
     texts = [f.replace("_", " ") for f in folders]

@@ -64,7 +64,7 @@ def test_chroma_quickstart(tiny_model_path, tmp_path):
 def test_without_weights_examples_print_the_clis_one_line_error(tmp_path):
     """No such weights: each example says what the CLI says, in one line, with no traceback."""
     missing = str(tmp_path / "no-such-weights.pt")
-    cli = subprocess.run([sys.executable, "-m", "clip_embeddings.cli", "classify", str(ROOT / "examples/images/cat.jpg"),
+    cli = subprocess.run([sys.executable, "-m", "clip_embeddings.apps.cli", "classify", str(ROOT / "examples/images/cat.jpg"),
                           "--labels", "a,b", "--model", missing], capture_output=True, text=True, timeout=240, cwd=ROOT)
     (expected,) = cli.stderr.strip().splitlines()
     assert cli.returncode == 1 and expected.startswith("error: ") and missing in expected

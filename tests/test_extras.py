@@ -62,7 +62,7 @@ def test_python_api_names_the_extra(hidden, target, extra):
 CLI = textwrap.dedent("""
     import sys
     sys.modules[sys.argv[1]] = None
-    from clip_embeddings.cli import main
+    from clip_embeddings.apps.cli import main
     sys.exit(main(sys.argv[2:]))
 """)
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import clip_embeddings as ce
-from clip_embeddings.finetune import contrastive_loss, finetune, linear_probe, parameter_groups
+from clip_embeddings.tasks.finetune import contrastive_loss, finetune, linear_probe, parameter_groups
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (235, 220, 40),
            "purple": (140, 40, 170), "orange": (245, 140, 20), "black": (15, 15, 15), "white": (245, 245, 245)}

@@ -38,7 +38,7 @@ from PIL import Image
 
 import clip_embeddings as ce
 from clip_embeddings.adapters.base import item_id
-from clip_embeddings.images import LoaderOptions
+from clip_embeddings.inputs.options import LoaderOptions
 from tests.servers import serving
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")]
@@ -479,7 +479,7 @@ def check_outcomes(cases, indices, skipped, label: str) -> tuple[dict[int, str],
             wrong.append(f"item {i} [{case.category}] should embed; skipped: {reasons[i]}")
         elif case.expect == "skip":
             if got != "skipped":
-                wrong.append(f"item {i} [{case.category}] {ce.images.describe(case.item)} should be skipped")
+                wrong.append(f"item {i} [{case.category}] {ce.inputs.describe(case.item)} should be skipped")
             elif not any(r.lower() in reasons[i].lower() for r in case.reason):
                 wrong.append(f"item {i} [{case.category}] reason {reasons[i]!r} has none of {case.reason}")
     assert not wrong, f"{label}:\n" + "\n".join(wrong) + "\n" + summary
@@ -539,7 +539,7 @@ def test_hostile_batch_into_chroma(tmp_path, hostile_server, tiny_model_path):
     assert elapsed < 40, f"add_images took {elapsed:.1f} s\n{summary}"
 
     # Every embedded item is stored once under its content id; equal contents share one row.
-    raws = {i: ce.images.read_image_source(cases[i].item, OPTIONS) for i in embedded}
+    raws = {i: ce.inputs.read_image_source(cases[i].item, OPTIONS) for i in embedded}
     expected_ids = {item_id("image", raw.digest) for raw in raws.values()}
     assert set(report.ids) == expected_ids
     assert store.count() == len(expected_ids), summary
@@ -549,7 +549,7 @@ def test_hostile_batch_into_chroma(tmp_path, hostile_server, tiny_model_path):
     assert good_ids <= set(stored["ids"])
     # All good items are distinct pictures but two: /good.png and the redirect to it.
     assert len(good_ids) == sum(c.category.startswith("good") for c in cases) - 1
-    assert item_id("image", ce.images.read_image_source(good_png).digest) in good_ids  # the URL item
+    assert item_id("image", ce.inputs.read_image_source(good_png).digest) in good_ids  # the URL item
 
     # Adding the same hostile batch again stores nothing new and skips the same items.
     again = store.add_images([c.item for c in cases], on_error="skip")
@@ -595,7 +595,7 @@ sys.path.insert(0, sys.argv[1])
 from tests.test_fuzz_inputs import (bmp_header, gif_header, jpeg_header, png_header_only, png_text_bomb,
                                     png_zero_bomb, tiff_header, webp_vp8x_header)
 from clip_embeddings.errors import ImageLoadError
-from clip_embeddings.images import LoaderOptions, load_image
+from clip_embeddings.inputs import LoaderOptions, load_image
 
 bombs = {
     "png 100000x100000 header": (png_header_only(100_000, 100_000), {}),
@@ -660,12 +660,12 @@ def test_private_addresses_can_be_refused(hostile_server):
     url, good = hostile_server
     port = url.rsplit(":", 1)[1]
     public_only = LoaderOptions(url_timeout=1.0, allow_private_addresses=False)
-    assert ce.images.load_image(f"{url}/good.png").size == (40, 30)  # the default allows them
+    assert ce.inputs.load_image(f"{url}/good.png").size == (40, 30)  # the default allows them
     reasons = []
     for target in (f"{url}/good.png", f"http://localhost:{port}/good.png", f"http://127.1:{port}/to-good",
                    f"http://[::ffff:127.0.0.1]:{port}/good.png", f"http://0.0.0.0:{port}/good.png"):
         with pytest.raises(ce.ImageLoadError) as info:
-            ce.images.load_image(target, public_only)
+            ce.inputs.load_image(target, public_only)
         reasons.append(info.value.reason)
         assert "allow_private_addresses" in info.value.reason, target  # refused before any request
     print("\n" + "\n".join(reasons))

@@ -18,9 +18,10 @@ from PIL import Image
 
 import clip_embeddings as ce
 from clip_embeddings.errors import ImageLoadError
-from clip_embeddings.images import LoaderOptions, load_image
-from clip_embeddings.embedding import MAX_TEXT_WINDOWS
-from clip_embeddings.tokenizer import get_tokenizer, token_windows
+from clip_embeddings.inputs.options import LoaderOptions
+from clip_embeddings.inputs.sources import load_image
+from clip_embeddings.embedding.function import MAX_TEXT_WINDOWS
+from clip_embeddings.core.tokenizer import get_tokenizer, token_windows
 from tests.servers import serving
 from tests.test_fuzz_inputs import hostile_server  # noqa: F401 (a fixture)
 
@@ -55,7 +56,7 @@ sys.path.insert(0, sys.argv[1])
 from tests.test_fuzz_inputs import png_zero_bomb
 from tests.test_hardening_inputs import ico_holding
 from clip_embeddings.errors import ImageLoadError
-from clip_embeddings.images import LoaderOptions, load_image
+from clip_embeddings.inputs import LoaderOptions, load_image
 
 data = ico_holding(png_zero_bomb(12_000, 12_000))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

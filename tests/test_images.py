@@ -1,4 +1,4 @@
-"""Tests of clip_embeddings.images: every input kind, every failure, on real files and a real server.
+"""Tests of clip_embeddings.inputs: every input kind, every failure, on real files and a real server.
 
 Files are written to ``tmp_path`` with Pillow; URLs are served by an ``http.server`` on
 127.0.0.1 in a thread. Nothing in urllib or Pillow is mocked.
@@ -22,18 +22,10 @@ import pytest
 from PIL import Image, ImageFile
 
 from clip_embeddings.errors import ClipError, ImageLoadError
-from clip_embeddings.images import (
-    DEFAULT_OPTIONS,
-    DRAFT_MARGIN,
-    IMAGE_EXTENSIONS,
-    LoaderOptions,
-    RawImage,
-    decode_image,
-    describe,
-    iter_image_files,
-    load_image,
-    read_image_source,
-)
+from clip_embeddings.inputs.options import DEFAULT_OPTIONS, LoaderOptions, RawImage, describe
+from clip_embeddings.inputs.decode import DRAFT_MARGIN, decode_image
+from clip_embeddings.inputs.folders import IMAGE_EXTENSIONS, iter_image_files
+from clip_embeddings.inputs.sources import load_image, read_image_source
 from tests.servers import serving
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import clip_embeddings as ce
-from clip_embeddings import inference
-from clip_embeddings.embedding import shared_model
-from clip_embeddings.inference import FoldedConv, PackedLinear, optimize_for_inference
+from clip_embeddings.runtime import inference
+from clip_embeddings.embedding.loaded import shared_model
+from clip_embeddings.runtime.inference import FoldedConv, PackedLinear, optimize_for_inference
 from tests.model_factory import save_state_dict, tiny_reference_clip
 from tests.reference import reference_tokenize
 
@@ -48,7 +48,7 @@ def test_without_onednn_linear_only_the_batch_norms_are_folded(monkeypatch):
 
 
 def test_half_precision_models_are_left_alone():
-    model = ce.model.cast_weights(ce.build_model(tiny_reference_clip("rn").state_dict()), torch.bfloat16)
+    model = ce.core.model.cast_weights(ce.build_model(tiny_reference_clip("rn").state_dict()), torch.bfloat16)
     before = copy.deepcopy(model.state_dict())
     optimize_for_inference(model)
     assert FoldedConv not in _kinds(model) and PackedLinear not in _kinds(model)

@@ -20,7 +20,7 @@ from PIL import Image
 
 import clip_embeddings as ce
 from clip_embeddings.adapters.lancedb import CONFIG_KEY, ClipLanceEmbeddings, LanceDBStore, to_sql
-from clip_embeddings.embedding import ClipEF
+from clip_embeddings.embedding.function import ClipEF
 from tests.test_stores_parametrised import Corpus, assert_ranking
 from tests.servers import serving
 

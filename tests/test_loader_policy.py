@@ -18,7 +18,8 @@ from lancedb.pydantic import LanceModel, Vector
 
 import clip_embeddings as ce
 from clip_embeddings.errors import ImageLoadError
-from clip_embeddings.images import LoaderOptions, load_image
+from clip_embeddings.inputs.options import LoaderOptions
+from clip_embeddings.inputs.sources import load_image
 from tests.servers import free_port, serving
 
 STRICT = LoaderOptions(allow_urls=True, allow_private_addresses=False, max_pixels=1_000_000, url_timeout=2.0)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import clip_embeddings as ce
-from clip_embeddings.checkpoint import read_checkpoint
-from clip_embeddings.inference import optimize_for_inference
-from clip_embeddings.model import cast_weights
+from clip_embeddings.core.checkpoint import read_checkpoint
+from clip_embeddings.runtime.inference import optimize_for_inference
+from clip_embeddings.core.model import cast_weights
 from tests.model_factory import ARCHITECTURES, reference_clip, save_state_dict, save_torchscript, tiny_reference_clip
 from tests.reference import reference_tokenize
 
@@ -153,7 +153,7 @@ def test_huggingface_gelu_activation_is_honoured(tmp_path):
 
 def test_text_tower_stops_at_last_eot_without_changing_values():
     reference = reference_clip("ViT-B/32", scaled=True)
-    model = ce.model.build_model(reference.state_dict())
+    model = ce.core.model.build_model(reference.state_dict())
     # Short captions in a batch: ours runs 6 positions instead of 77; the values must not move.
     tokens = reference_tokenize(["a cat", "a black dog", "sky"])
     assert int(tokens.argmax(-1).max()) + 1 < 8
@@ -167,16 +167,16 @@ PROMPTS = ["a photo of a dog.", "a photo of a cat.", "a photo of a hippopotamus 
 
 def test_prompt_template_prefix_is_computed_once_without_changing_values(monkeypatch):
     reference = reference_clip("ViT-B/32", scaled=True)
-    model = ce.model.build_model(reference.state_dict())
+    model = ce.core.model.build_model(reference.state_dict())
     tokens = reference_tokenize(PROMPTS)  # "<start> a photo of a" in every row, then different lengths
     seen = []
-    pooled = ce.model.Transformer.pooled
-    monkeypatch.setattr(ce.model.Transformer, "pooled",
+    pooled = ce.core.model.Transformer.pooled
+    monkeypatch.setattr(ce.core.model.Transformer, "pooled",
                         lambda self, x, positions, causal=False, shared=0: seen.append(shared) or pooled(self, x, positions, causal, shared))
     with torch.no_grad():
         expected = reference.encode_text(tokens)
         assert float((model.encode_text(tokens) - expected).abs().max()) <= 1e-5
-        fast = optimize_for_inference(ce.model.build_model(reference.state_dict()))
+        fast = optimize_for_inference(ce.core.model.build_model(reference.state_dict()))
         assert float((fast.encode_text(tokens) - expected).abs().max()) <= 1e-5
     assert seen == [5, 5]  # the prefix path ran: start token + "a photo of a"
 
@@ -185,7 +185,7 @@ def test_shared_prefix_gives_the_reference_gradients():
     # Fine-tuning runs the same code: gradients through the shared prefix and the pooled rows
     # must be the original's.
     reference = reference_clip("ViT-B/32", scaled=True)
-    model = ce.model.build_model(reference.state_dict())
+    model = ce.core.model.build_model(reference.state_dict())
     tokens = reference_tokenize(PROMPTS)
     for m in (reference, model):
         m.encode_text(tokens).pow(2).sum().backward()
@@ -197,7 +197,7 @@ def test_shared_prefix_gives_the_reference_gradients():
 
 
 def test_shared_prefix_stops_before_any_rows_end():
-    shared_prefix = ce.model.shared_prefix
+    shared_prefix = ce.core.model.shared_prefix
     rows = torch.tensor([[9, 5, 7, 3, 0], [9, 5, 7, 8, 3]])
     assert shared_prefix(rows, torch.tensor([3, 4])) == 3
     same = torch.tensor([[9, 5, 3], [9, 5, 3]])
@@ -225,7 +225,7 @@ def test_reduced_precision_stays_close_to_fp32(dtype):
     if dtype == torch.float16 and not torch.cuda.is_available():
         pytest.skip("fp16 matmuls are a CUDA path; CPU fp16 kernels are not what users run")
     reference = reference_clip("ViT-B/32", scaled=True)
-    model = cast_weights(ce.model.build_model(reference.state_dict()), dtype)
+    model = cast_weights(ce.core.model.build_model(reference.state_dict()), dtype)
     images, tokens = torch.randn(2, 3, 224, 224), reference_tokenize(TEXTS)
     with torch.no_grad():
         for ours, ref in ((model.encode_image(images), reference.encode_image(images)),

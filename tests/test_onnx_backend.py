@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings import onnx_backend, runtime
-from clip_embeddings.download import cache_dir
-from clip_embeddings.embedding import shared_model
-from clip_embeddings.runtime import PathResult, onnx_candidate, text_paths
+from clip_embeddings.runtime import onnx_backend
+from clip_embeddings.runtime import auto as runtime
+from clip_embeddings.core.download import cache_dir
+from clip_embeddings.embedding.loaded import shared_model
+from clip_embeddings.runtime.auto import PathResult, onnx_candidate, text_paths
 from tests.model_factory import save_state_dict, tiny_reference_clip
 from tests.reference import reference_embeddings
 from tests.test_runtime import AMD_BF16, AVX2_ONLY, INTEL_AMX

@@ -1,4 +1,4 @@
-"""Parity of clip_embeddings.preprocess with openai/CLIP's torchvision preprocessing.
+"""Parity of clip_embeddings.core.preprocess with openai/CLIP's torchvision preprocessing.
 
 The expected tensors were made by real torchvision (``tests/fixtures/make_preprocess_golden.py``,
 not run here); the inputs are rebuilt by ``tests/preprocess_cases.py``.
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from clip_embeddings.errors import ImageLoadError
-from clip_embeddings.preprocess import MEAN, STD, Preprocess, center_crop, resize_target
+from clip_embeddings.core.preprocess import MEAN, STD, Preprocess, center_crop, resize_target
 from tests.preprocess_cases import PHOTOS, build_cases, digest, load_photo
 
 GOLDEN = Path(__file__).parent / "fixtures" / "preprocess_golden.npz"

@@ -22,8 +22,8 @@ pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install '
 pa = pytest.importorskip("pyarrow")
 
 from clip_embeddings.adapters.base import item_id  # noqa: E402
-from clip_embeddings.distributed.ray import ClipBatchEmbedder, index_with_ray, open_sink  # noqa: E402
-from clip_embeddings.embedding import ClipEF  # noqa: E402
+from clip_embeddings.apps.distributed.ray import ClipBatchEmbedder, index_with_ray, open_sink  # noqa: E402
+from clip_embeddings.embedding.function import ClipEF  # noqa: E402
 
 N_GOOD = 240
 
@@ -146,7 +146,7 @@ def test_bad_sinks_are_refused_with_the_expected_forms(sink):
 def test_module_imports_without_ray_and_says_how_to_install():
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "import clip_embeddings.distributed.ray as r\n"
+        "import clip_embeddings.apps.distributed.ray as r\n"
         "try:\n    r.embed_dataset(None, model='x')\nexcept ImportError as e:\n    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -93,7 +93,7 @@ def make_workdir(root: Path) -> Path:
     for name in ("cat.jpg", "rocket.jpg"):
         shutil.copy(PHOTOS / name, root / name)
     shutil.copy(PHOTOS / "cat.jpg", root / "kitten.jpg")
-    from clip_embeddings.zeroshot import IMAGENET_CLASSES
+    from clip_embeddings.tasks.zeroshot import IMAGENET_CLASSES
 
     # An ImageFolder with ImageNet's 1000 classes in order; a few hold a photo, the rest are empty.
     for index in range(len(IMAGENET_CLASSES)):
@@ -144,7 +144,7 @@ def as_run(code: str, weights: Path, url: str) -> str:
 
 def run_bash(block: Block) -> list[str]:
     """Run a bash block's ``clip-embeddings`` lines; returns the lines it ran."""
-    from clip_embeddings import cli
+    from clip_embeddings.apps import cli
 
     ran = []
     for line in block.code.replace("\\\n", " ").splitlines():

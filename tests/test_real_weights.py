@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings.checkpoint import read_checkpoint
+from clip_embeddings.core.checkpoint import read_checkpoint
 from tests.reference import model_module, reference_tokenize
 
 WEIGHTS = os.environ.get("CLIP_TEST_WEIGHTS")

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings import runtime
-from clip_embeddings.inference import FoldedConv, PackedLinear, prepare_for_inference
-from clip_embeddings.runtime import Capabilities, PathResult, decide, first_paths, second_paths
+from clip_embeddings.runtime import auto as runtime
+from clip_embeddings.runtime.inference import FoldedConv, PackedLinear, prepare_for_inference
+from clip_embeddings.runtime.auto import Capabilities, PathResult, decide, first_paths, second_paths
 from tests.model_factory import tiny_reference_clip
 from tests.reference import reference_embeddings, reference_tokenize
 
@@ -244,9 +244,9 @@ def test_prepare_for_inference_refuses_unknown_rewrites():
 
 def test_cuda_keeps_fp16_with_sdpa_attention(monkeypatch):
     """The CUDA default, checked on the CPU: fp16 weights, attention through SDPA, close to fp32."""
-    from clip_embeddings import model as model_module
-    from clip_embeddings.embedding import resolve_dtype
-    from clip_embeddings.model import cast_weights
+    from clip_embeddings.core import model as model_module
+    from clip_embeddings.embedding.loaded import resolve_dtype
+    from clip_embeddings.core.model import cast_weights
 
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
     assert resolve_dtype(None, torch.device("cuda")) == torch.float16
@@ -267,7 +267,7 @@ def test_cuda_keeps_fp16_with_sdpa_attention(monkeypatch):
 
 
 def test_models_command_shows_the_machine_and_cached_decisions(capsys):
-    from clip_embeddings import cli
+    from clip_embeddings.apps import cli
 
     caps = runtime.detect_capabilities()
     runtime.store_decision(decide(caps, results(fp32=(1.0, 1.0), fp32__onednn=(0.5, 1.0))), "vit-test-arch")

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import clip_embeddings as ce
-from clip_embeddings.checkpoint import read_checkpoint
+from clip_embeddings.core.checkpoint import read_checkpoint
 from clip_embeddings.errors import ModelLoadError, ModelMismatchError
 from tests.model_factory import save_torchscript, tiny_reference_clip
 
@@ -152,7 +152,7 @@ def test_tampered_torchscript_data_pkl_is_refused(tmp_path, torchscript_path, pa
         assert data != original
     path = tmp_path / "tampered.pt"
     _rewrite_zip(torchscript_path, path, {"/data.pkl": data})
-    assert ce.checkpoint.is_torchscript(path)
+    assert ce.core.checkpoint.is_torchscript(path)
     _refused(path, marker, "TorchScript")
     assert not marker.exists()
 

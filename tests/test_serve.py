@@ -29,7 +29,7 @@ httpx = pytest.importorskip("httpx")
 import clip_embeddings as ce  # noqa: E402
 from clip_embeddings.adapters import open_store  # noqa: E402
 from clip_embeddings.errors import ImageLoadError, ModelMismatchError  # noqa: E402
-from clip_embeddings.server import Batcher, QueueFull, ServeLimits, create_app  # noqa: E402
+from clip_embeddings.apps.server import Batcher, QueueFull, ServeLimits, create_app  # noqa: E402
 from tests.serving import running  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,7 +325,7 @@ def test_chroma_collection_made_through_the_server_reopens_in_a_new_process(serv
     here = photos.query(query_texts=["a photo of a cat"], n_results=3)["ids"][0]
     script = (
         "import json, chromadb, clip_embeddings\n"
-        "from clip_embeddings.embedding import model_load_count\n"
+        "from clip_embeddings.embedding.function import model_load_count\n"
         f"c = chromadb.PersistentClient({path!r}).get_collection('remote')\n"
         "ids = c.query(query_texts=['a photo of a cat'], n_results=3)['ids'][0]\n"
         "print(json.dumps({'ids': ids, 'loads': model_load_count()}))\n"
@@ -346,7 +346,7 @@ def test_cli_serve_end_to_end(collection, tiny_model_path, no_proxy):
     location = collection.collection._client.get_settings().persist_directory
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "clip_embeddings.cli", "serve", "--db", "chroma", "--location", location,
+    command = [sys.executable, "-m", "clip_embeddings.apps.cli", "serve", "--db", "chroma", "--location", location,
                "--collection", "photos", "--port", str(port), "--device", "cpu"]
     missing = subprocess.run([*command[:-6], "--collection", "nope", "--port", str(port)], capture_output=True,
                              text=True, env=env, timeout=300)

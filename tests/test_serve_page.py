@@ -18,7 +18,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 
 import clip_embeddings as ce  # noqa: E402
 from clip_embeddings.adapters import open_store  # noqa: E402
-from clip_embeddings.server import ServeLimits, create_app  # noqa: E402
+from clip_embeddings.apps.server import ServeLimits, create_app  # noqa: E402
 from tests.serving import running  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

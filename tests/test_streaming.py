@@ -22,7 +22,7 @@ from PIL import Image
 
 import clip_embeddings as ce
 from clip_embeddings.adapters import open_store
-from clip_embeddings.pipeline import MAX_WORKERS, ImagePipeline
+from clip_embeddings.embedding.pipeline import MAX_WORKERS, ImagePipeline
 import http.server
 
 from tests.servers import serving
@@ -174,7 +174,7 @@ def test_index_on_ctrl_c_says_what_is_stored_and_a_rerun_resumes(tmp_path, tiny_
     folder = tmp_path / "photos"
     make_folder(folder, 2000)
     db = tmp_path / "db"
-    args = [sys.executable, "-m", "clip_embeddings.cli", "index", str(folder), "--location", str(db),
+    args = [sys.executable, "-m", "clip_embeddings.apps.cli", "index", str(folder), "--location", str(db),
             "--collection", "photos", "--batch-size", "8"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), CLIP_WEIGHTS=str(tiny_model_path), ANONYMIZED_TELEMETRY="False")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -220,7 +220,7 @@ def test_index_stores_captions_and_search_finds_text_records(tmp_path, tiny_mode
     common = ["--location", str(tmp_path / "db"), "--collection", "photos"]
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "clip_embeddings.cli", *args, *common, "--json"],
+        return subprocess.run([sys.executable, "-m", "clip_embeddings.apps.cli", *args, *common, "--json"],
                               capture_output=True, text=True, env=env, timeout=300)
 
     index = cli("index", str(folder))
@@ -254,7 +254,7 @@ def test_one_lazily_opened_pil_image_repeated_gives_the_same_vector(tmp_path, ti
 
 def test_a_slow_caller_does_not_hold_up_another(tiny_model_path, no_proxy):
     ef = ce.ClipEF(tiny_model_path, cache=False, num_workers=2,
-                   loader_options=ce.images.LoaderOptions(url_timeout=4.0))
+                   loader_options=ce.inputs.LoaderOptions(url_timeout=4.0))
     ef.dim  # load the model first: the timing below is about the pipeline
     release = threading.Event()
 

@@ -1,14 +1,19 @@
-"""The package's shape: every module imports on its own, imports form no cycle, and no module
-reaches into another's private names.
+"""The package's shape: every module imports on its own, imports form no cycle, no module imports
+upward (or sideways) across the layers written in ARCHITECTURE.md, and no module reaches into
+another's private names.
 
-Imports are read from the source (``ast``), including those inside functions: a lazy import that
-closes a cycle still ties two modules together. Imports under ``if TYPE_CHECKING:`` are type
-hints only and are left out.
+Imports are read from the source (``ast``), all of them: those inside functions and those under
+``if TYPE_CHECKING:`` too. A lazy import or a type hint that points up still ties a lower layer to
+a higher one, and it is how cycles come back.
+
+The layer table is written once, in ARCHITECTURE.md (between its ``layers`` markers); this test
+parses it from there, so the document and the check cannot drift apart.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clip_embeddings"
-OPTIONAL = {"clip_embeddings.distributed.ray": "ray"}  # imports fine without Ray, but is exercised with it
+OPTIONAL = {"clip_embeddings.apps.distributed.ray": "ray"}  # imports fine without Ray, but is exercised with it
 
 
 def module_name(path: Path) -> str:
@@ -29,10 +34,30 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+def read_layers() -> list[tuple[int, str, list[str]]]:
+    """(rank, layer, dotted prefixes) for each row of ARCHITECTURE.md's layer table, in order."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    table = text.split("<!-- layers:begin -->")[1].split("<!-- layers:end -->")[0]
+    rows = []
+    for line in table.strip().splitlines()[2:]:  # past the header and its rule
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows.append((int(cells[0]), cells[1], re.findall(r"`([a-z_.]+)`", cells[2])))
+    return rows
+
+
+LAYERS = read_layers()
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """The (rank, layer) of a module: the most specific prefix in the table that matches it."""
+    best = None
+    for rank, layer, prefixes in LAYERS:
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[0]:
+                    best = (len(prefix), rank, layer)
+    assert best is not None, f"{module} is in no layer of ARCHITECTURE.md: add it to the table"
+    return best[1], best[2]
 
 
 def imports_of(name: str) -> list[tuple[str, list[str]]]:
@@ -40,12 +65,8 @@ def imports_of(name: str) -> list[tuple[str, list[str]]]:
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)
-               for child in node.body for n in ast.walk(child)}
     found = []
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
+    for node in ast.walk(tree):  # every import: module level, in functions, under TYPE_CHECKING
         if isinstance(node, ast.Import):
             found += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -94,10 +115,35 @@ def test_imports_form_no_cycle():
     assert real == [], " ; ".join(" -> ".join(c) for c in real)
 
 
+def test_the_layer_table_covers_every_module_and_reads_as_written():
+    assert [layer for _, layer, _ in LAYERS] == ["facade", "apps", "integrations", "adapters", "collection",
+                                                 "tasks", "embedding", "inputs", "runtime", "core", "leaves"]
+    for name in MODULES:
+        layer_of(name)  # fails naming a module that no row claims
+
+
+def test_no_module_imports_upward_or_sideways_across_the_layers():
+    offenders = []
+    for name in MODULES:
+        if name == "clip_embeddings":
+            continue  # the facade sits on top and re-exports from every layer
+        rank, layer = layer_of(name)
+        for target, _ in imports_of(name):
+            if target == name or not (target in MODULES or any(target.startswith(m + ".") for m in MODULES)):
+                continue
+            to_rank, to_layer = layer_of(target)
+            if to_layer == layer:
+                continue
+            if to_rank >= rank:
+                offenders.append(f"{name} ({layer}) imports {target} ({to_layer})")
+    assert offenders == [], "\n".join(offenders)
+
+
 def test_the_library_never_imports_the_command_line():
-    users = sorted(name for name in MODULES if name not in ("clip_embeddings.cli",)
-                   and any(t == "clip_embeddings.cli" for t, _ in imports_of(name)))
-    assert users == [], f"library modules importing cli.py: {users}"
+    cli = ("clip_embeddings.apps.cli", "clip_embeddings.cli")
+    users = sorted(name for name in MODULES if not name.startswith(cli)
+                   and any(t.startswith(cli) for t, _ in imports_of(name)))
+    assert users == [], f"library modules importing the command line: {users}"
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

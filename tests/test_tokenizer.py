@@ -1,4 +1,4 @@
-"""Parity of clip_embeddings.tokenizer with openai/CLIP's tokenizer, id for id, on hard inputs."""
+"""Parity of clip_embeddings.core.tokenizer with openai/CLIP's tokenizer, id for id, on hard inputs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import threading
 import pytest
 import torch
 
-import clip_embeddings.tokenizer as tokmod
+import clip_embeddings.core.tokenizer as tokmod
 from clip_embeddings.errors import TextTooLongError
-from clip_embeddings.tokenizer import Tokenizer, get_tokenizer, pad_tokens, token_windows, tokenize
+from clip_embeddings.core.tokenizer import Tokenizer, get_tokenizer, pad_tokens, token_windows, tokenize
 from tests.reference import reference_tokenize, tokenizer_module
 
 SOT, EOT = 49406, 49407

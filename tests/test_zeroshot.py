@@ -21,18 +21,11 @@ import torch
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings import zeroshot
-from clip_embeddings.preprocess import Preprocess
-from clip_embeddings.zeroshot import (
-    DEFAULT_TEMPLATES,
-    IMAGENET_CLASSES,
-    IMAGENET_SELECTED_TEMPLATES,
-    IMAGENET_TEMPLATES,
-    ZeroShotClassifier,
-    classify,
-    clear_prototype_cache,
-    moderate,
-    similarity,
+from clip_embeddings.tasks import zeroshot
+from clip_embeddings.core.preprocess import Preprocess
+from clip_embeddings.tasks.zeroshot import (
+    DEFAULT_TEMPLATES, IMAGENET_CLASSES, IMAGENET_SELECTED_TEMPLATES, IMAGENET_TEMPLATES, ZeroShotClassifier,
+    classify, clear_prototype_cache, moderate, similarity,
 )
 from tests.model_factory import tiny_reference_clip
 from tests.reference import reference_tokenize

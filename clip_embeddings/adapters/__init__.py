@@ -17,7 +17,7 @@ from .._extras import require  # the one helper that names the extra to install
 from ..errors import CollectionNotFoundError
 
 if TYPE_CHECKING:
-    from ..embedding import ClipEF
+    from ..embedding.function import ClipEF
     from .base import Store
 
 Kind = Literal["chroma", "qdrant", "lancedb"]

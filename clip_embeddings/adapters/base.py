@@ -1,6 +1,6 @@
 """The one ingestion and query path every database adapter shares.
 
-read → decode → preprocess → embed happens in :mod:`clip_embeddings.pipeline`, one batch at a
+read → decode → preprocess → embed happens in :mod:`clip_embeddings.embedding.pipeline`, one batch at a
 time; this module turns each batch into records with content-derived ids and writes it at once,
 so an interrupted ingest keeps what it wrote and a re-run writes only what is missing. A store
 only translates records to its database and back: adding a database means writing ``_write``,
@@ -26,15 +26,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..captions import caption_for, folder_captions
+from ..inputs.captions import caption_for, folder_captions
 from ..collection.duplicates import DuplicateReport, find_duplicates, remove_duplicates
 from ..collection.export import ExportReport
-from ..collection.map import MapReport, render_map
 from ..collection.export import export as export_collection
-from ..embedding import ClipEF
+from ..collection.map import MapReport, render_map
+from ..embedding.function import ClipEF
 from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
-from ..images import IMAGE_EXTENSIONS, ImageLike, iter_image_files
-from ..pipeline import ImageResult, OnError, SkippedItem
+from ..inputs.folders import IMAGE_EXTENSIONS, iter_image_files
+from ..inputs.options import ImageLike
+from ..embedding.pipeline import ImageResult, OnError, SkippedItem
 
 Modality = Literal["image", "text"]
 _NAMESPACE = uuid.UUID("9b1f6c1e-3c1a-4f51-9a57-2f0e6c0c1ce5")  # fixed forever: ids must be stable
@@ -414,7 +415,7 @@ class Store(ABC):
         """Index every image file under ``folder``; re-running it stores only what is missing.
 
         The folder is walked lazily in a stable order and each batch is written as soon as it is
-        embedded. Captions (``captions=True``) come from :func:`clip_embeddings.captions.folder_captions`:
+        embedded. Captions (``captions=True``) come from :func:`clip_embeddings.inputs.captions.folder_captions`:
         a ``captions.json`` or ``captions.csv`` at the folder's root, or a ``.txt`` file beside an
         image; pass a mapping of paths (relative to ``folder``) to captions, or ``False`` for none.
 

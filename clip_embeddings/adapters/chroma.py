@@ -26,10 +26,10 @@ from .._extras import require
 require("chromadb", extra="chroma")  # before the imports below: names the extra when it is missing
 from chromadb.utils.embedding_functions import register_embedding_function  # noqa: E402
 
-from ..embedding import ClipEF
+from ..embedding.function import ClipEF
 from ..errors import ImageLoadError
-from ..images import DEFAULT_OPTIONS, LoaderOptions
-from ..pipeline import decode_many
+from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
+from ..embedding.pipeline import decode_many
 from .base import Hit, Modality, Record, Store, row_id, scan_modalities
 
 register_embedding_function(ClipEF)

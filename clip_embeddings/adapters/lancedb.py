@@ -37,8 +37,8 @@ import pyarrow as pa  # noqa: E402
 from lancedb.embeddings import EmbeddingFunction, register  # noqa: E402
 from pydantic import field_validator  # noqa: E402
 
-from ..embedding import ClipEF
-from ..images import DEFAULT_OPTIONS, LoaderOptions
+from ..embedding.function import ClipEF
+from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
 from .base import Hit, Modality, Record, Store, row_id, scan_modalities
 
 CONFIG_KEY = b"clip_embeddings"  # schema metadata key holding ClipEF.get_config() for LanceDBStore tables
@@ -68,7 +68,7 @@ class ClipLanceEmbeddings(EmbeddingFunction):
 
     Fields: ``model`` (name or weights path), ``device`` (not stored in the schema: each process
     uses its own default), ``dtype``, ``batch_size``, ``long_text``, ``num_workers``,
-    ``loader_options`` (a :class:`~clip_embeddings.images.LoaderOptions` or its ``to_config()``
+    ``loader_options`` (a :class:`~clip_embeddings.inputs.options.LoaderOptions` or its ``to_config()``
     dict: the URL and size policy, kept in the schema so a reopened table honours it);
     ``source="image"`` (paths, URLs or bytes) or ``"text"``; ``on_error``:
     ``"raise"`` or ``"skip"`` (a bad image gets a null vector, which LanceDB's ``on_bad_vectors``

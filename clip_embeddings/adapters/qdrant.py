@@ -31,7 +31,7 @@ from .._extras import require
 require("qdrant_client", extra="qdrant")  # before the import below: names the extra when it is missing
 from qdrant_client import models as qmodels  # noqa: E402
 
-from ..embedding import ClipEF
+from ..embedding.function import ClipEF
 from .base import Hit, Modality, Record, Store, scan_modalities
 
 CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()

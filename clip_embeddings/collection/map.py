@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .._extras import require
-from ..zeroshot import DEFAULT_TEMPLATES, IMAGENET_CLASSES, ZeroShotClassifier
+from ..tasks.zeroshot import DEFAULT_TEMPLATES, IMAGENET_CLASSES, ZeroShotClassifier
 from .protocol import StoreLike, require_records
 
 PROJECTIONS = ("pca", "tsne", "umap")

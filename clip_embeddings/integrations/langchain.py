@@ -25,8 +25,8 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 
 from ..adapters.base import Hit, Store
-from ..embedding import ClipEF
-from ..images import ImageLike
+from ..embedding.function import ClipEF
+from ..inputs.options import ImageLike
 
 
 class ClipEmbeddings(Embeddings):

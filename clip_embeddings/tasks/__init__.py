@@ -1,1 +1,4 @@
-"""CLIP-level tasks over the embedding function: zero-shot, evaluation, fine-tuning, caption scores."""
+"""CLIP-level tasks built on the embedding function: zero-shot classification and moderation
+(:mod:`.zeroshot`), fine-tuning and linear probes (:mod:`.finetune`), evaluation (:mod:`.evaluation`),
+caption scores (:mod:`.scores`).
+"""

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding import ClipEF, SkippedItem
+from ..embedding.function import ClipEF, SkippedItem
 
 HESSEL_W = 2.5  # Hessel et al. 2021, Section 3
 IMAGE_KEYS = ("image", "image_path", "path", "url", "filepath", "file")

@@ -1,0 +1,154 @@
+"""What the commands share: the option groups every sub-parser takes (model, database, --json,
+--debug), building and loading the embedding function, opening a collection to search, and
+printing skipped items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ...core.loading import default_model
+from ..console import UsageError, format_table, status
+
+DBS = ("chroma", "qdrant", "lancedb")
+DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qdrant"), "lancedb": ("lancedb", "lancedb")}
+
+
+def make_ef(args: argparse.Namespace, **options: Any):
+    from ...embedding.function import ClipEF
+
+    return ClipEF(args.model or default_model(), device=args.device, batch_size=args.batch_size, **options)
+
+
+def loaded(ef: Any) -> Any:
+    """``ef`` with its model loaded, under a status line on a terminal (a first load takes seconds)."""
+    with status(f"loading model {ef.model_name} ..."):
+        ef.dim  # noqa: B018  (loads, and checks the weights against a collection's fingerprint)
+    return ef
+
+
+def skipped_lines(skipped: Sequence[Any]) -> list[str]:
+    if not skipped:
+        return []
+    return ["", f"skipped {len(skipped)} item(s):",
+            format_table(["#", "source", "reason"], [[s.index, s.source, s.reason] for s in skipped],
+                         align="rll", max_width=80)]
+
+
+def skipped_json(skipped: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"index": s.index, "source": s.source, "reason": s.reason} for s in skipped]
+
+
+def read_labels(path: str) -> list[str] | dict[str, str]:
+    """Labels from a file: one per line (``#`` comments), a JSON list, or a JSON {folder: label} map."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        labels = json.loads(text)
+        if not isinstance(labels, (list, dict)) or not labels:
+            raise UsageError(f"{path}: expected a JSON list of labels or a {{folder: label}} object")
+        return labels
+    labels = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not labels:
+        raise UsageError(f"{path}: no labels in it (one label per line)")
+    return labels
+
+
+def templates(name: str) -> list[str]:
+    from ...tasks import zeroshot
+
+    return list(zeroshot.IMAGENET_TEMPLATES if name == "imagenet" else zeroshot.DEFAULT_TEMPLATES)
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # unreachable; keeps type checkers content
+
+
+def open_search_store(args: argparse.Namespace):
+    """Open an existing collection; without --model, with the model it was indexed with.
+
+    Searching only reads: ``open_store(create=False)`` reports a location without a database, never makes one.
+    """
+    from ..._extras import require
+    from ...adapters import open_store
+    from ...errors import CollectionNotFoundError
+
+    # A missing database client is the first thing to say, wherever the location points.
+    require(*DB_MODULES[args.db])
+    # With --model the store checks those weights against the collection's, so a wrong one fails
+    # with a message naming the right one instead of returning meaningless neighbours.
+    ef = loaded(make_ef(args)) if args.model else None
+    try:
+        store = open_store(args.db, args.location, args.collection, ef, create=False)
+    except CollectionNotFoundError as e:
+        raise UsageError(f"no {args.db} collection {args.collection!r} at {args.location}; "
+                         "create it with `clip-embeddings index FOLDER ...` first") from e
+    if ef is not None:
+        return store
+    # The rebuilt embedding function keeps the stored model; where to run it is this machine's call.
+    store.ef.device, store.ef.batch_size = args.device, args.batch_size
+    return store
+
+
+def model_options(for_search: bool = False) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("model")
+    group.add_argument(
+        "--model", default=None if for_search else default_model(), metavar="NAME_OR_PATH",
+        help="a model name (see `clip-embeddings models`) or a checkpoint path "
+             + ("(default: the model the collection was indexed with)" if for_search
+                else "(default: $CLIP_WEIGHTS, else ViT-B/32)"),
+    )
+    group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    group.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
+                       help="images or texts per forward pass (default: 32)")
+    return parent
+
+
+def store_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("database")
+    group.add_argument("--db", choices=DBS, default="chroma", help="vector database (default: chroma)")
+    group.add_argument("--location", required=True, metavar="PATH_OR_URL",
+                       help="a local folder for an embedded database, or a server URL (http://host:port)")
+    group.add_argument("--collection", required=True, metavar="NAME", help="collection (table) name")
+    return parent
+
+
+def common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False, parents=[json_option()])
+    # SUPPRESS, so `clip-embeddings search --debug` and `clip-embeddings --debug search` both work
+    # without the subcommand's default overwriting the global flag.
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print full tracebacks instead of one-line errors")
+    return parent
+
+
+def json_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON document on stdout instead of tables")
+    return parent
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def templates_option() -> argparse.ArgumentParser:
+    """``--templates``, shared by classify and eval."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--templates", choices=("default", "imagenet"), default="default",
+                           help="prompt templates: a few generic ones, or CLIP's 80 ImageNet prompts "
+                                "(slower, usually a little more accurate) (default: default)")
+    return parent

@@ -1,0 +1,91 @@
+"""``clip-embeddings serve``: serve one loaded model (and a collection) over HTTP until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..console import UsageError
+from .common import DBS, common_options, make_ef, model_options, open_search_store, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``serve`` sub-parser; :func:`run` carries it out."""
+    p = sub.add_parser("serve", parents=[common_options(), model_options(for_search=True)],
+                       help="serve the model (and a collection) over HTTP, with a search page",
+                       description="One loaded model for many clients: POST /embed, /search, /classify, GET /health, "
+                                   "and a search page at /. Concurrent requests share forward passes. "
+                                   "See docs/serving.md.")
+    group = p.add_argument_group("database (optional: without it, /search is off)")
+    group.add_argument("--db", choices=DBS, default="chroma", help="vector database (default: chroma)")
+    group.add_argument("--location", metavar="PATH_OR_URL", help="the collection's folder or server URL")
+    group.add_argument("--collection", metavar="NAME", help="collection (table) name")
+    group = p.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    group.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    group.add_argument("--root-path", default="", metavar="PREFIX",
+                       help="the path prefix a reverse proxy serves this under, e.g. /clip (default: none)")
+    group.add_argument("--token", default=None,
+                       help="require Authorization: Bearer TOKEN on API calls (default: $CLIP_EMBEDDINGS_TOKEN, else none)")
+    group = p.add_argument_group("limits")
+    group.add_argument("--max-upload-mb", type=float, default=32, metavar="MB", help="largest request body (default: 32)")
+    group.add_argument("--max-pixels", type=positive_int, default=50_000_000, metavar="N",
+                       help="largest image width*height (default: 50000000)")
+    group.add_argument("--timeout", type=float, default=30, metavar="S",
+                       help="seconds a request may take to arrive and to be embedded (default: 30)")
+    group.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
+                       help="requests waiting for the model before new ones get 429 (default: 256)")
+    group.add_argument("--max-batch", type=positive_int, default=64, metavar="N",
+                       help="most texts+images in one shared forward pass (default: 64)")
+    group.add_argument("--max-wait-ms", type=float, default=5, metavar="MS",
+                       help="how long a request waits for others to share its pass (default: 5)")
+    group.add_argument("--max-items", type=positive_int, default=64, metavar="N",
+                       help="most texts, images or labels in one request (default: 64)")
+    group.add_argument("--max-templates", type=positive_int, default=32, metavar="N",
+                       help="most prompt templates in one /classify request (default: 32)")
+    group.add_argument("--max-prompts", type=positive_int, default=512, metavar="N",
+                       help="most labels x templates in one /classify request (default: 512)")
+    group.add_argument("--max-prompt-chars", type=positive_int, default=1000, metavar="N",
+                       help="longest label, and longest template filled with a label (default: 1000)")
+    group.add_argument("--max-urls", type=positive_int, default=16, metavar="N",
+                       help="most image URLs in one request (default: 16)")
+    group.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                       help="torch threads for the model (default: torch's, one per core); fewer leaves cores "
+                            "for decoding uploads and for other processes")
+    group.add_argument("--allow-private-urls", action="store_true",
+                       help="let image URLs reach loopback/private addresses (off by default: no SSRF)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve one loaded model (and a collection) over HTTP until interrupted."""
+    try:
+        from ..server import ServeLimits, serve
+    except ImportError as e:
+        raise UsageError(f"serve needs the serve extra ({e.name} is missing): pip install 'clip-embeddings[serve]'") from None
+    if (args.location is None) != (args.collection is None):
+        raise UsageError("serve takes --location and --collection together (or neither, to serve only /embed and /classify)")
+    store = None
+    if args.collection is not None:
+        store = open_search_store(args)  # the collection's own model unless --model says otherwise
+        ef = store.ef
+    else:
+        ef = make_ef(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # before the model's first pass, which sizes torch's pool
+    token = args.token or os.environ.get("CLIP_EMBEDDINGS_TOKEN") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        print(f"warning: serving on {args.host} without --token: anyone who can reach it can use it", file=sys.stderr)
+    limits = ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, request_timeout=args.timeout,
+        max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_items=args.max_items,
+        max_templates=args.max_templates, max_prompts=args.max_prompts, max_prompt_chars=args.max_prompt_chars,
+        max_urls=args.max_urls, token=token, allow_private_urls=args.allow_private_urls,
+    )
+    where = f"{args.db} collection {args.collection!r} at {args.location}" if store is not None else "no collection"
+    print(f"serving {ef.model_name} ({where}) on http://{args.host}:{args.port}/", file=sys.stderr)
+    serve(ef, store, limits, host=args.host, port=args.port, root_path=args.root_path)
+    return 0

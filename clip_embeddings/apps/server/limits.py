@@ -1,0 +1,58 @@
+"""What one request may cost the server: :class:`ServeLimits`, with the budget's numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...inputs.options import LoaderOptions
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may cost the server; the defaults suit a LAN or a reverse proxy in front.
+
+    Attributes:
+        max_upload_bytes: the largest request body (413 beyond it), also each image's byte limit.
+        max_pixels: the largest ``width * height`` of an image, checked before decoding (422).
+        request_timeout: seconds a request may wait for its body and for the model (408 / 503).
+        max_queue: most requests waiting for the model (429 beyond it).
+        max_batch: most texts + images in one shared forward pass.
+        max_wait_ms: how long the first request of a pass waits for others to join it.
+        max_items: most texts, images or labels in one request (413 beyond it).
+        max_templates: most prompt templates in one ``/classify`` request (413 beyond it).
+        max_prompts: most labels x templates in one ``/classify`` request: the texts it encodes (413).
+        max_prompt_chars: the longest label, and the longest label written into a template (413).
+        max_urls: most image URLs in one request, each fetched for up to ``url_timeout`` (413).
+        token: when set, every API route needs ``Authorization: Bearer <token>`` (401 otherwise).
+        allow_private_urls: let image URLs reach loopback and private addresses (off: no SSRF).
+        url_timeout: seconds to fetch one image URL.
+
+    Example:
+        >>> ServeLimits(max_queue=32).max_batch
+        64
+    """
+
+    max_upload_bytes: int = 32 * 2**20
+    max_pixels: int = 50_000_000
+    request_timeout: float = 30.0
+    max_queue: int = 256
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_items: int = 64
+    max_templates: int = 32
+    max_prompts: int = 512
+    max_prompt_chars: int = 1_000
+    max_urls: int = 16
+    token: str | None = None
+    allow_private_urls: bool = False
+    url_timeout: float = 10.0
+
+    def loader_options(self) -> LoaderOptions:
+        """The image loader's options for request images.
+
+        Example:
+            >>> ServeLimits(max_pixels=1000).loader_options().max_pixels
+            1000
+        """
+        return LoaderOptions(max_pixels=self.max_pixels, max_bytes=self.max_upload_bytes, url_timeout=self.url_timeout,
+                             allow_private_addresses=self.allow_private_urls)

@@ -1,0 +1,449 @@
+"""``ClipEF``: one CLIP embedding function for every vector database.
+
+Databases rebuild an embedding function from its stored config whenever they please (Chroma does
+on every add and query), so ``ClipEF`` objects are cheap: the model lives in a process-wide
+registry, loaded once per (weights, device, dtype) and shared by every instance and thread.
+
+Images go through :mod:`clip_embeddings.embedding.pipeline`, the one image path of the library. A bad item
+is reported by index, source and reason; under ``on_error="skip"`` the rest is still embedded.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .cache import CacheWarning, EmbeddingCache
+from ..core.download import cache_dir
+from ..errors import ClipError, ModelLoadError, ModelMismatchError
+from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
+from ..core.loading import check_model_reference, default_model
+from .loaded import LoadedModel, shared_model
+from .pipeline import ImagePipeline, OnError, SkippedItem, l2_normalize
+from ..core.tokenizer import get_tokenizer, token_windows
+
+CONFIG_VERSION = 1
+# long_text="chunk" embeds at most this many 75-token windows per text (about 20 KB of English):
+# one forward pass each, so a 1 MB text would otherwise cost thousands of them (66 s measured).
+MAX_TEXT_WINDOWS = 64
+
+# --- results ------------------------------------------------------------------------------
+
+@dataclass
+class ImageEmbeddings:
+    """The outcome of embedding a batch of images when bad items may be skipped.
+
+    ``embeddings[i]`` belongs to input ``indices[i]``, whose content digest is ``digests[i]``.
+    """
+
+    embeddings: np.ndarray
+    indices: list[int]
+    digests: list[str]
+    skipped: list[SkippedItem] = field(default_factory=list)
+    cache_hits: int = 0
+
+
+# --- the embedding function -----------------------------------------------------------------
+
+class ClipEF:
+    """CLIP as an embedding function: texts and images into one L2-normalised space.
+
+    Works as is with Chroma (``embedding_function=ClipEF()``), and through the adapters with
+    Qdrant, LanceDB and LangChain. Cheap to construct: weights load on first use, once per process.
+
+    Args:
+        model: a name from ``available_models()`` or a local checkpoint path (as ``load`` takes);
+            default ``$CLIP_WEIGHTS`` when set, else ``"ViT-B/32"``. A name that is not known and
+            a path that does not exist raise :class:`ModelLoadError` here, not at first use.
+        device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
+        batch_size: images or texts per forward pass.
+        dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (fp16 on CUDA, fp32 on CPU).
+        long_text: ``"truncate"`` keeps the first 77 tokens; ``"chunk"`` averages 77-token windows
+            (the first ``MAX_TEXT_WINDOWS`` = 64 of them, about 4,800 tokens; the rest is ignored).
+        cache: keep image embeddings in the sqlite cache (``True``), not (``False``), or a path.
+        on_error: ``"raise"`` stops at the first bad image; ``"skip"`` embeds the rest and reports.
+        fast_decode: decode large JPEGs at reduced scale (Pillow draft mode) when that is safe.
+        num_workers: threads that read, decode and preprocess images ahead of the model.
+        loader_options: limits for image inputs (pixel count, bytes, URL timeout).
+        download_root: where named models are cached (default ``~/.cache/clip``).
+        server: the URL of a ``clip-embeddings serve`` that computes the embeddings instead of a
+            local model (see :mod:`clip_embeddings.embedding.remote`); persisted in the config.
+
+    Example:
+        >>> import clip_embeddings as ce
+        >>> ef = ce.ClipEF("ViT-B/32")  # doctest: +SKIP
+        >>> ef.embed_texts(["a photo of a cat"]).shape  # doctest: +SKIP
+        (1, 512)
+        >>> collection = chroma_client.create_collection("photos", embedding_function=ef)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        device: str | None = None,
+        batch_size: int = 32,
+        dtype: str | None = "auto",
+        long_text: Literal["truncate", "chunk"] = "truncate",
+        cache: bool | str | os.PathLike = True,
+        on_error: OnError = "raise",
+        fast_decode: bool = True,
+        num_workers: int = 4,
+        loader_options: LoaderOptions = DEFAULT_OPTIONS,
+        download_root: str | os.PathLike | None = None,
+        *,
+        expected_fingerprint: str | None = None,
+        expected_dim: int | None = None,
+        server: str | None = None,
+    ):
+        if long_text not in ("truncate", "chunk"):
+            raise ValueError(f"long_text must be 'truncate' or 'chunk', not {long_text!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        if batch_size < 1 or num_workers < 1:
+            raise ValueError("batch_size and num_workers must be at least 1")
+        model = default_model() if model is None else model
+        if expected_fingerprint is None:
+            # A typo fails here, not at the first add; a function rebuilt from a collection's
+            # config keeps failing on use, with a ModelMismatchError saying how to open it.
+            check_model_reference(model)
+        self.model_name = os.fspath(model)
+        self.device = device
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.long_text = long_text
+        self.cache_setting = cache
+        self.on_error = on_error
+        self.fast_decode = fast_decode
+        self.num_workers = num_workers
+        self.loader_options = loader_options
+        self.download_root = download_root
+        self.expected_fingerprint = expected_fingerprint
+        self.expected_dim = expected_dim
+        self.server = server
+
+    # -- the model, loaded lazily and checked against what a collection expects --
+
+    def _loaded(self) -> LoadedModel:
+        if self.server:
+            raise ClipError(f"this ClipEF embeds on the server {self.server}; it has no local model to use here")
+        try:
+            lm = shared_model(self.model_name, self.device, self.dtype, self.download_root)
+        except ModelLoadError as e:
+            if self.expected_fingerprint is None:
+                raise
+            raise ModelMismatchError(
+                f"this collection was built with model {self.model_name!r} (fingerprint {self.expected_fingerprint}, "
+                f"dim {self.expected_dim}), which cannot be loaded here: {e} "
+                "Open it with embedding_function=ClipEF(model=<path to the same weights>)."
+            ) from None
+        expected = (self.expected_fingerprint, self.expected_dim)
+        if expected[0] is not None and (lm.fingerprint, lm.dim) != expected:
+            raise ModelMismatchError(
+                f"this collection was built with model {self.model_name!r} (fingerprint {expected[0]}, dim "
+                f"{expected[1]}), but the weights loaded from {self.model_name!r} now have fingerprint "
+                f"{lm.fingerprint} (dim {lm.dim}): its embeddings would not be comparable. Open it with "
+                "ClipEF(model=<the weights it was built with>), or re-index it into a new collection."
+            )
+        return lm
+
+    def loaded_model(self) -> LoadedModel:
+        """The shared model behind this function (loaded on first use), checked against the collection's.
+
+        Example:
+            >>> ClipEF().loaded_model().precision  # doctest: +SKIP
+            'fp32'
+        """
+        return self._loaded()
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension (512 for ViT-B/32)."""
+        return self._remote().check(self._expected())["dim"] if self.server else self._loaded().dim
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights + preprocessing + normalisation behind these embeddings."""
+        return self._remote().check(self._expected())["fingerprint"] if self.server else self._loaded().fingerprint
+
+    def _expected(self) -> tuple[str | None, int | None]:
+        """The ``(fingerprint, dim)`` this function's collection was built with, or ``(None, None)``."""
+        return self.expected_fingerprint, self.expected_dim
+
+    def _remote(self):
+        from .remote import remote_model
+
+        return remote_model(self.server)
+
+    def runtime_info(self) -> dict[str, Any]:
+        """What this function runs on and why: device, dtype, precision path, rewrites, CPU flags.
+
+        ``from_cache`` says whether ``dtype="auto"`` reused a stored decision or probed just now;
+        ``reason`` says why it chose what it did. Loads the model if it is not loaded yet.
+
+        Example:
+            >>> ClipEF().runtime_info()["precision"]  # doctest: +SKIP
+            'bf16+onednn'
+        """
+        return dict(self._loaded().runtime)
+
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        if self.cache_setting is False:
+            return None
+        if self.cache_setting is not True:
+            return _open_cache(str(Path(self.cache_setting)))
+        try:
+            root = cache_dir()
+        except OSError as e:  # a read-only home: the cache is an optimisation, embed without it
+            _warn_once(f"no embedding cache: its folder cannot be created ({e}); set CLIP_CACHE_DIR to a "
+                       "writable folder, or pass cache=False")
+            return None
+        return _open_cache(str(root / "embeddings.sqlite3"))
+
+    # -- texts --
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts into an ``[N, dim]`` float32 array of unit rows; long texts never raise.
+
+        Texts are sorted by length into batches, and each batch runs only as far as its longest
+        text, so short captions cost a fraction of the full 77-token context.
+
+        Example:
+            >>> ClipEF().embed_texts(["a dog", "a cat"]).shape  # doctest: +SKIP
+            (2, 512)
+        """
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"item {i}: texts must be str, got {type(text).__name__}")
+        if self.server:
+            return self._remote().embed_texts(texts, self._expected(), self.batch_size)
+        lm = self._loaded()
+        tokenizer = get_tokenizer()
+        context = lm.model.context_length
+        owners, sequences = [], []
+        for i, text in enumerate(texts):
+            if self.long_text == "chunk":
+                windows = token_windows(text, context, max_windows=MAX_TEXT_WINDOWS)
+            else:
+                ids = tokenizer.encode(text, max_ids=context - 2)[: context - 2]
+                windows = [[tokenizer.sot_token, *ids, tokenizer.eot_token]]
+            owners += [i] * len(windows)
+            sequences += windows
+        vectors = l2_normalize(self._encode_token_sequences(lm, sequences))
+        out = np.zeros((len(texts), lm.dim), dtype=np.float32)
+        np.add.at(out, np.asarray(owners, dtype=np.int64), vectors)  # a text's windows: mean of unit vectors
+        return l2_normalize(out)
+
+    def _encode_token_sequences(self, lm: LoadedModel, sequences: list[list[int]]) -> np.ndarray:
+        out = np.empty((len(sequences), lm.dim), dtype=np.float32)
+        # By length, then by ids: texts from one prompt template land side by side and share a prefix.
+        order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), sequences[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                width = max(len(sequences[i]) for i in batch)
+                tokens = torch.zeros(len(batch), width, dtype=torch.long)
+                for row, i in enumerate(batch):
+                    tokens[row, : len(sequences[i])] = torch.tensor(sequences[i])
+                features = lm.model.encode_text(tokens.to(lm.device)).float().cpu().numpy()
+                out[batch] = features
+        return out
+
+    # -- images --
+
+    def embed_images(self, images: Sequence[ImageLike], on_error: OnError | None = None) -> np.ndarray:
+        """Embed images into an ``[N, dim]`` float32 array of unit rows.
+
+        Items may be paths, URLs, bytes, data URIs, PIL images or numpy arrays. With
+        ``on_error="skip"`` the rows of bad items are left out (a warning lists them); use
+        :meth:`encode_images` to know which rows are which.
+
+        Example:
+            >>> ClipEF().embed_images(["cat.jpg", PIL.Image.open("dog.png")]).shape  # doctest: +SKIP
+            (2, 512)
+        """
+        result = self.encode_images(images, on_error=on_error)
+        if result.skipped:
+            warnings.warn(f"skipped {len(result.skipped)} image(s): " + "; ".join(map(str, result.skipped)), stacklevel=2)
+        return result.embeddings
+
+    def encode_images(self, images: Iterable[ImageLike], on_error: OnError | None = None,
+                      progress: bool = False, total: int | None = None) -> ImageEmbeddings:
+        """Embed images and say which inputs each row belongs to and which were skipped, and why.
+
+        Example:
+            >>> result = ClipEF().encode_images(["cat.jpg", "missing.jpg"], on_error="skip")  # doctest: +SKIP
+            >>> result.indices, [s.reason for s in result.skipped]  # doctest: +SKIP
+            ([0], ['file not found'])
+        """
+        on_error = on_error or self.on_error
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        rows: list[np.ndarray] = []
+        indices: list[int] = []
+        digests: list[str] = []
+        skipped: list[SkippedItem] = []
+        hits = 0
+        for batch in self.image_pipeline().batches(images, progress=progress, total=total):
+            for r in batch:
+                if not r.ok:
+                    if on_error == "raise":
+                        raise r.error()
+                    skipped.append(r.skipped())
+                    continue
+                rows.append(r.vector)
+                indices.append(r.index)
+                digests.append(r.digest)
+                hits += r.cached
+        embeddings = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+        return ImageEmbeddings(embeddings, indices, digests, skipped, hits)
+
+    def image_pipeline(self) -> ImagePipeline:
+        """The image pipeline with this function's model, cache, limits and batching.
+
+        Example:
+            >>> for batch in ClipEF().image_pipeline().batches(paths):  # doctest: +SKIP
+            ...     store_somewhere([r.vector for r in batch if r.ok])
+        """
+        if self.server:  # the same reading and guards here; the server's model does the rest
+            encoder = self._remote().encoder(self.loader_options, self._expected(), self.batch_size)
+            return ImagePipeline(encoder, options=self.loader_options, batch_size=encoder.per_request,
+                                 num_workers=self.num_workers)
+        return ImagePipeline(self._loaded(), options=self.loader_options, cache=self.cache,
+                             batch_size=self.batch_size, num_workers=self.num_workers, fast_decode=self.fast_decode)
+
+    # -- the mixed-input protocol databases call --
+
+    def __call__(self, input: Sequence[Any]) -> list[np.ndarray]:  # noqa: A002 (Chroma's name)
+        """Embed a list of texts (``str``) and/or images (anything else), keeping the order.
+
+        Example:
+            >>> rows = ClipEF()(["a cat", np.zeros((32, 32, 3), np.uint8)])  # doctest: +SKIP
+            >>> len(rows), rows[0].shape  # doctest: +SKIP
+            (2, (512,))
+        """
+        text_at = [i for i, x in enumerate(input) if isinstance(x, str)]
+        image_at = [i for i, x in enumerate(input) if not isinstance(x, str)]
+        rows: list[np.ndarray | None] = [None] * len(input)
+        if text_at:
+            for i, v in zip(text_at, self.embed_texts([input[i] for i in text_at])):
+                rows[i] = v
+        if image_at:
+            # A database needs one row per input, so bad images always raise here.
+            for i, v in zip(image_at, self.encode_images([input[i] for i in image_at], on_error="raise").embeddings):
+                rows[i] = v
+        return rows  # type: ignore[return-value]
+
+    def embed_query(self, input: Sequence[Any]) -> list[np.ndarray]:  # noqa: A002
+        """Queries embed exactly like documents in CLIP's shared space."""
+        return self.__call__(input)
+
+    # -- the registry-plus-config protocol (Chroma's shape; LanceDB and Qdrant reuse the config) --
+
+    @staticmethod
+    def name() -> str:
+        return "clip-embeddings"
+
+    def default_space(self) -> str:
+        return "cosine"
+
+    def supported_spaces(self) -> list[str]:
+        return ["cosine", "ip", "l2"]  # unit vectors: all three rank identically
+
+    def get_config(self) -> dict[str, Any]:
+        """What a database stores to rebuild this function, including the model fingerprint."""
+        if self.expected_fingerprint is not None:
+            fp, dim = self.expected_fingerprint, self.expected_dim
+        else:
+            fp, dim = self.fingerprint, self.dim
+        model = self._remote().health()["model"] if self.server else self.model_name  # what the server runs
+        return {
+            "model": model, "fingerprint": fp, "dim": dim, "batch_size": self.batch_size,
+            "dtype": self.dtype, "long_text": self.long_text, "fast_decode": self.fast_decode,
+            # The input policy travels with the function: a collection made with allow_urls=False
+            # must not fetch URLs once reopened (Chroma rebuilds the function from this).
+            "loader_options": self.loader_options.to_config(), "on_error": self.on_error,
+            "num_workers": self.num_workers, "version": CONFIG_VERSION,
+            **({"server": self.server} if self.server else {}),
+        }
+
+    @classmethod
+    def build_from_config(cls, config: dict[str, Any]) -> ClipEF:
+        """Rebuild from a stored config; the weights are checked against its fingerprint on use."""
+        cls.validate_config(config)
+        return cls(
+            model=config["model"], batch_size=config.get("batch_size", 32), dtype=config.get("dtype", "auto"),
+            long_text=config.get("long_text", "truncate"), fast_decode=config.get("fast_decode", True),
+            # Configs written before these keys existed get the defaults they were made with.
+            on_error=config.get("on_error", "raise"), num_workers=config.get("num_workers", 4),
+            loader_options=LoaderOptions.from_config(config.get("loader_options")),
+            expected_fingerprint=config["fingerprint"], expected_dim=config["dim"], server=config.get("server"),
+        )
+
+    @staticmethod
+    def validate_config(config: dict[str, Any]) -> None:
+        missing = [k for k in ("model", "fingerprint", "dim") if k not in config]
+        if missing:
+            raise ValueError(f"not a clip-embeddings config: missing {', '.join(missing)} in {config}")
+        if config.get("version", CONFIG_VERSION) > CONFIG_VERSION:
+            raise ValueError(f"config version {config['version']} is newer than this clip-embeddings understands; upgrade it")
+        if config.get("on_error", "raise") not in ("raise", "skip"):
+            raise ValueError(f"config on_error must be 'raise' or 'skip', not {config['on_error']!r}")
+        workers = config.get("num_workers", 4)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"config num_workers must be an int >= 1, not {workers!r}")
+        try:
+            LoaderOptions.from_config(config.get("loader_options"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config loader_options: {e}") from None
+
+    def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
+        if "model" in new_config and new_config.get("fingerprint") not in (None, old_config.get("fingerprint")):
+            raise ModelMismatchError(
+                f"a collection built with {old_config.get('model')!r} cannot switch to {new_config.get('model')!r}: "
+                "existing embeddings would not be comparable. Re-index into a new collection instead."
+            )
+
+    def is_legacy(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"ClipEF(model={self.model_name!r}, device={self.device!r}, dtype={self.dtype!r}, batch_size={self.batch_size})"
+
+
+_MAX_OPEN_CACHES = 8
+_open_caches: OrderedDict[str, EmbeddingCache] = OrderedDict()
+_open_caches_lock = threading.Lock()
+_warned: set[str] = set()
+
+
+def _open_cache(path: str) -> EmbeddingCache:
+    """The process's cache object for ``path``; the 8 most recently used stay open, older ones closed.
+
+    Databases rebuild functions constantly, so the objects are shared; but each open cache holds
+    file descriptors, and a process cycling through many cache paths must not run out of them.
+    A closed cache still in use by some call simply reopens.
+    """
+    with _open_caches_lock:
+        cache = _open_caches.pop(path, None)
+        if cache is None:  # not `or`: an empty cache has len() 0
+            cache = EmbeddingCache(path)
+        _open_caches[path] = cache
+        while len(_open_caches) > _MAX_OPEN_CACHES:
+            _open_caches.popitem(last=False)[1].close()
+        return cache
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, CacheWarning, stacklevel=3)

@@ -1,0 +1,183 @@
+"""The process-wide registry of loaded models: one per (weights, device, dtype), shared by every
+``ClipEF`` and thread, with the fingerprint that says which embedding space its vectors live in.
+
+The image pipeline takes a :class:`LoadedModel`; ``ClipEF`` asks :func:`shared_model` for one.
+Keeping both here, below the two of them, is what lets the pipeline not import ``ClipEF``.
+
+Example:
+    >>> import torch
+    >>> resolve_dtype("fp32", torch.device("cpu"))
+    torch.float32
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.download import cache_dir
+from ..core.loading import default_device, load
+from ..core.model import CLIP, cast_weights
+from ..core.preprocess import Preprocess
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# --- one model per process ------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    """A model in the process-wide registry, with what identifies its embeddings."""
+
+    model: CLIP
+    preprocess: Preprocess
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    dim: int
+    precision: str = "fp32"  # the numeric path the forward pass takes (dtype and rewrites)
+    runtime: dict[str, Any] = field(default_factory=dict)  # what was decided and why (runtime.Decision)
+
+    @property
+    def cache_key(self) -> str:
+        """What the embedding cache files vectors under: the weights *and* the precision path.
+
+        The fingerprint says which space a vector lives in (a bf16 vector is comparable with an
+        fp32 one); the cache must still never hand an fp32 caller a bf16 vector.
+        """
+        return f"{self.fingerprint}:{self.precision}"
+
+
+_registry: dict[tuple, LoadedModel] = {}
+_registry_lock = threading.Lock()
+_load_count = 0
+
+
+def model_load_count() -> int:
+    """How many times this process has built a model from weights (each registry miss is one)."""
+    return _load_count
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A digest of the weights' names, shapes and a strided sample of their values.
+
+    Independent of the file format and storage dtype (values are compared as fp32), and fast:
+    a few thousand values per tensor instead of hashing hundreds of megabytes.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach()
+        flat = tensor.reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy()
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        h.update(sample.tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor], preprocess: Preprocess) -> str:
+    """What decides an embedding: the weights, the image preprocessing and the normalisation."""
+    identity = {"weights": weights_digest(state_dict), "preprocess": preprocess.config(), "normalize": "l2"}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shared_model(model: str, device: str | torch.device | None = None, dtype: str | None = None,
+                 download_root: str | os.PathLike | None = None) -> LoadedModel:
+    """The process-wide model for these weights, device and dtype, loaded on first use.
+
+    ``dtype="auto"`` (or ``None``) on a CPU runs the path ``clip_embeddings.runtime.auto`` decided for
+    this machine (probed once per CPU model + torch version, then cached); an explicit dtype runs
+    that dtype with every rewrite that applies. ``LoadedModel.runtime`` says what was chosen.
+
+    Example:
+        >>> lm = shared_model("ViT-B/32")  # doctest: +SKIP
+        >>> lm is shared_model("ViT-B/32")  # doctest: +SKIP
+        True
+    """
+    global _load_count
+    from ..runtime import onnx_backend
+    from ..runtime import auto as runtime
+    from ..runtime.inference import applicable_rewrites, prepare_for_inference
+
+    device = torch.device(device or default_device())
+    auto = dtype in (None, "auto") and device.type == "cpu"
+    torch_dtype = None if auto else resolve_dtype(dtype, device)
+    source = model if model in _known_names() else str(Path(model).expanduser().resolve())
+    key = (source, str(device), "auto" if auto else torch_dtype, str(download_root))
+    with _registry_lock:
+        if key not in _registry:
+            clip, preprocess = load(model, device="cpu", download_root=download_root, dtype=torch.float32)
+            fp = fingerprint(clip.state_dict(), preprocess)
+            caps = runtime.detect_capabilities()
+            onnx_file = _onnx_file(fp, download_root)
+            if auto:
+                decision = runtime.auto_decision(clip, caps, onnx_file=onnx_file)
+                if decision.dtype == "ort" and not onnx_backend.available():  # uninstalled since it was decided
+                    decision = runtime.Decision("fp32", (), "ONNX Runtime won the probe but is no longer installed: "
+                                                "plain fp32", caps, text=decision.text)
+            elif device.type == "cpu" and torch_dtype in (torch.float32, torch.bfloat16):
+                name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype]
+                decision = runtime.Decision(name, applicable_rewrites(clip, torch_dtype),
+                                            f"dtype={dtype!r} asked for: every rewrite that applies", caps)
+            else:  # CUDA, MPS, or fp16 on a CPU: cast only (SDPA attention is the model's own)
+                name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[torch_dtype]
+                reason = "CUDA: fp16 weights with SDPA attention" if device.type == "cuda" and name == "fp16" \
+                    else f"dtype={dtype!r} on {device.type}: weights cast, no CPU rewrite"
+                decision = runtime.Decision(name, (), reason, caps)
+            if device.type == "cpu":
+                # Inference only from here on: the shared model is never trained or saved.
+                onnx_tower = onnx_backend.OnnxImageTower(onnx_backend.export_image_tower(clip, onnx_file), clip.visual) \
+                    if decision.dtype == "ort" else None
+                clip = prepare_for_inference(clip, decision.torch_dtype, decision.rewrites, text=decision.text_path)
+                if onnx_tower is not None:
+                    clip.visual = onnx_tower
+            else:
+                if decision.torch_dtype != torch.float32:
+                    cast_weights(clip, decision.torch_dtype)
+                clip = clip.to(device).eval()
+            info = decision.as_dict(str(device))
+            _registry[key] = LoadedModel(clip, preprocess, device, decision.torch_dtype, fp, clip.embed_dim,
+                                         decision.precision, info)
+            _load_count += 1
+        return _registry[key]
+
+
+def _onnx_file(fingerprint_: str, download_root: str | os.PathLike | None) -> Path | None:
+    """Where this model's exported image tower lives, if ONNX Runtime wins the probe on this CPU."""
+    try:
+        return cache_dir(download_root) / "onnx" / f"{fingerprint_}-image.onnx"
+    except OSError:  # no writable cache: ONNX Runtime is not probed
+        return None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The torch dtype for a ``dtype`` setting; ``"auto"`` here is the device's static default.
+
+    On a CPU, ``shared_model`` resolves ``"auto"`` by probing instead (``clip_embeddings.runtime.auto``);
+    this is what ``auto`` means on other devices: fp16 on CUDA, fp32 elsewhere.
+
+    Example:
+        >>> resolve_dtype("auto", torch.device("cuda"))
+        torch.float16
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', not {dtype!r}")
+    return _DTYPES[dtype]
+
+
+@lru_cache(maxsize=1)
+def _known_names() -> frozenset[str]:
+    from ..core.download import available_models
+
+    return frozenset(available_models())

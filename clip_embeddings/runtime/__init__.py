@@ -1,0 +1,3 @@
+"""Running the core fast on this machine: inference rewrites (:mod:`.inference`), the ``auto``
+probe and decision per CPU (:mod:`.auto`), and the ONNX Runtime image tower (:mod:`.onnx_backend`).
+"""
