@@ -153,3 +153,35 @@ def planted_duplicates(folder: Path, originals: int = 300, seed: int = 0) -> lis
 def planted(tmp_path_factory) -> list[list[Path]]:
     """The session's planted-duplicate picture set (see :func:`planted_duplicates`)."""
     return planted_duplicates(tmp_path_factory.mktemp("planted"))
+
+
+class Planted:
+    """The planted pictures embedded once by ``ClipEF`` (records any store can take as they are)."""
+
+    def __init__(self, groups: list[list[Path]], model: str):
+        import clip_embeddings as ce
+        from clip_embeddings.adapters.base import Record, item_id
+
+        self.model = model
+        self.paths = [str(p) for g in groups for p in g]
+        encoded = ce.ClipEF(model, cache=False).encode_images(self.paths, on_error="raise")
+        self.ids = [item_id("image", d) for d in encoded.digests]
+        self.records = [Record(i, "image", v, d, source=str(Path(p).resolve()))
+                        for i, v, d, p in zip(self.ids, encoded.embeddings, encoded.digests, self.paths)]
+        by_path = dict(zip(self.paths, self.ids))
+        self.groups = {frozenset(by_path[str(p)] for p in g) for g in groups if len(g) > 1}
+        self.originals = {by_path[str(g[0])] for g in groups}
+
+    def store(self, kind: str, location: Path):
+        import clip_embeddings as ce
+        from clip_embeddings.adapters import open_store
+
+        store = open_store(kind, str(location), "planted", ce.ClipEF(self.model, cache=False))
+        store.write_records(self.records)
+        return store
+
+
+@pytest.fixture(scope="session")
+def tiny_planted(planted, tiny_model_path) -> Planted:
+    """The planted set embedded once per session by the tiny model."""
+    return Planted(planted, str(tiny_model_path))

@@ -10,42 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import clip_embeddings as ce
 from clip_embeddings.adapters import open_store
-from clip_embeddings.adapters.base import Record, Store, item_id
+from clip_embeddings.adapters.base import Store
 from clip_embeddings.collection.duplicates import copies, default_threshold
 from clip_embeddings.errors import EmptyCollectionError
 
 KINDS = ["chroma", "qdrant", "lancedb"]
 THRESHOLD = 0.99  # cosine; with the tiny model a 4 % crop already drifts as far as another picture
-
-
-class Planted:
-    """The planted pictures embedded once by ``ClipEF`` (records any store can take as they are)."""
-
-    def __init__(self, groups: list[list[Path]], model: str):
-        self.model = model
-        self.paths = [str(p) for g in groups for p in g]
-        encoded = ce.ClipEF(model, cache=False).encode_images(self.paths, on_error="raise")
-        self.ids = [item_id("image", d) for d in encoded.digests]
-        self.records = [Record(i, "image", v, d, source=str(Path(p).resolve()))
-                        for i, v, d, p in zip(self.ids, encoded.embeddings, encoded.digests, self.paths)]
-        by_path = dict(zip(self.paths, self.ids))
-        self.groups = {frozenset(by_path[str(p)] for p in g) for g in groups if len(g) > 1}
-        self.originals = {by_path[str(g[0])] for g in groups}
-
-    def store(self, kind: str, location: Path) -> Store:
-        store = open_store(kind, str(location), "planted", ce.ClipEF(self.model, cache=False))
-        store.write_records(self.records)
-        return store
-
-
-@pytest.fixture(scope="module")
-def tiny_planted(planted, tiny_model_path) -> Planted:
-    return Planted(planted, str(tiny_model_path))
 
 
 def found(report) -> set[frozenset[str]]:
@@ -127,7 +101,7 @@ def test_delete_keeps_only_the_keepers(kind, tmp_path, tiny_planted):
 
 
 @pytest.fixture(scope="module")
-def vit_planted(planted, tmp_path_factory) -> Planted:
+def vit_planted(planted, tmp_path_factory):
     """The planted set embedded by full-size ViT-B/32 (12 + 12 layers) with random weights."""
     import torch
 
@@ -135,6 +109,8 @@ def vit_planted(planted, tmp_path_factory) -> Planted:
 
     path = tmp_path_factory.mktemp("vit-b-32") / "vit-b-32-random.pt"
     torch.save(reference_clip("ViT-B/32", scaled=False, seed=0).state_dict(), path)
+    from tests.conftest import Planted
+
     return Planted(planted, str(path))
 
 
