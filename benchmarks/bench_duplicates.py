@@ -60,6 +60,7 @@ def run(args) -> dict | None:
             if done.returncode != 0:
                 raise RuntimeError(f"child for {kind} n={n} failed:\n{done.stderr[-3000:]}")
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  {json.dumps(runs[-1])}", flush=True)  # each size as it finishes: the large one takes long
     growth = {}
     for kind in args.kinds:
         mine = [r for r in runs if r["kind"] == kind]

@@ -101,20 +101,23 @@ def test_delete_keeps_only_the_keepers(kind, tmp_path, tiny_planted):
 
 
 @pytest.fixture(scope="module")
-def vit_planted(planted, tmp_path_factory):
-    """The planted set embedded by full-size ViT-B/32 (12 + 12 layers) with random weights."""
+def vit_planted(tmp_path_factory):
+    """A planted set of 120 pictures embedded by full-size ViT-B/32 (12 + 12 layers), random weights.
+
+    Smaller than the tiny model's 300: each full-size forward pass costs ~100x more on a CPU.
+    """
     import torch
 
+    from tests.conftest import Planted, planted_duplicates
     from tests.model_factory import reference_clip
 
     path = tmp_path_factory.mktemp("vit-b-32") / "vit-b-32-random.pt"
     torch.save(reference_clip("ViT-B/32", scaled=False, seed=0).state_dict(), path)
-    from tests.conftest import Planted
-
-    return Planted(planted, str(path))
+    return Planted(planted_duplicates(tmp_path_factory.mktemp("planted-vit"), originals=120, seed=1), str(path))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_full_size_random_vit_b_32_on_the_planted_set(tmp_path, vit_planted):
     # Random weights are not CLIP: they put near copies at cosine >= 0.997 but distinct random
     # textures almost as close, so the threshold alone merges pictures and the guard separates them.

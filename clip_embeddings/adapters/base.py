@@ -516,7 +516,8 @@ class Store(ABC):
         return report
 
     def map(self, path: str | os.PathLike, *, projection: str = "pca", clusters: int | None = None,
-            vocabulary: Sequence[str] | None = None, html: bool = False, progress: bool = False) -> MapReport:
+            vocabulary: Sequence[str] | None = None, thumb: int = 96, html: bool = False,
+            progress: bool = False) -> MapReport:
         """Draw the collection's images on a 2-D map (PCA, t-SNE or UMAP) framed by k-means cluster,
         each cluster named by its nearest words; a PNG at ``path`` (and an HTML page with ``html``).
 
@@ -526,7 +527,7 @@ class Store(ABC):
             >>> store.map("map.png", clusters=6).clusters[0]["words"]  # doctest: +SKIP
             ['seashore', 'sandbar']
         """
-        return render_map(self, path, projection=projection, clusters=clusters, vocabulary=vocabulary,
+        return render_map(self, path, projection=projection, clusters=clusters, vocabulary=vocabulary, thumb=thumb,
                           html_page=html, progress=progress)
 
     def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
