@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 
-.PHONY: test demo bench clean venv
+.PHONY: test lint demo bench clean venv
 
 venv: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps openai-clip==1.0.1
 	touch $(STAMP)
 
-test: $(STAMP)
+# Lint first: a lint error fails `make test` in seconds, before the long pytest run.
+lint: $(STAMP)
+	$(BIN)/python -m ruff check clip_embeddings
+
+test: lint
 	$(BIN)/python -m pytest -q -ra
 
 demo: $(STAMP)

@@ -13,9 +13,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 import _common as c  # noqa: I001
+import numpy as np
 
 
 def embedding_function(data_dir: Path, dim: int = 512):

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common as c  # noqa: I001
 import _collection as cc
+import _common as c  # noqa: I001
 
 COPY_EVERY = 10
 

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common as c  # noqa: I001
 import _collection as cc
+import _common as c  # noqa: I001
 
 
 def child(args) -> None:

@@ -13,6 +13,10 @@ On a folder of photo-like JPEGs (1-12 MP, see ``_common.image_folder``), in one 
   and torchvision are not needed.)
 * ``model only``: our ``encode_image`` on the same images already decoded and preprocessed, in the
   same batches: the floor the pipeline is measured against (``wall/model``).
+* ``fastembed``: Qdrant's fastembed (``ImageEmbedding``, ONNX Runtime) on the same weights exported
+  to ONNX with CLIP's preprocessing (``peers.fastembed_images``), its default batch of 16, then one
+  ``collection.add``; skipped, with the reason, where fastembed is not installed
+  (``pip install 'clip-embeddings[bench]'``) or will not load the local model.
 
 ``model idle`` is the fraction of the first ingest's wall time during which no forward pass ran.
 Agreement compares the stored vectors with the one-image-per-call path's (fp32 reference model,
@@ -135,8 +139,17 @@ def run_model(name: str, args, workdir: Path) -> dict:
     tensors = torch.stack([lm.preprocess(decode_image(read_image_source(p), draft_resolution=res)) for p in files])
     model_only(lm.model, tensors[: args.batch], args.batch)
 
+    import peers
+
+    fastembed, fastembed_skip = peers.fastembed_images(reference, name, args.data_dir) if not args.no_peers \
+        else (None, "--no-peers")
+    if fastembed is not None:
+        fastembed(files[:2])  # warm-up
+    else:
+        print(f"[ingest] {name}: fastembed row skipped: {fastembed_skip}", flush=True)
+
     # Interleaved (order alternating each repeat) so that load from other processes hits all alike.
-    runs, base_s, base_peak, model_s = [], [], [], []
+    runs, base_s, base_peak, model_s, peer_s = [], [], [], [], []
 
     def ours():
         runs.append(first_ingest(weights, folder, workdir, args, client, f"main-{len(runs)}",
@@ -155,8 +168,16 @@ def run_model(name: str, args, workdir: Path) -> dict:
         model_only(lm.model, tensors, args.batch)
         model_s.append(time.perf_counter() - start)
 
+    def peer():
+        collection = client.create_collection(f"fastembed-{len(peer_s)}", configuration={"hnsw": {"space": "cosine"}})
+        start = time.perf_counter()
+        peer.vectors = fastembed(files)
+        collection.add(ids=[str(p) for p in files], embeddings=list(peer.vectors))
+        peer_s.append(time.perf_counter() - start)
+
+    steps = (ours, theirs, model) + ((peer,) if fastembed is not None else ())
     for r in range(args.repeats):
-        for step in ((ours, theirs, model) if r % 2 == 0 else (model, theirs, ours)):
+        for step in (steps if r % 2 == 0 else steps[::-1]):
             step()
     baseline, store = theirs.vectors, runs[-1][3]
     out = {"first ingest": ingest_entry(runs, len(files), num_workers=args.workers, fast_decode=True)}
@@ -173,6 +194,11 @@ def run_model(name: str, args, workdir: Path) -> dict:
     out["re-ingest (cache)"] = c.summarize(seconds, len(files)) | {"peak_rss_mb": max(peaks)}
     out["one image per call (reference)"] = c.summarize(base_s, len(files)) | {"peak_rss_mb": max(base_peak)}
     out["model only (ours, same batches)"] = c.summarize(model_s, len(files))
+    if fastembed is not None:
+        out["fastembed (same weights, ONNX)"] = c.summarize(peer_s, len(files)) | c.agreement(
+            torch.from_numpy(peer.vectors), torch.from_numpy(baseline))
+    else:
+        out["fastembed (same weights, ONNX)"] = {"skipped": fastembed_skip}
 
     if args.sweep:
         for workers, fast in [(1, True), (2, True), (4, True), (8, True), (args.workers, False)]:
@@ -191,7 +217,11 @@ def run_model(name: str, args, workdir: Path) -> dict:
 
     base = out["one image per call (reference)"]["items_per_s"]
     for key, entry in out.items():
+        if "items_per_s" not in entry:
+            continue
         entry["ratio"] = entry["items_per_s"] / base
+        if "fastembed (same weights, ONNX)" in out and "items_per_s" in out["fastembed (same weights, ONNX)"]:
+            entry["vs_fastembed"] = entry["items_per_s"] / out["fastembed (same weights, ONNX)"]["items_per_s"]
         if key.startswith("first ingest"):
             entry |= agree
     out["re-ingest (cache)"]["speedup_over_first"] = (
@@ -214,9 +244,11 @@ def print_results(result: dict) -> None:
     rows = []
     for name, variants in result["models"].items():
         for variant, e in variants.items():
-            rows.append({"model": name, "variant": variant, "rate": c.fmt_rate(e), **e})
+            rate = c.fmt_rate(e) if "items_per_s" in e else f"skipped: {e.get('skipped')}"
+            rows.append({"model": name, "variant": variant, "rate": rate, **e})
     cols = [("model", "model", str), ("variant", "variant", str), ("images/s median [IQR]", "rate", str),
-            ("ratio", "ratio", lambda v: f"{v:.2f}x"), ("peak RSS MB", "peak_rss_mb", lambda v: f"{v:.0f}"),
+            ("ratio", "ratio", lambda v: f"{v:.2f}x"), ("vs fastembed", "vs_fastembed", lambda v: f"{v:.2f}x"),
+            ("peak RSS MB", "peak_rss_mb", lambda v: f"{v:.0f}"),
             ("wall/model", "wall_over_model", lambda v: f"{v:.2f}"),
             ("model idle", "model_idle_fraction", lambda v: f"{v:.0%}"),
             ("cos min", "cosine_min", lambda v: f"{v:.6f}"), ("max abs", "max_abs_diff", lambda v: f"{v:.1e}")]
@@ -233,6 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=32, help="ClipEF batch_size")
     parser.add_argument("--workers", type=int, default=None, help="ClipEF num_workers (default: ClipEF's)")
     parser.add_argument("--sweep", action="store_true", help="also time other num_workers and no draft decode")
+    parser.add_argument("--no-peers", action="store_true", help="skip the fastembed row")
     parser.add_argument("--quick", action="store_true", help="4 images, ViT-B/32 only, 1 repeat")
     parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA)
 

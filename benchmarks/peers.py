@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from clip_embeddings.core.checkpoint import _HF_BLOCK, _HF_TOP
@@ -115,3 +116,50 @@ def onnx_encoders(reference: torch.nn.Module, name: str, data_dir: Path):
         return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
 
     return runner(sessions[0]), runner(sessions[1])
+
+
+# CLIP's preprocessing as Hugging Face's CLIPImageProcessor states it (fastembed reads this file):
+# shortest side to the resolution (bicubic), centre crop, scale to [0, 1], CLIP's mean and std.
+def _clip_preprocessor_config(resolution: int) -> dict:
+    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": resolution},
+            "resample": 3, "do_center_crop": True, "crop_size": {"height": resolution, "width": resolution},
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
+
+
+def fastembed_images(reference: torch.nn.Module, name: str, data_dir: Path):
+    """fastembed's ``ImageEmbedding`` on ``reference``'s weights: ``(embed(paths) -> [N, D] unit rows, None)``.
+
+    fastembed downloads its models from a hub (offline here), but loads a local model folder
+    given as ``specific_model_path``: the image tower exported to ONNX beside a
+    ``preprocessor_config.json`` with CLIP's preprocessing, under the name of the CLIP model it
+    ships (``Qdrant/clip-ViT-B-32-vision``, whose description fastembed uses for the file name).
+    Returns ``(None, reason)`` where fastembed is missing or refuses the folder.
+    """
+    import json
+
+    try:
+        from fastembed import ImageEmbedding
+    except ImportError as e:
+        return None, f"fastembed is not installed ({e}): pip install 'clip-embeddings[bench]'"
+    from clip_embeddings.embedding.loaded import weights_digest
+
+    res = reference.visual.input_resolution
+    folder = Path(data_dir) / "fastembed" / f"{name.replace('/', '-')}-{weights_digest(reference.state_dict())[:12]}"
+    path = folder / "model.onnx"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Tower(reference, "image"), (torch.randn(2, 3, res, res),), str(tmp), dynamo=False,
+                              input_names=["pixel_values"], output_names=["image_embeds"],
+                              dynamic_axes={"pixel_values": {0: "n"}, "image_embeds": {0: "n"}}, opset_version=17)
+        tmp.replace(path)
+    (folder / "preprocessor_config.json").write_text(json.dumps(_clip_preprocessor_config(res)))
+    try:
+        model = ImageEmbedding("Qdrant/clip-ViT-B-32-vision", specific_model_path=str(folder),
+                               threads=torch.get_num_threads())
+    except Exception as e:  # noqa: BLE001 (reported in the table instead of the row)
+        return None, f"fastembed could not load the local model: {type(e).__name__}: {e}"
+    return (lambda paths, batch=16: np.stack(list(model.embed([str(p) for p in paths], batch_size=batch)))), None

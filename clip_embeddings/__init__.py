@@ -8,25 +8,30 @@ Three names cover most uses::
     ef = ce.ClipEF()                                # one embedding function for Chroma, Qdrant, LanceDB
 """
 
+from ._version import __version__ as __version__  # re-exported: the facade's version
 from .adapters import registration
-from ._version import __version__
-from .embedding.cache import EmbeddingCache
 from .core.download import available_models
-from .embedding.function import ClipEF, ImageEmbeddings, SkippedItem
-from .tasks.evaluation import evaluate
-from .tasks.finetune import contrastive_loss, finetune, linear_probe
-from .errors import (
-    ClipError, CollectionNotFoundError, DownloadError, EmptyCollectionError, ImageLoadError, ModelLoadError, ModelMismatchError,
-    TextTooLongError,
-)
-from .runtime.inference import optimize_for_inference
 from .core.loading import load
 from .core.model import CLIP, build_model
 from .core.preprocess import Preprocess
 from .core.tokenizer import tokenize
+from .embedding.cache import EmbeddingCache
+from .embedding.function import ClipEF, ImageEmbeddings, SkippedItem
+from .errors import (
+    ClipError,
+    CollectionNotFoundError,
+    DownloadError,
+    EmptyCollectionError,
+    ImageLoadError,
+    ModelLoadError,
+    ModelMismatchError,
+    TextTooLongError,
+)
+from .runtime.inference import optimize_for_inference
+from .tasks.evaluation import evaluate
+from .tasks.finetune import contrastive_loss, finetune, linear_probe
 from .tasks.scores import clip_score
 from .tasks.zeroshot import ZeroShotClassifier, classify, moderate, similarity
-
 
 registration.install()
 

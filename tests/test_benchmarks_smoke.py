@@ -62,3 +62,19 @@ def test_bench_quick_runs_end_to_end_on_the_tiny_model(tmp_path):
     assert result["encode"]["runtime"]["tiny"]["cpu_flags"] is not None
     assert result["memory"]["runs"][-1]["n"] == 1000
     assert any("default" in line for line in result["summary"])
+    peer = result["ingest"]["models"]["tiny"]["fastembed (same weights, ONNX)"]
+    assert peer.get("skipped") or peer["cosine_min"] >= 0.9999  # fastembed on the same weights: the same vectors
+    assert result["first_vector"]["models"]["tiny"]["runs"]["auto"][0]["first_vector_s"] > 0
+
+
+def test_first_vector_run_times_fresh_processes_for_both_dtypes(tmp_path):
+    out = tmp_path / "first.json"
+    cmd = [sys.executable, str(BENCH / "bench_first_vector.py"), "--models", "tiny", "--repeats", "1", "--json", str(out),
+           "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = json.loads(out.read_text())["models"]["tiny"]
+    assert set(model["runs"]) == {"auto", "fp32"}
+    auto = model["runs"]["auto"][0]
+    assert auto["source_first"] == "small model" and auto["precision_first"].startswith("fp32")  # tiny: never probed
+    assert model["runs"]["fp32"][0]["source_first"] == "asked"

@@ -8,8 +8,6 @@ expected groups are the planted ones, known by construction, never computed by t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import clip_embeddings as ce

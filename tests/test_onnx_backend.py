@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import clip_embeddings as ce
-from clip_embeddings.runtime import onnx_backend
+from clip_embeddings.runtime import onnx_backend, refine, table
 from clip_embeddings.runtime import auto as runtime
 from clip_embeddings.core.download import cache_dir
 from clip_embeddings.embedding.loaded import shared_model
@@ -61,25 +61,39 @@ def test_the_real_probe_times_onnx_runtime_on_an_fp32_only_cpu(monkeypatch, tmp_
 
 
 @pytest.mark.parametrize("ort_wins", [True, False])
-def test_clipef_runs_the_backend_the_probe_chose(monkeypatch, tmp_path, sample_images, ort_wins):
+def test_clipef_starts_from_the_table_then_runs_the_backend_the_probe_chose(monkeypatch, tmp_path, sample_images,
+                                                                           ort_wins):
+    # The shipped table says ONNX Runtime for a ResNet on an AVX2-only CPU: the first batch runs in
+    # torch while the export is written in the background, then ONNX Runtime; the background probe
+    # then keeps it or (its timings say torch is faster) switches back, and caches its choice.
     reference = tiny_reference_clip("rn")
     path = tmp_path / f"rn-{ort_wins}.pt"
     save_state_dict(reference, path)
     monkeypatch.setattr(runtime, "MIN_PROBE_WEIGHTS", 0)
     monkeypatch.setattr(runtime, "detect_capabilities", lambda: AVX2_ONLY)
+    monkeypatch.setattr(refine, "PROBE_NICE", 0)  # at nice 19 a loaded test machine could starve it for minutes
+    exported = []
 
     def fake_probe(build, names, images, tokens, repeats=3):
         assert "ort" in names
-        build("ort")  # the real export, as the real probe does
+        exported.append(onnx_file.exists())  # the probe reuses the export written for the running model
+        build("ort")  # the real export and session, as the real probe does
         image = {n: PathResult(0.3 if (n == "ort") == ort_wins else 0.8, 1.0) for n in names}
         return {"image": image | {"fp32": PathResult(1.0, 1.0)}, "text": {n: PathResult(1.0, 1.0) for n in names}}
 
     monkeypatch.setattr(runtime, "probe", fake_probe)
     lm = shared_model(str(path), "cpu", "auto")
     onnx_file = cache_dir() / "onnx" / f"{lm.fingerprint}-image.onnx"
-    assert isinstance(lm.model.visual, onnx_backend.OnnxImageTower) == ort_wins
-    assert lm.precision.startswith("ort") == ort_wins and onnx_file.exists() == ort_wins
+    assert not isinstance(lm.model.visual, onnx_backend.OnnxImageTower) and not onnx_file.exists()
+    assert lm.runtime["source"] == "table" and "being exported" in lm.runtime["reason"]
     ef = ce.ClipEF(model=str(path), device="cpu", cache=False, fast_decode=False)
     expected, _ = reference_embeddings(path, images=[Image.open(p).convert("RGB") for p in sample_images[:3]])
-    got = ef.embed_images(sample_images[:3])
-    assert float(abs(got - expected).max()) < 1e-5
+    assert float(abs(ef.embed_images(sample_images[:3]) - expected).max()) < 1e-5  # torch, before the switch
+    lm.refinement.join(timeout=600)
+    assert not lm.refinement.is_alive() and exported and all(exported)
+    assert isinstance(lm.model.visual, onnx_backend.OnnxImageTower) == ort_wins
+    assert lm.precision.startswith("ort") == ort_wins and onnx_file.exists() == ort_wins
+    assert lm.runtime["source"] == "probe"
+    stored = table.first_decision(ce.build_model(reference.state_dict()), AVX2_ONLY, onnx_available=True)
+    assert stored.from_cache and stored.source == "probe" and stored.precision == lm.precision  # the cache has it
+    assert float(abs(ef.embed_images(sample_images[:3]) - expected).max()) < 1e-5  # after the switch: same values

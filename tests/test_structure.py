@@ -153,3 +153,22 @@ def test_each_module_imports_on_its_own(name):
     run = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)
     assert run.returncode == 0, f"import {name} failed on its own:\n{run.stderr[-2000:]}"
+
+
+def make_recipe(target: str) -> list[str]:
+    """The command lines of one Makefile target, in order, and its prerequisites' first."""
+    text = (ROOT / "Makefile").read_text()
+    head = re.search(rf"^{target}:([^\n]*)\n((?:\t[^\n]*\n)*)", text, re.M)
+    assert head, f"the Makefile has no {target} target"
+    lines = []
+    for prerequisite in head.group(1).split():
+        if re.search(rf"^{re.escape(prerequisite)}:", text, re.M) and not prerequisite.startswith("$"):
+            lines += make_recipe(prerequisite)
+    return lines + [line.strip() for line in head.group(2).splitlines()]
+
+
+def test_make_test_lints_the_library_before_pytest():
+    recipe = make_recipe("test")
+    lint = [i for i, line in enumerate(recipe) if "ruff check clip_embeddings" in line]
+    tests = [i for i, line in enumerate(recipe) if "-m pytest" in line]
+    assert lint and tests and lint[0] < tests[0], recipe

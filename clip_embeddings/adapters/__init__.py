@@ -6,7 +6,6 @@ used, so ``import clip_embeddings.adapters`` stays fast for users of a single da
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil

@@ -26,16 +26,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..inputs.captions import caption_for, folder_captions
 from ..collection.duplicates import DuplicateReport, find_duplicates, remove_duplicates
 from ..collection.export import ExportReport
 from ..collection.export import export as export_collection
 from ..collection.map import MapReport, render_map
 from ..embedding.function import ClipEF
+from ..embedding.pipeline import ImageResult, OnError, SkippedItem
 from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
+from ..inputs.captions import caption_for, folder_captions
 from ..inputs.folders import IMAGE_EXTENSIONS, iter_image_files
 from ..inputs.options import ImageLike
-from ..embedding.pipeline import ImageResult, OnError, SkippedItem
 
 Modality = Literal["image", "text"]
 _NAMESPACE = uuid.UUID("9b1f6c1e-3c1a-4f51-9a57-2f0e6c0c1ce5")  # fixed forever: ids must be stable
@@ -321,7 +321,7 @@ class Store(ABC):
             caption_vectors = self.ef.embed_texts([r.entry.caption for _, r in captioned]) if captioned else []
             for item, r in items:
                 buffered[item] = [_image_record(item, r)]
-            for (item, r), vector in zip(captioned, caption_vectors):
+            for (item, _), vector in zip(captioned, caption_vectors, strict=True):
                 buffered[item].append(replace(buffered[item][0], modality="text", vector=vector))
             # Few large writes cost a database far less than many small ones (LanceDB keeps every
             # version's metadata in memory); the time bound caps what a crash can lose.
@@ -362,7 +362,7 @@ class Store(ABC):
                 meta = dict(metadatas[i] or {}) if metadatas is not None else {}
                 records[item] = [Record(item, "text", np.empty(0, np.float32), digest, document=texts[i], metadata=meta)]
             vectors = self.ef.embed_texts([rs[0].document for rs in records.values()]) if records else []
-            for rs, vector in zip(records.values(), vectors):
+            for rs, vector in zip(records.values(), vectors, strict=True):
                 rs[0].vector = vector
             self._store(records, report)
         return report

@@ -27,9 +27,9 @@ require("chromadb", extra="chroma")  # before the imports below: names the extra
 from chromadb.utils.embedding_functions import register_embedding_function  # noqa: E402
 
 from ..embedding.function import ClipEF
+from ..embedding.pipeline import decode_many
 from ..errors import ImageLoadError
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
-from ..embedding.pipeline import decode_many
 from .base import Hit, Modality, Record, Store, row_id, scan_modalities
 
 register_embedding_function(ClipEF)
@@ -67,7 +67,7 @@ class ImageLoader:
         local = self.ef is not None and self.ef.fast_decode and not self.ef.server  # a server decodes its own
         draft = self.ef.loaded_model().preprocess.resolution if local else None
         images = decode_many([uris[i] for i in wanted], self.options, workers=self.num_workers, draft_resolution=draft)
-        for i, image in zip(wanted, images):
+        for i, image in zip(wanted, images, strict=True):
             if isinstance(image, ImageLoadError):
                 raise ImageLoadError(image.reason, index=i, source=image.source)
             out[i] = np.asarray(image)
@@ -153,13 +153,14 @@ class ChromaStore(Store):
         result = self.collection.query(
             query_embeddings=list(vectors), n_results=k, where=condition, include=["metadatas", "documents", "distances"]
         )
-        return [[_hit(meta, doc, distance, modality) for meta, doc, distance in zip(*rows)]
-                for rows in zip(result["metadatas"], result["documents"], result["distances"])]
+        return [[_hit(meta, doc, distance, modality) for meta, doc, distance in zip(*rows, strict=True)]
+                for rows in zip(result["metadatas"], result["documents"], result["distances"], strict=True)]
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
         got = self.collection.get(ids=list(rows), include=["metadatas", "documents"])
-        return {rows[i]: ((meta or {}).get("digest"), doc) for i, meta, doc in zip(got["ids"], got["metadatas"], got["documents"])}
+        triples = zip(got["ids"], got["metadatas"], got["documents"], strict=True)
+        return {rows[i]: ((meta or {}).get("digest"), doc) for i, meta, doc in triples}
 
     def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
               with_vectors: bool = True) -> Iterator[list[Record]]:
@@ -171,7 +172,8 @@ class ChromaStore(Store):
                 if not got["ids"]:
                     break
                 vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
-                yield [_record(kind, meta, doc, vector) for meta, doc, vector in zip(got["metadatas"], got["documents"], vectors)]
+                rows = zip(got["metadatas"], got["documents"], vectors, strict=True)
+                yield [_record(kind, meta, doc, vector) for meta, doc, vector in rows]
                 offset += len(got["ids"])
                 if len(got["ids"]) < batch_size:
                     break

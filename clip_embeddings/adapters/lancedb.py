@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 import numpy as np
@@ -47,7 +47,7 @@ COLUMNS = ("id", "item_id", "modality", "source", "document", "digest")
 
 # --- the registry function ------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _shared_ef(model: str, device: str | None, dtype: str | None, batch_size: int, long_text: str,
                fingerprint: str | None, dim: int | None, loader_options: LoaderOptions = DEFAULT_OPTIONS,
                num_workers: int = 4) -> ClipEF:
@@ -130,7 +130,7 @@ class ClipLanceEmbeddings(EmbeddingFunction):
         out: list[np.ndarray | None] = [None] * len(items)
         present = [i for i, x in enumerate(items) if x is not None]
         if self.source == "text":
-            for i, v in zip(present, self.clip().embed_texts([items[i] for i in present])):
+            for i, v in zip(present, self.clip().embed_texts([items[i] for i in present]), strict=True):
                 out[i] = v
             return out
         result = self.clip().encode_images([items[i] for i in present], on_error=self.on_error)
@@ -292,7 +292,7 @@ class LanceDBStore(Store):
 
 
 def _records(batch: pa.RecordBatch, modality: Modality, with_vectors: bool) -> list[Record]:
-    columns = batch.to_pydict() if not with_vectors else {n: batch.column(n).to_pylist() for n in batch.schema.names if n != "vector"}
+    columns = {n: batch.column(n).to_pylist() for n in batch.schema.names if n != "vector"}
     n = batch.num_rows
     if with_vectors:
         # The fixed-size list column as one [n, dim] float32 block, without a Python float per value.

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .console import format_table, report_error, status
 from ..core.loading import default_model
+from .console import format_table, report_error, status
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -127,8 +127,8 @@ def photos_in(images: Path) -> list[str]:
     The sample photos live in the source checkout (``examples/images``), not in the installed
     package, so an installed ``python -m clip_embeddings.demo`` needs ``--images``.
     """
-    from .console import UsageError
     from ..inputs.folders import iter_image_files
+    from .console import UsageError
 
     if images == EXAMPLES and not images.is_dir():
         raise UsageError(
@@ -146,8 +146,8 @@ def run(model: str, output: Path, images: Path = EXAMPLES) -> int:
     """Run the demo and print its tables; returns the exit status."""
     import chromadb
 
-    from ..embedding.function import ClipEF
     from ..adapters.chroma import ChromaStore
+    from ..embedding.function import ClipEF
     from ..tasks.zeroshot import classify
 
     files = photos_in(images)
@@ -186,7 +186,7 @@ def run(model: str, output: Path, images: Path = EXAMPLES) -> int:
     label_list = sorted(set(labels.values()))
     result = classify(files, label_list, ef=ef, top_k=2, on_error="skip")
     table, correct = [], 0
-    for index, top_labels, top_scores in zip(result.indices, result.top_labels, result.top_scores):
+    for index, top_labels, top_scores in zip(result.indices, result.top_labels, result.top_scores, strict=True):
         name = Path(files[index]).name
         truth = labels.get(name, "")
         correct += top_labels[0] == truth

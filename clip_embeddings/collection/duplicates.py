@@ -198,7 +198,7 @@ def find_duplicates(store: StoreLike, threshold: float | None = None, *, gap: fl
 
     with tqdm(total=total, disable=not progress, desc="duplicates", unit="img") as bar:
         for batch in store._scan("image", batch_size=batch_size):
-            for r, (near, found) in zip(batch, _copies_in_batch(store, batch, cutoff, gap, k, max_k)):
+            for r, (near, found) in zip(batch, _copies_in_batch(store, batch, cutoff, gap, k, max_k), strict=True):
                 if r.digest:
                     by_digest.setdefault(r.digest, []).append(r.id)
                 wanted.update((r.id, other) for other in found)
@@ -234,7 +234,7 @@ def _copies_in_batch(store: StoreLike, batch: list[Any], cutoff: float, gap: flo
     while todo:
         vectors = np.stack([np.asarray(batch[i].vector, np.float32) for i in todo])
         again = []
-        for i, hits in zip(todo, store._search_many(vectors, k + 1, "image", None)):
+        for i, hits in zip(todo, store._search_many(vectors, k + 1, "image", None), strict=True):
             near = sorted((max(0.0, 1.0 - h.score), h.id) for h in hits if h.id != batch[i].id)
             if len(hits) < k + 1:  # the whole collection: nothing further away, so no gap is hidden
                 near.append((float("inf"), ""))

@@ -154,7 +154,7 @@ class _NpyShard:
 
     def __init__(self, path: Path, dim: int):
         self.path, self.dim, self.rows = path, dim, 0
-        self.file: BinaryIO = open(path, "wb")
+        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 - open across writes, closed by close()
         self.file.write(b"\0" * _NPY_HEADER)
 
     def write(self, vectors: np.ndarray) -> None:

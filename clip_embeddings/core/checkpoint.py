@@ -84,7 +84,7 @@ def _check_pickle_start(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(64)
     if head[:1] != b"\x80":  # every torch.save pickle starts with the PROTO opcode
-        kind = "a text file" if head.isascii() and all(32 <= b or b in b"\t\r\n" for b in head) else "binary data"
+        kind = "a text file" if head.isascii() and all(b >= 32 or b in b"\t\r\n" for b in head) else "binary data"
         raise ModelLoadError(
             f"{path}: not a CLIP checkpoint: it is {kind}, not a zip archive, a torch pickle or a "
             f"safetensors file (it starts with {head[:24]!r}). Expected {ACCEPTED}.")
@@ -196,7 +196,7 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_ignored)
             and all(isinstance(n, int) and n >= 0 for n in (offset, *size, *stride))):
         raise pickle.UnpicklingError(f"malformed tensor record (offset {offset!r}, size {size!r}, stride {stride!r})")
     numel = math.prod(size)
-    extent = offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1 if numel else 0
+    extent = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True)) + 1 if numel else 0
     # The clone in _collect_tensors allocates numel elements: a stride-0 view must not claim more
     # than its storage holds, and no view may reach past it.
     if numel > storage.numel() or extent > storage.numel():

@@ -187,7 +187,8 @@ def _fetch(url: str, target: pathlib.Path, expected: str | None, progress: bool,
                             f"{e.reason}. {hint}") from e
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, refusals
         raise DownloadError(f"Could not reach {url} ({getattr(e, 'reason', e)}). {hint}") from e
-    tmp = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix="." + target.name,
+    # Not a `with` here: the `with response, tmp` below closes it, and the except removes the partial file.
+    tmp = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix="." + target.name,  # noqa: SIM115
                                       suffix=".part")
     try:
         with response, tmp:

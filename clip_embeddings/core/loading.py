@@ -7,12 +7,11 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ModelLoadError
 from .checkpoint import ACCEPTED, is_torchscript, read_checkpoint
 from .download import MODELS, model_path
-from ..errors import ModelLoadError
 from .model import CLIP, build_model, cast_weights, input_resolution
 from .preprocess import Preprocess
-
 
 DEFAULT_MODEL = "ViT-B/32"
 

@@ -72,7 +72,8 @@ def _merge(chars: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     nxt = list(range(1, n + 1))  # n marks the end
     prv = list(range(-1, n - 1))
     alive = [True] * n
-    heap = [(ranks[pair], i) for i, pair in enumerate(zip(symbols, symbols[1:])) if pair in ranks]
+    # Neighbouring pairs: symbols[1:] is one shorter by design, so not strict.
+    heap = [(ranks[pair], i) for i, pair in enumerate(zip(symbols, symbols[1:], strict=False)) if pair in ranks]
     heapq.heapify(heap)
     while heap:
         rank = heap[0][0]
@@ -94,7 +95,7 @@ def _merge(chars: str, ranks: dict[tuple[str, str], int]) -> list[str]:
                         fresh.append((new_rank, left))
         for entry in fresh:
             heapq.heappush(heap, entry)
-    return [s for s, keep in zip(symbols, alive) if keep]
+    return [s for s, keep in zip(symbols, alive, strict=True) if keep]
 
 
 class Tokenizer:
@@ -242,7 +243,7 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: boo
     # Truncating needs one id past the cut to know there is a cut; the rest is never tokenized.
     limit = context_length - 1 if truncate else None
     rows = [[tok.sot_token, *tok.encode(text, max_ids=limit), tok.eot_token] for text in texts]
-    for text, ids in zip(texts, rows):
+    for text, ids in zip(texts, rows, strict=True):
         if len(ids) <= context_length:
             continue
         if not truncate:

@@ -22,14 +22,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .cache import CacheWarning, EmbeddingCache
 from ..core.download import cache_dir
+from ..core.loading import check_model_reference, default_model
+from ..core.tokenizer import get_tokenizer, token_windows
 from ..errors import ClipError, ModelLoadError, ModelMismatchError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
-from ..core.loading import check_model_reference, default_model
+from .cache import CacheWarning, EmbeddingCache
 from .loaded import LoadedModel, shared_model
 from .pipeline import ImagePipeline, OnError, SkippedItem, l2_normalize
-from ..core.tokenizer import get_tokenizer, token_windows
 
 CONFIG_VERSION = 1
 # long_text="chunk" embeds at most this many 75-token windows per text (about 20 KB of English):
@@ -256,6 +256,7 @@ class ClipEF:
                     tokens[row, : len(sequences[i])] = torch.tensor(sequences[i])
                 features = lm.model.encode_text(tokens.to(lm.device)).float().cpu().numpy()
                 out[batch] = features
+        lm.used.set()  # dtype="auto"'s background work waits for the first forward pass
         return out
 
     # -- images --
@@ -335,11 +336,11 @@ class ClipEF:
         image_at = [i for i, x in enumerate(input) if not isinstance(x, str)]
         rows: list[np.ndarray | None] = [None] * len(input)
         if text_at:
-            for i, v in zip(text_at, self.embed_texts([input[i] for i in text_at])):
+            for i, v in zip(text_at, self.embed_texts([input[i] for i in text_at]), strict=True):
                 rows[i] = v
         if image_at:
             # A database needs one row per input, so bad images always raise here.
-            for i, v in zip(image_at, self.encode_images([input[i] for i in image_at], on_error="raise").embeddings):
+            for i, v in zip(image_at, self.encode_images([input[i] for i in image_at], on_error="raise").embeddings, strict=True):
                 rows[i] = v
         return rows  # type: ignore[return-value]
 

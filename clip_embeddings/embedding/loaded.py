@@ -45,6 +45,16 @@ class LoadedModel:
     dim: int
     precision: str = "fp32"  # the numeric path the forward pass takes (dtype and rewrites)
     runtime: dict[str, Any] = field(default_factory=dict)  # what was decided and why (runtime.Decision)
+    used: threading.Event = field(default_factory=threading.Event)  # set after the first forward pass
+    refinement: threading.Thread | None = None  # dtype="auto"'s background export / probe (runtime.refine)
+
+    def install(self, model: CLIP, decision: Any) -> None:
+        """Switch to another inference model of the same weights (``auto``'s background work does).
+
+        A batch in flight finishes on the model it started with; the next one runs the new model.
+        """
+        self.model, self.dtype, self.precision = model, decision.torch_dtype, decision.precision
+        self.runtime = decision.as_dict(str(self.device))
 
     @property
     def cache_key(self) -> str:
@@ -93,8 +103,10 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
     """The process-wide model for these weights, device and dtype, loaded on first use.
 
     ``dtype="auto"`` (or ``None``) on a CPU runs the path ``clip_embeddings.runtime.auto`` decided for
-    this machine (probed once per CPU model + torch version, then cached); an explicit dtype runs
-    that dtype with every rewrite that applies. ``LoadedModel.runtime`` says what was chosen.
+    this machine (probed once per CPU model + torch version, then cached), or until then the
+    shipped table's, while the probe runs in the background (``clip_embeddings.runtime.refine``);
+    an explicit dtype runs that dtype with every rewrite that applies. ``LoadedModel.runtime``
+    says what was chosen.
 
     Example:
         >>> lm = shared_model("ViT-B/32")  # doctest: +SKIP
@@ -102,9 +114,9 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
         True
     """
     global _load_count
-    from ..runtime import onnx_backend
     from ..runtime import auto as runtime
-    from ..runtime.inference import applicable_rewrites, prepare_for_inference
+    from ..runtime.inference import applicable_rewrites
+    from ..runtime.refine import auto_start, build_inference_model, start_refinement
 
     device = torch.device(device or default_device())
     auto = dtype in (None, "auto") and device.type == "cpu"
@@ -117,34 +129,32 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
             fp = fingerprint(clip.state_dict(), preprocess)
             caps = runtime.detect_capabilities()
             onnx_file = _onnx_file(fp, download_root)
+            pending: dict[str, Any] = {}
             if auto:
-                decision = runtime.auto_decision(clip, caps, onnx_file=onnx_file)
-                if decision.dtype == "ort" and not onnx_backend.available():  # uninstalled since it was decided
-                    decision = runtime.Decision("fp32", (), "ONNX Runtime won the probe but is no longer installed: "
-                                                "plain fp32", caps, text=decision.text)
+                decision, pending = auto_start(clip, caps, onnx_file)
             elif device.type == "cpu" and torch_dtype in (torch.float32, torch.bfloat16):
                 name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype]
                 decision = runtime.Decision(name, applicable_rewrites(clip, torch_dtype),
-                                            f"dtype={dtype!r} asked for: every rewrite that applies", caps)
+                                            f"dtype={dtype!r} asked for: every rewrite that applies", caps, source="asked")
             else:  # CUDA, MPS, or fp16 on a CPU: cast only (SDPA attention is the model's own)
                 name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[torch_dtype]
                 reason = "CUDA: fp16 weights with SDPA attention" if device.type == "cuda" and name == "fp16" \
                     else f"dtype={dtype!r} on {device.type}: weights cast, no CPU rewrite"
-                decision = runtime.Decision(name, (), reason, caps)
+                decision = runtime.Decision(name, (), reason, caps, source="asked")
             if device.type == "cpu":
                 # Inference only from here on: the shared model is never trained or saved.
-                onnx_tower = onnx_backend.OnnxImageTower(onnx_backend.export_image_tower(clip, onnx_file), clip.visual) \
-                    if decision.dtype == "ort" else None
-                clip = prepare_for_inference(clip, decision.torch_dtype, decision.rewrites, text=decision.text_path)
-                if onnx_tower is not None:
-                    clip.visual = onnx_tower
+                clip = build_inference_model(clip, decision, onnx_file)
             else:
                 if decision.torch_dtype != torch.float32:
                     cast_weights(clip, decision.torch_dtype)
                 clip = clip.to(device).eval()
             info = decision.as_dict(str(device))
-            _registry[key] = LoadedModel(clip, preprocess, device, decision.torch_dtype, fp, clip.embed_dim,
-                                         decision.precision, info)
+            lm = LoadedModel(clip, preprocess, device, decision.torch_dtype, fp, clip.embed_dim, decision.precision, info)
+            if pending:
+                lm.refinement = start_refinement(pending["pristine"], caps, pending["target"], onnx_file=onnx_file,
+                                                 swap=lm.install, first_use=lm.used, export=pending["export"],
+                                                 probe=pending["probe"], name=str(model))
+            _registry[key] = lm
             _load_count += 1
         return _registry[key]
 

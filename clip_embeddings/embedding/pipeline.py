@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageLoadError
-from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions, RawImage, describe
-from ..inputs.decode import decode_image
-from ..inputs.sources import read_image_source
 from ..core.preprocess import Preprocess, resize_target
+from ..errors import ImageLoadError
+from ..inputs.decode import decode_image
+from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions, RawImage, describe
+from ..inputs.sources import read_image_source
 
 if TYPE_CHECKING:
     from .cache import EmbeddingCache
@@ -266,6 +266,7 @@ class LocalEncoder:
         lm = self.loaded
         with torch.inference_mode():
             features = lm.model.encode_image(torch.stack(payloads).to(lm.device)).float().cpu().numpy()
+            lm.used.set()  # dtype="auto"'s background work waits for the first forward pass
         return l2_normalize(features), {}
 
 

@@ -20,15 +20,14 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 from ..errors import ClipError, ImageLoadError, ModelMismatchError
-from ..inputs.options import LoaderOptions, RawImage
 from ..inputs.decode import decode_image
-
+from ..inputs.options import LoaderOptions, RawImage
 
 TOKEN_ENV = "CLIP_EMBEDDINGS_TOKEN"
 
@@ -160,7 +159,7 @@ class RemoteEncoder:
                 "on_error": "skip",
             })
             got = np.asarray(answer["images"], dtype=np.float32).reshape(-1, self.dim)
-            for row, position in zip(got, answer["image_indices"]):
+            for row, position in zip(got, answer["image_indices"], strict=True):
                 rows[chunk[position]] = row
             for bad in answer["skipped"]:
                 failed[chunk[bad["index"]]] = bad["reason"]
@@ -185,7 +184,7 @@ def _per_request(batch_size: int, health: dict[str, Any]) -> int:
     return max(1, min(batch_size, health.get("limits", {}).get("max_items", batch_size)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def remote_model(url: str) -> RemoteModel:
     """The process-wide client for ``url`` (databases rebuild embedding functions often)."""
     return RemoteModel(url)

@@ -22,14 +22,13 @@ import contextvars
 import hashlib
 import io
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from ..errors import ImageLoadError
 from .options import DEFAULT_OPTIONS, LoaderOptions, RawImage
-
 
 DRAFT_MARGIN: float = 2.0
 """JPEG draft decoding stops at a scale whose shorter side is still ``>= DRAFT_MARGIN * R``.
@@ -64,7 +63,7 @@ def _too_many_pixels(width: int, height: int, source: str, options: LoaderOption
 # ``Image.open`` decodes at once; ICNS members; GIF frames on seek). Its limit is one global, so
 # the hook below adds this thread's ``max_pixels`` while :func:`decode_image` runs: one check, at
 # the point where every format reveals a size, before a single pixel is allocated.
-_pixel_limit: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("clip_max_pixels", default=None)
+_pixel_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar("clip_max_pixels", default=None)
 _pillow_bomb_check = Image._decompression_bomb_check
 
 
@@ -222,7 +221,7 @@ def _pillow_reason(e: BaseException) -> str:
 
 
 def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
-                 draft_resolution: Optional[int] = None) -> Image.Image:
+                 draft_resolution: int | None = None) -> Image.Image:
     """Decode a :class:`RawImage` into an RGB PIL image, ready for CLIP preprocessing.
 
     The pixel count is checked against ``options.max_pixels`` from the header before decoding;
@@ -232,8 +231,8 @@ def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
 
     ``draft_resolution=R`` lets a JPEG be decoded at a reduced scale (1/2, 1/4 or 1/8) whose
     shorter side stays at least ``DRAFT_MARGIN * R``: about twice as fast for 3-12 MP photos, and
-    the preprocessed tensor changes about as little as JPEG compression changes it. Other formats ignore it. In-memory images (PIL,
-    numpy) are only converted to RGB: no EXIF rotation, current frame.
+    the preprocessed tensor changes about as little as JPEG compression changes it. Other formats
+    ignore it. In-memory images (PIL, numpy) are only converted to RGB: no EXIF rotation, current frame.
 
     Example:
         >>> raw = read_image_source(np.full((2, 2), 0.5))
@@ -260,7 +259,7 @@ def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
 
 
 def _open_and_load(data: bytes, source: str, options: LoaderOptions,
-                   draft_resolution: Optional[int]) -> Image.Image:
+                   draft_resolution: int | None) -> Image.Image:
     """``Image.open`` then ``load``, under :func:`_max_pixels` (set by the caller)."""
     try:
         image = Image.open(io.BytesIO(data))

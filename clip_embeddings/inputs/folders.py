@@ -9,11 +9,10 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Union
 
 from ..errors import ImageLoadError
-
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -24,7 +23,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # Folders
 
 
-def iter_image_files(folder: Union[str, os.PathLike],
+def iter_image_files(folder: str | os.PathLike,
                      extensions: Iterable[str] = IMAGE_EXTENSIONS,
                      recursive: bool = True) -> Iterator[Path]:
     """The image files in ``folder``, in a sorted, deterministic order.

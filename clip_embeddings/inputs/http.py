@@ -21,12 +21,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from typing import Optional
 
 from .._version import __version__
 from ..errors import ImageLoadError
 from .options import LoaderOptions, redact_url, shorten
-
 
 _CHUNK = 64 * 1024
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -111,7 +109,7 @@ def _connect_public(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_addr
     if refused or not addresses:
         raise _NotPublic(f"refused to connect to {host}: it resolves to {', '.join(refused) or 'nothing'}, "
                          "not a public address (LoaderOptions.allow_private_addresses is False)")
-    error: Optional[OSError] = None
+    error: OSError | None = None
     for family, kind, proto, _, sockaddr in infos:
         sock = socket.socket(family, kind, proto)
         try:
@@ -163,7 +161,7 @@ class _HTTPHandler(urllib.request.HTTPHandler):
         return _WatchedHTTPConnection(host, deadline=self._deadline, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """One verifying context for all fetches: loading the CA store takes tens of milliseconds."""
     return ssl.create_default_context()
@@ -281,7 +279,7 @@ def _network_reason(e: BaseException, deadline: _Deadline, timeout: float) -> st
 _CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def _declared_length(response, fail) -> Optional[int]:
+def _declared_length(response, fail) -> int | None:
     declared = response.headers.get("Content-Length")
     if declared is None:
         return None

@@ -18,13 +18,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
 
-
-ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 """Everything :func:`read_image_source` accepts."""
 
 MAX_SOURCE_CHARS = 200  # long paths/URLs are shortened in error messages and payloads
@@ -82,7 +80,7 @@ class LoaderOptions:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_config(cls, config: Optional[dict]) -> "LoaderOptions":
+    def from_config(cls, config: dict | None) -> LoaderOptions:
         """Rebuild options from :meth:`to_config`'s dict; absent keys take their defaults.
 
         Example:
@@ -142,8 +140,8 @@ class RawImage:
     """
 
     source: str
-    data: Optional[bytes]
-    image: Optional[Image.Image]
+    data: bytes | None
+    image: Image.Image | None
     digest: str
 
 

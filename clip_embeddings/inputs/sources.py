@@ -36,7 +36,6 @@ import stat
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -44,9 +43,19 @@ from PIL import Image
 from ..errors import ImageLoadError
 from .decode import array_to_image, check_pixels, decode_image, image_digest
 from .http import read_url
-from .options import (DEFAULT_OPTIONS, SCHEME_RE, ImageLike, LoaderOptions, RawImage, base64_length, data_uri_parts,
-                      describe, fmt_bytes, is_url, too_big)
-
+from .options import (
+    DEFAULT_OPTIONS,
+    SCHEME_RE,
+    ImageLike,
+    LoaderOptions,
+    RawImage,
+    base64_length,
+    data_uri_parts,
+    describe,
+    fmt_bytes,
+    is_url,
+    too_big,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Reading
@@ -119,7 +128,7 @@ def read_image_source(item: ImageLike, options: LoaderOptions = DEFAULT_OPTIONS)
         f"path, URL, data URI, bytes, PIL image or numpy array){hint}", source=source)
 
 
-def _read_file(path: Union[str, os.PathLike], source: str, options: LoaderOptions) -> bytes:
+def _read_file(path: str | os.PathLike, source: str, options: LoaderOptions) -> bytes:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -195,7 +204,7 @@ def _read_data_uri(uri: str, source: str, options: LoaderOptions) -> bytes:
 
 
 def load_image(item: ImageLike, options: LoaderOptions = DEFAULT_OPTIONS,
-               draft_resolution: Optional[int] = None) -> Image.Image:
+               draft_resolution: int | None = None) -> Image.Image:
     """Read and decode one item: :func:`read_image_source` then :func:`decode_image`.
 
     Example:

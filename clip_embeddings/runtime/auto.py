@@ -16,11 +16,16 @@ linears beat MKL on AMD processors and gain little on Intel's. So ``auto`` decid
    always the text tower's (linear layers), so each tower runs its own.
 5. The decision is cached in ``cache_dir()/runtime-decisions.json``, keyed by CPU model + torch
    version (+ the architecture), so later start-ups skip the probe.
+
+A first load does not wait for the probe: ``runtime.table.first_decision`` takes the cached decision, else
+the shipped table's (:mod:`clip_embeddings.runtime.table`), else exact fp32, at once, and
+:mod:`clip_embeddings.runtime.refine` probes in the background (``CLIP_AUTO_PROBE=0``: never).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -32,9 +37,11 @@ from typing import Any
 
 import torch
 
+_log = logging.getLogger("clip_embeddings")
+
 __all__ = [
     "COSINE_BAR", "MARGIN", "TOWERS", "Capabilities", "Decision", "PathResult", "auto_decision", "decide",
-    "detect_capabilities", "first_paths", "path_name", "probe", "second_paths",
+    "detect_capabilities", "first_paths", "path_name", "probe", "probe_allowed", "second_paths",
 ]
 
 COSINE_BAR = 0.9999  # a reduced-precision path must keep every canary row this close to fp32
@@ -147,6 +154,7 @@ class Decision:
     probe: dict[str, PathResult] = field(default_factory=dict)
     from_cache: bool = False
     text: Decision | None = None  # the text tower's own path where ``auto`` chose one; None: the same
+    source: str = "probe"  # "probe" (timed on this machine), "table" (shipped), "default" (exact fp32), "asked"
 
     @property
     def precision(self) -> str:
@@ -170,7 +178,8 @@ class Decision:
             "device": device, "dtype": self.dtype, "precision": self.precision, "rewrites": list(self.rewrites),
             "cpu": self.capabilities.cpu_model, "cpu_flags": list(self.capabilities.flags),
             "torch_capability": self.capabilities.torch_capability, "torch": self.capabilities.torch_version,
-            "native_bf16": self.capabilities.native_bf16, "from_cache": self.from_cache, "reason": self.reason,
+            "native_bf16": self.capabilities.native_bf16, "from_cache": self.from_cache, "source": self.source,
+            "reason": self.reason,
             "probe": {name: asdict(result) for name, result in self.probe.items()},
         }
         if self.text is not None:
@@ -190,16 +199,22 @@ def first_paths(caps: Capabilities, rewrites: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(["fp32", *(path_name(d, rewrites) for d in dtypes)]))
 
 
-def text_paths(results: Mapping[str, PathResult]) -> dict[str, PathResult]:
+def text_paths(results: Mapping[str, PathResult], ort_text: str | None = None) -> dict[str, PathResult]:
     """The text tower's view of probe results: image-only rewrites and backends taken out of the names.
 
     ``fold`` and ``channels_last`` change only ResNet convolutions, so for the text tower
-    ``bf16+fold+onednn`` is ``bf16+onednn`` (the fastest timing of a name counts); the ``ort``
-    backend runs only the image tower (its text tower is plain fp32), so it is dropped.
+    ``bf16+fold+onednn`` is ``bf16+onednn`` (the fastest timing of a name counts). The ``ort``
+    backend runs only the image tower; its text tower runs ``ort_text`` in torch, timed right after
+    an ONNX Runtime image batch, as a user alternating images and captions runs it: where that is
+    slower than the same text path after torch's image tower, the slower timing counts (the two
+    runtimes' threads share the cores). Without ``ort_text`` the ``ort`` entry is dropped.
 
     Example:
         >>> sorted(text_paths({"fp32": PathResult(1, 1), "bf16+fold+onednn": PathResult(.5, 1), "ort": PathResult(.9, 1)}))
         ['bf16+onednn', 'fp32']
+        >>> text_paths({"fp32": PathResult(1, 1), "fp32+onednn": PathResult(.5, 1), "ort": PathResult(.6, 1)},
+        ...            ort_text="fp32+onednn")["fp32+onednn"].seconds
+        0.6
     """
     out: dict[str, PathResult] = {}
     for name, result in results.items():
@@ -209,6 +224,10 @@ def text_paths(results: Mapping[str, PathResult]) -> dict[str, PathResult]:
         key = path_name(dtype, tuple(r for r in rewrites if r not in IMAGE_ONLY_REWRITES))
         if key not in out or result.seconds < out[key].seconds:
             out[key] = result
+    if ort_text is not None and "ort" in results:
+        after_ort = results["ort"]
+        if ort_text not in out or after_ort.seconds > out[ort_text].seconds:
+            out[ort_text] = after_ort
     return out
 
 
@@ -293,7 +312,8 @@ def decide(caps: Capabilities, results: Mapping[str, PathResult], *, margin: flo
 def small_model_decision(caps: Capabilities, rewrites: Sequence[str], weights: int) -> Decision:
     """For a model too small to time meaningfully: fp32 with every exact (fp32) rewrite, no probe."""
     return Decision("fp32", tuple(rewrites), f"{weights / 1e6:.1f} M matrix weights (< {MIN_PROBE_WEIGHTS / 1e6:.0f} M): "
-                    "too small for a timing probe to tell paths apart; fp32 with every exact rewrite", caps)
+                    "too small for a timing probe to tell paths apart; fp32 with every exact rewrite", caps,
+                    source="small model")
 
 
 def cuda_decision(caps: Capabilities) -> Decision:
@@ -353,9 +373,16 @@ def decisions_file() -> Path:
 def _read_cache(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-        return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else {"version": CACHE_VERSION}
-    except (OSError, ValueError):  # missing or damaged: probe again rather than fail a start-up
+    except FileNotFoundError:
         return {"version": CACHE_VERSION}
+    except (OSError, ValueError) as e:  # damaged: start from the table and probe again rather than fail a start-up
+        message = f"ignoring the damaged decision cache {path} ({e}); it is rewritten by the next probe"
+        _log.warning(message)
+        import warnings
+
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return {"version": CACHE_VERSION}
+    return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else {"version": CACHE_VERSION}
 
 
 def cached_decision(caps: Capabilities, architecture: str, path: Path | None = None) -> Decision | None:
@@ -462,10 +489,12 @@ def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_
         if hit is not None:
             return hit
 
+    ort_text = path_name("fp32", tuple(r for r in applicable_rewrites(model) if r not in IMAGE_ONLY_REWRITES))
+
     def build(name: str) -> torch.nn.Module:
         dtype, chosen = _split(name)
-        if dtype == "ort":
-            return with_onnx_image_tower(copy.deepcopy(model), onnx_file)
+        if dtype == "ort":  # what a user runs with it: ONNX Runtime's images, torch's fp32 texts with their rewrites
+            return with_onnx_image_tower(copy.deepcopy(model), onnx_file, text_rewrites=_split(ort_text)[1])
         torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
         return prepare_for_inference(copy.deepcopy(model), torch_dtype, chosen)
 
@@ -474,13 +503,13 @@ def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_
     if onnx_file is not None and onnx_candidate(caps, onnx_backend.available()):
         first_round.append("ort")
     results = probe(build, first_round, images, tokens)
-    winners = {decide(caps, results["image"]).precision, decide(caps, text_paths(results["text"])).precision}
+    winners = {decide(caps, results["image"]).precision, decide(caps, text_paths(results["text"], ort_text)).precision}
     if winners != {"fp32"}:
         # The second round times the first round's paths again beside each winner's ablations, so
         # the final choice compares numbers from one interleaved round (a neighbour's load shifts rounds).
         second_round = list(dict.fromkeys(first_round + [p for w in sorted(winners) for p in second_paths(w)]))
         results = probe(build, second_round, images, tokens)
-    decision, text = decide(caps, results["image"]), decide(caps, text_paths(results["text"]))
+    decision, text = decide(caps, results["image"]), decide(caps, text_paths(results["text"], ort_text))
     if decision.dtype != "ort" and onnx_file is not None:
         onnx_file.unlink(missing_ok=True)  # it lost: not worth its disk space
     decision.reason = f"images: {decision.reason}"
@@ -491,9 +520,25 @@ def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_
     return decision
 
 
-def with_onnx_image_tower(model: torch.nn.Module, onnx_file: Path) -> torch.nn.Module:
-    """``model`` (fp32) with its image tower exported to ``onnx_file`` and run by ONNX Runtime."""
+def with_onnx_image_tower(model: torch.nn.Module, onnx_file: Path, text_rewrites: Sequence[str] = ()) -> torch.nn.Module:
+    """``model`` (fp32) with its image tower exported to ``onnx_file`` and run by ONNX Runtime.
+
+    The text tower stays in torch, fp32 with ``text_rewrites`` (as ``ClipEF`` runs it beside the backend).
+    """
+    from .inference import prepare_for_inference
     from .onnx_backend import OnnxImageTower, export_image_tower
 
-    model.visual = OnnxImageTower(export_image_tower(model, onnx_file), model.visual)
+    tower = OnnxImageTower(export_image_tower(model, onnx_file), model.visual)
+    model = prepare_for_inference(model, torch.float32, (), text=(torch.float32, tuple(text_rewrites)))
+    model.visual = tower
     return model
+
+
+def probe_allowed() -> bool:
+    """Whether ``auto`` may probe this machine (in the background); ``CLIP_AUTO_PROBE=0`` says no: the table only.
+
+    Example:
+        >>> probe_allowed()  # doctest: +SKIP
+        True
+    """
+    return os.environ.get("CLIP_AUTO_PROBE", "1").strip().lower() not in ("0", "false", "no", "off")

@@ -26,15 +26,22 @@ missing or disagrees.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.model import (
-    CLIP, Bottleneck, ModifiedResNet, MultiheadAttention, QuickGELU, ResidualAttentionBlock,
-    VisionTransformer, cast_matrices, self_attend,
+    CLIP,
+    Bottleneck,
+    ModifiedResNet,
+    MultiheadAttention,
+    QuickGELU,
+    ResidualAttentionBlock,
+    VisionTransformer,
+    cast_matrices,
+    self_attend,
 )
 
 __all__ = ["REWRITES", "applicable_rewrites", "optimize_for_inference", "prepare_for_inference"]
@@ -262,7 +269,7 @@ def _pack_linears(model: nn.Module, dtype: torch.dtype) -> None:
                 setattr(owner, name, PackedSelfAttention(child))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _packed_linear_works(dtype: torch.dtype = torch.float32, activation: str = "none") -> bool:
     """Whether this torch has oneDNN's packed linear for ``dtype`` (and post-op) and it agrees with torch's."""
     expected = {"none": lambda y: y, "swish": F.silu}[activation]

@@ -9,7 +9,8 @@ a first load tens of seconds and the tower's size on disk for a candidate that c
 
 The tower is exported once from the fp32 model (the TorchScript exporter, which needs the
 ``onnx`` package; ``onnxruntime`` comes with ``chromadb``), into the cache dir under the
-model's fingerprint, and run with as many intra-op threads as torch uses. Texts stay in torch:
+model's fingerprint, and run with as many intra-op threads as torch uses, none of them spinning
+while idle (``SESSION_CONFIG``). Texts stay in torch:
 the text tower runs only as far as each batch's longest text, which an exported graph does not.
 """
 
@@ -26,6 +27,12 @@ from torch import nn
 __all__ = ["OnnxImageTower", "available", "export_image_tower"]
 
 OPSET = 17
+# ONNX Runtime's pool threads busy-wait for work by default, inside a run and for a while after
+# it. Texts run in torch's own pool right after an image batch, and on a 2-core CPU (shared with
+# the decode threads and other processes) every cycle a spinning thread burns is one torch's
+# threads wait for. Measured in one process on a 2-core AVX2 EPYC (ViT-B/32, batch 8): the same
+# image batch used 12-15% less CPU time without spinning, at equal or lower wall time.
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
 def available() -> bool:
@@ -88,7 +95,10 @@ class OnnxImageTower(nn.Module):
         self.input_resolution, self.output_dim = visual.input_resolution, visual.output_dim
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1  # one graph at a time: no second pool to park on the cores
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for key, value in SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -157,7 +157,7 @@ def evaluate(dataset_dir: str | os.PathLike, labels=None, *, ef: ClipEF | None =
     hit5 = (best == truth[:, None]).any(axis=1)
 
     per_class = {}
-    for target, (folder, label) in enumerate(zip(folders, label_texts)):
+    for target, (folder, label) in enumerate(zip(folders, label_texts, strict=True)):
         mine = truth == target
         n = int(mine.sum())
         per_class[folder] = ClassAccuracy(label, n, float(hit1[mine].mean()) if n else float("nan"),

@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ImageLoadError
-from ..inputs.options import ImageLike
 from ..core.loading import default_device, load
 from ..core.model import CLIP
-from ..embedding.pipeline import OnError, SkippedItem, preprocess_many
 from ..core.preprocess import Preprocess
 from ..core.tokenizer import tokenize
+from ..embedding.pipeline import OnError, SkippedItem, preprocess_many
+from ..errors import ImageLoadError
+from ..inputs.options import ImageLike
 
 __all__ = ["FinetuneResult", "LinearProbe", "contrastive_loss", "finetune", "linear_probe", "parameter_groups"]
 
@@ -149,7 +149,7 @@ class _Pairs:
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
         images, captions = [], []
         prepared = preprocess_many([self.pairs[i][0] for i in indices], self.preprocess, workers=self.workers)
-        for index, out in zip(indices, prepared):
+        for index, out in zip(indices, prepared, strict=True):
             if isinstance(out, ImageLoadError):
                 if self.on_error == "raise":
                     raise ImageLoadError(out.reason, index=index, source=out.source)

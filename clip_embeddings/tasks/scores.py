@@ -95,7 +95,7 @@ def clip_score(images: Sequence[Any], captions: Sequence[str], *, w: float = HES
     if rows:
         texts = ef.embed_texts([captions[i] for i in rows])
         cos = np.einsum("ij,ij->i", encoded.embeddings.astype(np.float64), texts.astype(np.float64))
-        for i, c in zip(rows, cos):
+        for i, c in zip(rows, cos, strict=True):
             cosines[i], scores[i] = float(c), float(w * max(c, 0.0))
     return ScoreResult(scores, cosines, w, sorted(skipped, key=lambda s: s.index))
 
@@ -167,11 +167,12 @@ def score_file(pairs: str | os.PathLike, output: str | os.PathLike | None = None
     writer = _PairWriter(Path(output), _is_jsonl(Path(output))) if output is not None else None
     try:
         for rows in _chunks(read_pairs(pairs), chunk):
-            keys = (_key(rows[0], image_key, IMAGE_KEYS, "image", pairs), _key(rows[0], caption_key, CAPTION_KEYS, "caption", pairs))
+            keys = (_key(rows[0], image_key, IMAGE_KEYS, "image", pairs),
+                    _key(rows[0], caption_key, CAPTION_KEYS, "caption", pairs))
             images = [_image_ref(row.get(keys[0]), pairs.parent) for row in rows]
             result = clip_score(images, [row.get(keys[1]) for row in rows], w=w, ef=ef, progress=progress)
             report.skipped += [SkippedItem(report.read + s.index, s.source, s.reason) for s in result.skipped]
-            for row, score in zip(rows, result.scores):
+            for row, score in zip(rows, result.scores, strict=True):
                 if math.isnan(score):
                     continue
                 report.scored += 1
@@ -208,7 +209,8 @@ class _PairWriter:
 
     def __init__(self, path: Path, jsonl: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file, self.jsonl, self.csv = open(path, "w", newline="", encoding="utf-8"), jsonl, None
+        self.file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.jsonl, self.csv = jsonl, None
 
     def write(self, row: dict[str, Any]) -> None:
         if self.jsonl:

@@ -479,6 +479,6 @@ def moderate(images, unsafe_labels: Sequence[str], safe_labels: Sequence[str], t
             index=index, flagged=unsafe_score >= threshold, unsafe_score=unsafe_score,
             top_unsafe_label=unsafe[worst], top_unsafe_score=float(probs[worst]),
             top_label=result.top_labels[row][0],
-            scores={label: float(p) for label, p in zip(classifier.labels, probs)},
+            scores={label: float(p) for label, p in zip(classifier.labels, probs, strict=True)},
         ))
     return out

@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Show, prune or clear the embedding cache (``stats`` / ``prune`` / ``clear``)."""
-    from ...embedding.cache import EmbeddingCache, parse_size
     from ...core.download import cache_dir
+    from ...embedding.cache import EmbeddingCache, parse_size
 
     path = Path(args.path) if args.path else cache_dir() / "embeddings.sqlite3"
     if args.action != "stats" and not path.is_file():

@@ -10,14 +10,23 @@ from typing import Any
 
 from ..console import UsageError, emit, format_table
 from .common import (
-    common_options, loaded, make_ef, model_options, positive_int, read_labels, skipped_json, skipped_lines,
-    templates, templates_option,
+    common_options,
+    loaded,
+    make_ef,
+    model_options,
+    positive_int,
+    read_labels,
+    skipped_json,
+    skipped_lines,
+    templates,
+    templates_option,
 )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``classify`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("classify", parents=[common_options(), model_options(), templates_option()], help="zero-shot classify images",
+    p = sub.add_parser("classify", parents=[common_options(), model_options(), templates_option()],
+                       help="zero-shot classify images",
                        description="Zero-shot classify images (or folders of images) over a set of labels.")
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
     labels = p.add_mutually_exclusive_group(required=True)
@@ -37,14 +46,14 @@ def run(args: argparse.Namespace) -> int:
                       on_error="skip")
     names = _short_names(images)
     rows = []
-    for index, top_labels, top_scores in zip(result.indices, result.top_labels, result.top_scores):
-        for rank, (label, prob) in enumerate(zip(top_labels, top_scores), 1):
+    for index, top_labels, top_scores in zip(result.indices, result.top_labels, result.top_scores, strict=True):
+        for rank, (label, prob) in enumerate(zip(top_labels, top_scores, strict=True), 1):
             rows.append([names[index] if rank == 1 else "", rank, label, prob])
     document = {
         "command": "classify", "labels": labels, "templates": args.templates,
         "results": [{"image": images[index], "labels": [{"label": label, "probability": float(prob)}
-                                                        for label, prob in zip(top_labels, top_scores)]}
-                    for index, top_labels, top_scores in zip(result.indices, result.top_labels, result.top_scores)],
+                                                        for label, prob in zip(top_labels, top_scores, strict=True)]}
+                    for index, top_labels, top_scores in zip(result.indices, result.top_labels, result.top_scores, strict=True)],
         "skipped": skipped_json(result.skipped),
     }
     text = [f"zero-shot classification of {len(images)} image(s) over {len(labels)} label(s) "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,24 @@ DBS = ("chroma", "qdrant", "lancedb")
 DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qdrant"), "lancedb": ("lancedb", "lancedb")}
 
 
+SERVER_ENV = "CLIP_EMBEDDINGS_SERVER"  # the default of --server: a running `clip-embeddings serve` to embed with
+
+
 def make_ef(args: argparse.Namespace, **options: Any):
     from ...embedding.function import ClipEF
 
-    return ClipEF(args.model or default_model(), device=args.device, batch_size=args.batch_size, **options)
+    return ClipEF(args.model or default_model(), device=args.device, batch_size=args.batch_size,
+                  dtype=getattr(args, "dtype", None) or "auto", server=getattr(args, "server", None) or None, **options)
 
 
 def loaded(ef: Any) -> Any:
-    """``ef`` with its model loaded, under a status line on a terminal (a first load takes seconds)."""
-    with status(f"loading model {ef.model_name} ..."):
+    """``ef`` with its model loaded, under a status line on a terminal (a first load takes seconds).
+
+    With a server, nothing is loaded here: the server's model is asked for its fingerprint (and
+    checked against a collection's, as local weights are).
+    """
+    what = f"asking the embedding server {ef.server} ..." if ef.server else f"loading model {ef.model_name} ..."
+    with status(what):
         ef.dim  # noqa: B018  (loads, and checks the weights against a collection's fingerprint)
     return ef
 
@@ -92,12 +102,19 @@ def open_search_store(args: argparse.Namespace):
                          "create it with `clip-embeddings index FOLDER ...` first") from e
     if ef is not None:
         return store
-    # The rebuilt embedding function keeps the stored model; where to run it is this machine's call.
+    # The rebuilt embedding function keeps the stored model; where (and in which dtype, or on which
+    # server) to run it is this machine's call. A server's fingerprint is checked against the
+    # collection's stored one on first use, as local weights are.
     store.ef.device, store.ef.batch_size = args.device, args.batch_size
+    if getattr(args, "dtype", None):
+        store.ef.dtype = args.dtype
+    if getattr(args, "server", None):
+        store.ef.server = args.server
     return store
 
 
-def model_options(for_search: bool = False) -> argparse.ArgumentParser:
+def model_options(for_search: bool = False, remote: bool = False, dtype: bool = True) -> argparse.ArgumentParser:
+    """--model, --device, --batch-size; ``dtype``: --dtype; ``remote``: --server (default $CLIP_EMBEDDINGS_SERVER)."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("model")
     group.add_argument(
@@ -109,6 +126,14 @@ def model_options(for_search: bool = False) -> argparse.ArgumentParser:
     group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     group.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                        help="images or texts per forward pass (default: 32)")
+    if dtype:
+        group.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                           help="numeric path: auto (default: what this CPU runs fastest, see `clip-embeddings "
+                                "models`), fp32 (exact), bf16, fp16 (CUDA)")
+    if remote:
+        group.add_argument("--server", default=os.environ.get(SERVER_ENV) or None, metavar="URL",
+                           help="embed with a running `clip-embeddings serve` at URL instead of loading a model "
+                                f"here (default: ${SERVER_ENV}); its weights are checked against the collection's")
     return parent
 
 

@@ -10,14 +10,22 @@ from typing import Any
 
 from ..console import UsageError, emit, format_table
 from .common import (
-    common_options, loaded, make_ef, model_options, read_labels, skipped_json, skipped_lines, templates,
+    common_options,
+    loaded,
+    make_ef,
+    model_options,
+    read_labels,
+    skipped_json,
+    skipped_lines,
+    templates,
     templates_option,
 )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``eval`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("eval", parents=[common_options(), model_options(), templates_option()], help="zero-shot accuracy on a labelled folder",
+    p = sub.add_parser("eval", parents=[common_options(), model_options(), templates_option()],
+                       help="zero-shot accuracy on a labelled folder",
                        description="Zero-shot top-1/top-5 accuracy on an ImageFolder-style dataset: one sub-folder "
                                    "per class, named after the class (or mapped by --labels).")
     p.add_argument("--dataset", required=True, metavar="DIR", help="dataset folder with one sub-folder per class")

@@ -15,7 +15,8 @@ from .common import common_options, model_options, positive_int, skipped_json, s
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``finetune`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("finetune", parents=[common_options(), model_options()], help="fine-tune on (image, caption) pairs",
+    p = sub.add_parser("finetune", parents=[common_options(), model_options(dtype=False)],
+                       help="fine-tune on (image, caption) pairs",
                        description="Contrastively fine-tune CLIP on (image, caption) pairs and save a checkpoint "
                                    "that ce.load and --model read.")
     p.add_argument("--pairs", required=True, metavar="CSV_OR_JSONL",

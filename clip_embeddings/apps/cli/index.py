@@ -15,7 +15,8 @@ from .common import DB_MODULES, common_options, make_ef, model_options, positive
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``index`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("index", parents=[common_options(), store_options(), model_options()], help="embed a folder of images into a collection",
+    p = sub.add_parser("index", parents=[common_options(), store_options(), model_options(remote=True)],
+                       help="embed a folder of images into a collection",
                        description="Embed every image under FOLDER into a collection. Ids come from the image "
                                    "content, so re-indexing a folder stores nothing new.")
     p.add_argument("folder", metavar="FOLDER", help="folder of images to index")
@@ -112,9 +113,9 @@ def _extensions(text: str) -> frozenset[str]:
 def _index_with_ray(args: argparse.Namespace, folder: Path) -> int:
     """``index --engine ray``: list the images here, embed them on the cluster, write through the Store."""
     from ...adapters import open_store
-    from ..distributed.ray import import_ray, index_with_ray
     from ...embedding.function import ClipEF
     from ...inputs.folders import IMAGE_EXTENSIONS, iter_image_files
+    from ..distributed.ray import import_ray, index_with_ray
 
     ray = import_ray()
     wanted = _extensions(args.extensions) if args.extensions else IMAGE_EXTENSIONS

@@ -20,8 +20,8 @@ def run(args: argparse.Namespace) -> int:
     """List the named models and whether each is in the download cache, and what ``auto`` runs here."""
     from urllib.parse import unquote, urlparse
 
-    from ...runtime import auto as runtime
     from ...core.download import MODELS, cache_dir
+    from ...runtime import auto as runtime
 
     root = cache_dir()
     rows, models = [], []
@@ -42,11 +42,13 @@ def run(args: argparse.Namespace) -> int:
             f"{caps.torch_capability}; native bf16: {'yes' if caps.native_bf16 else 'no'}"]
     if decisions:
         text.append('dtype="auto" decisions cached for this CPU and torch ' + caps.torch_version + ":")
+        decided = sorted((a, runtime.decision_from_entry(d, caps)) for a, d in decisions.items())
+        why = ["; ".join(filter(None, [decision.reason, decision.text and decision.text.reason])) for _, decision in decided]
         text.append(format_table(["architecture", "path", "why"],
-                                 [[arch, decision.precision, "; ".join(filter(None, [decision.reason, decision.text and decision.text.reason]))]
-                                  for arch, decision in sorted((a, runtime.decision_from_entry(d, caps)) for a, d in decisions.items())],
+                                 [[arch, d.precision, reason] for (arch, d), reason in zip(decided, why, strict=True)],
                                  align="lll", max_width=120))
     else:
-        text.append('dtype="auto": nothing decided yet on this CPU; the first ClipEF() load of a model probes it')
+        text.append('dtype="auto": nothing probed yet on this CPU; a first ClipEF() runs the shipped table\'s choice '
+                    'and probes in the background')
     emit(args, document, text)
     return 0

@@ -11,7 +11,7 @@ from .common import common_options, loaded, model_options, open_search_store, po
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``search`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("search", parents=[common_options(), store_options(), model_options(for_search=True)],
+    p = sub.add_parser("search", parents=[common_options(), store_options(), model_options(for_search=True, remote=True)],
                        help="find the nearest items to a text or an image",
                        description="Query a collection with a text (text-to-image search by default) or with "
                                    "--image (image-to-image); --modality text searches stored captions/texts.")
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         headers = ["rank", "score", "id", "source" if args.modality == "image" else "document"]
         if args.modality == "image" and any(h.document for h in hits):
             headers.append("caption")
-            for row, h in zip(rows, hits):
+            for row, h in zip(rows, hits, strict=True):
                 row.append(h.document or "")
         text.append(format_table(headers, rows, align="rrll", max_width=250))  # whole paths: they get copied
     emit(args, document, text)

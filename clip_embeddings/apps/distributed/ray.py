@@ -8,7 +8,7 @@ Three layers, each usable alone:
 * :func:`index_with_ray` runs that pipeline and upserts the rows into a :class:`Store` (LanceDB,
   a Chroma server, a Qdrant server) as they stream out. Ids are content-derived, so re-running a
   job after a failure only rewrites what is already there.
-* :func:`run_index_cli` is what ``clip-embeddings index --engine ray`` calls.
+* ``clip-embeddings index --engine ray`` (``apps/cli/index.py``) calls :func:`index_with_ray`.
 
 Ray is imported lazily: importing this module without it works, and using it raises an
 ``ImportError`` that says how to install it.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -40,8 +39,8 @@ import numpy as np
 from ..._extras import require
 from ...adapters import open_store, parse_sink
 from ...adapters.base import Modality, Record, Store, item_id, row_id, text_digest
-from ...embedding.pipeline import source_of
 from ...embedding.function import ClipEF
+from ...embedding.pipeline import source_of
 from ...inputs.options import describe
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -55,7 +54,6 @@ __all__ = [
     "index_with_ray",
     "open_sink",
     "output_schema",
-    "run_index_cli",
 ]
 
 def import_ray() -> Any:
@@ -115,10 +113,7 @@ class ClipBatchEmbedder:
         items = batch.column(self.column).to_pylist()
         # read_binary_files(include_paths=True) gives bytes plus a path: report the path.
         paths = batch.column("path").to_pylist() if "path" in batch.column_names and self.column != "path" else None
-        if self.modality == "text":
-            rows = self._texts(items)
-        else:
-            rows = self._images(items, paths)
+        rows = self._texts(items) if self.modality == "text" else self._images(items, paths)
         return self._table(rows)
 
     def _images(self, items: list[Any], paths: list[str] | None) -> list[tuple]:
@@ -145,7 +140,7 @@ class ClipBatchEmbedder:
             if not isinstance(x, str):
                 rows[i] = (None, describe(x), None, None, None, f"not a text ({type(x).__name__})")
         vectors = self.ef.embed_texts([items[i] for i in good]) if good else []
-        for i, vector in zip(good, vectors):
+        for i, vector in zip(good, vectors, strict=True):
             digest = text_digest(items[i])
             rows[i] = (item_id("text", digest), None, digest, items[i], vector, None)
         return rows
@@ -172,8 +167,8 @@ class ClipBatchEmbedder:
         try:
             embedding = pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(missing))
         except TypeError:  # pyarrow < 15 has no mask here: build it row by row instead
-            embedding = pa.array([None if m else v for v, m in zip(vectors, missing)], pa.list_(pa.float32(), dim))
-        columns = list(zip(*rows)) if rows else [()] * 6
+            embedding = pa.array([None if m else v for v, m in zip(vectors, missing, strict=True)], pa.list_(pa.float32(), dim))
+        columns = list(zip(*rows, strict=True)) if rows else [()] * 6
         schema = output_schema(dim)
         return pa.Table.from_arrays([
             pa.array(columns[0], pa.string()), pa.array(columns[1], pa.string()),
@@ -290,7 +285,7 @@ def records_from_batch(batch: pa.Table) -> list[Record]:
     vectors = np.asarray(embedding.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(good.num_rows, -1)
     records: dict[str, Record] = {}
     for i, (id_, source, modality, digest, document) in enumerate(zip(
-        *(good.column(c).to_pylist() for c in ("id", "source", "modality", "digest", "document"))
+        *(good.column(c).to_pylist() for c in ("id", "source", "modality", "digest", "document")), strict=True
     )):
         records[row_id(id_, modality)] = Record(id_, modality, vectors[i], digest, source=source, document=document)
     return list(records.values())
@@ -388,7 +383,7 @@ def index_with_ray(sources: Sequence[str | os.PathLike] | ray.data.Dataset, *, m
             report.new += written.new
             report.present += written.present
             bad = batch.filter(batch.column("error").is_valid())
-            report.skipped += list(zip(bad.column("source").to_pylist(), bad.column("error").to_pylist()))
+            report.skipped += list(zip(bad.column("source").to_pylist(), bad.column("error").to_pylist(), strict=True))
     finally:
         context.enable_progress_bars = shown
     report.elapsed = time.perf_counter() - start

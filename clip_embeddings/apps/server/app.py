@@ -226,7 +226,7 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
         return {
             "labels": result.labels,
             "results": [{"index": i, "labels": top, "probabilities": scores}
-                        for i, top, scores in zip(result.indices, result.top_labels, result.top_scores)],
+                        for i, top, scores in zip(result.indices, result.top_labels, result.top_scores, strict=True)],
             "skipped": [{"index": s.index, "source": body.images[s.index].label, "reason": s.reason}
                         for s in embedded.skipped],
         }

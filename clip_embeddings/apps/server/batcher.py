@@ -160,7 +160,7 @@ class Batcher:
 
     def _images(self, jobs: list[_Job]) -> None:
         result = self.ef.encode_images([item for job in jobs for item in job.items], on_error="skip")
-        for job, part in zip(jobs, split_images(result, [len(job.items) for job in jobs])):
+        for job, part in zip(jobs, split_images(result, [len(job.items) for job in jobs]), strict=True):
             job.future.set_result(part)
 
 

@@ -1,0 +1,94 @@
+"""The CLI's ``--dtype`` (which numeric path a command's model runs) and ``--server`` (``index`` and
+``search`` embed on a running ``clip-embeddings serve`` instead of loading a model), with the same
+fingerprint check against a collection as local weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("chromadb")
+
+import clip_embeddings as ce  # noqa: E402
+from clip_embeddings.adapters import open_store  # noqa: E402
+from clip_embeddings.apps import cli  # noqa: E402
+from clip_embeddings.apps.server import ServeLimits, create_app  # noqa: E402
+from clip_embeddings.embedding import loaded  # noqa: E402
+from tests.serving import running  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path):
+    """A real ``serve`` app (uvicorn on loopback) running the tiny model."""
+    app = create_app(ce.ClipEF(tiny_model_path, device="cpu", cache=False), None, ServeLimits())
+    with running(app) as url:
+        yield url
+
+
+def run_json(args, capsys) -> tuple[int, dict]:
+    status = cli.main([*args, "--json"])
+    out = capsys.readouterr().out
+    return status, (json.loads(out) if out.strip() else {})
+
+
+def test_dtype_selects_the_numeric_path_of_the_model_a_command_loads(tiny_model_path, sample_images, capsys):
+    args = ["classify", str(sample_images[0]), "--labels", "cat,dog", "--model", str(tiny_model_path)]
+    status, exact = run_json([*args, "--dtype", "fp32"], capsys)
+    assert status == 0
+    status, bf16 = run_json([*args, "--dtype", "bf16"], capsys)
+    assert status == 0
+    keys = {key[2] for key in loaded._registry if key[0] == str(tiny_model_path.resolve())}
+    assert {torch.float32, torch.bfloat16} <= keys  # both paths were loaded, as asked
+    label = lambda doc: doc["results"][0]["labels"][0]["label"]  # noqa: E731
+    assert label(exact) == label(bf16)
+    assert cli.main([*args, "--dtype", "fp64"]) == 2  # not a dtype: a usage error
+    assert "invalid choice: 'fp64'" in capsys.readouterr().err
+
+
+def test_every_command_that_loads_a_model_takes_dtype(capsys):
+    def help_of(command: str) -> str:
+        try:
+            cli.main([command, "--help"])
+        except SystemExit:
+            pass
+        return capsys.readouterr().out
+
+    for command in ("index", "search", "classify", "eval", "serve"):
+        assert "--dtype" in help_of(command), command
+    for command in ("index", "search"):
+        assert "CLIP_EMBEDDINGS_SERVER" in help_of(command), command
+
+
+def test_commands_embed_on_the_server_without_loading_a_model(server, tmp_path, sample_images, capsys, monkeypatch,
+                                                                tiny_model_path, no_proxy):
+    # No --model and no $CLIP_WEIGHTS: a local load would need ViT-B/32, which is not here (offline).
+    monkeypatch.delenv("CLIP_WEIGHTS", raising=False)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sample_images[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    db = ["--db", "chroma", "--location", str(tmp_path / "db"), "--collection", "photos"]
+    monkeypatch.setenv("CLIP_EMBEDDINGS_SERVER", server)  # the environment variable stands for --server
+    status, indexed = run_json(["index", str(folder), *db], capsys)
+    assert status == 0 and indexed["collection_counts"]["images"] == 3, indexed
+    status, found = run_json(["search", "a photo", *db, "-k", "2"], capsys)
+    assert status == 0 and len(found["hits"]) == 2
+    stored = open_store("chroma", str(tmp_path / "db"), "photos")._stored_config()
+    assert stored["fingerprint"] == ce.ClipEF(tiny_model_path, device="cpu", cache=False).fingerprint
+
+
+def test_a_server_with_other_weights_is_refused_as_local_weights_are(server, tmp_path, sample_images, capsys,
+                                                                     other_tiny_model_path, no_proxy):
+    location = str(tmp_path / "db")
+    open_store("chroma", location, "other", ce.ClipEF(other_tiny_model_path, device="cpu", cache=False)).add_images(
+        [str(sample_images[0])])
+    db = ["--db", "chroma", "--location", location, "--collection", "other"]
+    status = cli.main(["search", "a cat", *db, "--server", server])
+    err = capsys.readouterr().err
+    assert status == 1 and "fingerprint" in err, err
+    status = cli.main(["index", str(sample_images[0].parent), *db, "--server", server])
+    err = capsys.readouterr().err
+    assert status == 1 and "fingerprint" in err, err
