@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 from PIL import Image, ImageOps
 
@@ -200,3 +202,16 @@ def test_invalid_arguments_say_what_is_accepted(tiny_model_path):
         ce.ClipEF(str(tiny_model_path), on_error="ignore")
     with pytest.raises(TypeError, match="item 1"):
         ce.ClipEF(str(tiny_model_path)).embed_texts(["ok", b"bytes"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(["text", "image"]), max_size=6), bad_at=st.integers(0, 6))
+def test_call_on_a_mixed_list_names_the_bad_items_own_index(tiny_model_path, sample_images, kinds, bad_at):
+    # The index is the bad image's place in the list given, not among the images alone (issue 24).
+    bad_at = min(bad_at, len(kinds))
+    items: list = [f"text {i}" if kind == "text" else sample_images[i % len(sample_images)]
+                   for i, kind in enumerate(kinds)]  # a str is a text: images come as Paths
+    items.insert(bad_at, sample_images[0].with_name("no-such-image.jpg"))
+    with pytest.raises(ce.ImageLoadError) as caught:
+        _ef(tiny_model_path)(items)
+    assert caught.value.index == bad_at and str(caught.value).startswith(f"item {bad_at} ")

@@ -30,12 +30,14 @@ from ..collection.duplicates import DuplicateReport, find_duplicates, remove_dup
 from ..collection.export import ExportReport
 from ..collection.export import export as export_collection
 from ..collection.map import MapReport, render_map
+from ..config import check_on_error
 from ..embedding.function import ClipEF
 from ..embedding.pipeline import ImageResult, OnError, SkippedItem
-from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
+from ..errors import CollectionNotFoundError, ImageLoadError, IncompatibleCollectionError, ModelMismatchError
 from ..inputs.captions import caption_for, folder_captions
-from ..inputs.folders import IMAGE_EXTENSIONS, iter_image_files
+from ..inputs.folders import IMAGE_EXTENSIONS
 from ..inputs.options import ImageLike
+from ..inputs.user_files import FolderFile, Refused, walk_folder
 
 Modality = Literal["image", "text"]
 _NAMESPACE = uuid.UUID("9b1f6c1e-3c1a-4f51-9a57-2f0e6c0c1ce5")  # fixed forever: ids must be stable
@@ -89,7 +91,9 @@ class IngestReport:
     were stored already with the same content, so nothing was written;
     ``duplicates`` are inputs whose content (or id) came earlier in the same ingest and is stored
     once; ``skipped`` inputs could not be embedded, each with its reason. ``ids`` lists the item ids
-    of every input now in the store, new or present, once each, in input order.
+    of every input now in the store, new or present, once each, in input order. ``unread_folders``
+    (also in ``skipped``) are folders of an ``index_folder`` that could not be listed: what they
+    hold is in no count, so the report is incomplete when there are any.
 
     Example:
         >>> print(IngestReport(ids=["a", "b"], new=1, present=1, duplicates=1))
@@ -103,6 +107,7 @@ class IngestReport:
     duplicates: int = 0
     skipped: list[SkippedItem] = field(default_factory=list)
     cache_hits: int = 0
+    unread_folders: list[str] = field(default_factory=list)
 
     @property
     def stored(self) -> int:
@@ -126,13 +131,14 @@ class IngestReport:
         self.duplicates += other.duplicates
         self.skipped += other.skipped
         self.cache_hits += other.cache_hits
+        self.unread_folders += other.unread_folders
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """The counts and the skipped items (index, source, reason) as plain JSON-able values."""
         return {"new": self.new, "updated": self.updated, "present": self.present, "duplicates": self.duplicates,
                 "skipped": [{"index": s.index, "source": s.source, "reason": s.reason} for s in self.skipped],
-                "cache_hits": self.cache_hits}
+                "cache_hits": self.cache_hits, "unread_folders": list(self.unread_folders)}
 
     def __str__(self) -> str:
         lines = [f"new {self.new}, updated {self.updated}, already present {self.present}, duplicates {self.duplicates}, "
@@ -231,8 +237,9 @@ class Store(ABC):
             return ef
         stored = self._stored_config()
         if stored is None:
-            raise ValueError(f"{self.describe()} has no clip-embeddings config (was it made by clip-embeddings?); "
-                             "pass ef=ClipEF(...) to open it")
+            raise IncompatibleCollectionError(
+                f"{self.describe()} has no clip-embeddings config (was it made by clip-embeddings?); "
+                "pass ef=ClipEF(...) to open it")
         return ClipEF.build_from_config(stored)
 
     def _missing(self) -> CollectionNotFoundError:
@@ -295,8 +302,7 @@ class Store(ABC):
 
     def _ingest(self, entries: Iterable[_Entry], on_error: OnError, progress: bool,
                 total: int | None) -> Iterator[IngestReport]:
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        check_on_error(on_error)
         seen: set[str] = set()  # item ids of this ingest: the same content twice is stored once
         buffered: dict[str, list[Record]] = {}
         report, since = IngestReport(), time.monotonic()
@@ -309,6 +315,8 @@ class Store(ABC):
                         failure = r.error()
                         break
                     report.skipped.append(r.skipped())
+                    if isinstance(r.entry.image, Refused) and r.entry.image.folder:
+                        report.unread_folders.append(r.source)
                     continue
                 report.cache_hits += r.cached
                 item = r.entry.id or item_id("image", r.digest)
@@ -435,10 +443,21 @@ class Store(ABC):
         if not folder.is_dir():
             raise ImageLoadError("not a folder (index_folder takes a directory of images)", source=str(folder))
         lookup = folder_captions(folder) if captions is True else (captions or {})
-        sidecars = captions is not False
-        entries = (_Entry(path, caption=caption_for(lookup, folder, path, sidecars=sidecars))
-                   for path in iter_image_files(folder, extensions=extensions, recursive=recursive))
-        return self._ingest(entries, on_error, progress, None)
+        sidecars, root = captions is not False, os.path.realpath(folder)
+
+        def entries() -> Iterator[_Entry]:
+            for found in walk_folder(folder, extensions, recursive):
+                if isinstance(found, Refused):
+                    yield _Entry(found)
+                    continue
+                try:
+                    caption = caption_for(lookup, folder, found, sidecars=sidecars, root=root)
+                except Refused as e:  # its caption cannot be read: the item is not stored half-done
+                    yield _Entry(Refused(str(found), f"caption file {e.path}: {e.reason}"))
+                    continue
+                yield _Entry(FolderFile(found, root), caption=caption)
+
+        return self._ingest(entries(), on_error, progress, None)
 
     def query(self, text: str | ImageLike | None = None, *, image: ImageLike | None = None, k: int = 5,
               modality: Modality = "image", where: dict[str, Any] | None = None) -> list[Hit]:

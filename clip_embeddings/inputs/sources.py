@@ -32,7 +32,6 @@ import binascii
 import hashlib
 import os
 import re
-import stat
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -52,10 +51,10 @@ from .options import (
     base64_length,
     data_uri_parts,
     describe,
-    fmt_bytes,
     is_url,
     too_big,
 )
+from .user_files import Refused, read_regular_file
 
 # ---------------------------------------------------------------------------------------------
 # Reading
@@ -85,6 +84,8 @@ def read_image_source(item: ImageLike, options: LoaderOptions = DEFAULT_OPTIONS)
         ...
         clip_embeddings.errors.ImageLoadError: does-not-exist.jpg: file not found
     """
+    if isinstance(item, Refused):  # a folder walk's entry it could not read: reported as this item
+        raise ImageLoadError(item.reason, source=os.path.abspath(item.path))
     source = describe(item)
     if isinstance(item, str):
         low = item[:8].lower()
@@ -129,41 +130,14 @@ def read_image_source(item: ImageLike, options: LoaderOptions = DEFAULT_OPTIONS)
 
 
 def _read_file(path: str | os.PathLike, source: str, options: LoaderOptions) -> bytes:
+    """A local file under the one rule for user files (:mod:`clip_embeddings.inputs.user_files`)."""
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        reason = "file not found"
-        if os.path.islink(path):
-            reason += " (broken symbolic link)"
-        raise ImageLoadError(reason, source=source) from None
-    except NotADirectoryError:
-        raise ImageLoadError("file not found (a parent in the path is not a folder)",
-                             source=source) from None
-    except PermissionError:
-        raise ImageLoadError("permission denied", source=source) from None
-    except (OSError, ValueError) as e:  # ValueError: embedded NUL byte
-        raise ImageLoadError(f"cannot read file: {getattr(e, 'strerror', None) or e}",
-                             source=source) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageLoadError("is a directory", source=source)
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
-        raise ImageLoadError("not a regular file", source=source)
-    if st.st_size == 0:
-        raise ImageLoadError("empty file (0 bytes)", source=source)
-    if st.st_size > options.max_bytes:
-        raise ImageLoadError(too_big("file", st.st_size, options), source=source)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(options.max_bytes + 1)  # the file may have grown since stat
-    except PermissionError:
-        raise ImageLoadError("permission denied", source=source) from None
-    except OSError as e:
-        raise ImageLoadError(f"cannot read file: {e.strerror or e}", source=source) from None
+        data = read_regular_file(path, options.max_bytes, root=getattr(path, "root", None),
+                                 too_big=lambda size: too_big("file", size, options))
+    except Refused as e:
+        raise ImageLoadError(e.reason, source=source) from None
     if not data:
         raise ImageLoadError("empty file (0 bytes)", source=source)
-    if len(data) > options.max_bytes:
-        raise ImageLoadError(f"file is larger than max_bytes={options.max_bytes} "
-                             f"({fmt_bytes(options.max_bytes)})", source=source)
     return data
 
 

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...adapters.registry import kinds
+from ...config import ON_ERROR
 from ...core.loading import default_model
 from ..console import GracefulStop, UsageError, emit, format_table
-from .common import DB_MODULES, common_options, make_ef, model_options, positive_int, skipped_lines, store_options
+from .common import common_options, make_ef, model_options, positive_int, skipped_lines, store_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--extensions", default=None, metavar=".jpg,.png",
                    help="comma-separated file extensions to pick up (default: common image types)")
     p.add_argument("--no-recursive", action="store_true", help="only index FOLDER itself, not its sub-folders")
-    p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
+    p.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="skip unreadable images and list them at the end, or stop at the first one (default: skip)")
     captions = p.add_mutually_exclusive_group()
     captions.add_argument("--captions", metavar="FILE",
@@ -47,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder (index takes a directory of images)")
-    from ..._extras import require
-
-    require(*DB_MODULES[args.db])  # before any model loads: "pip install 'clip-embeddings[qdrant]'"
+    kinds()[args.db].require_client()  # before any model loads: "pip install 'clip-embeddings[qdrant]'"
     if getattr(args, "engine", "local") == "ray":
         return _index_with_ray(args, folder)
     captions = _captions(args)
@@ -89,15 +89,25 @@ def run(args: argparse.Namespace) -> int:
     ])
     if not getattr(args, "json", False):
         _print_skipped(report.skipped)
+    if report.unread_folders:  # what they hold is in no count: the run did not do what was asked
+        print(f"error: {len(report.unread_folders)} folder(s) could not be read, so the report is incomplete: "
+              + ", ".join(report.unread_folders), file=sys.stderr)
+        return 1
     return 0
 
 
 def _captions(args: argparse.Namespace) -> dict[str, str] | bool:
-    """``--captions FILE`` read now (a bad file fails before the model loads); else auto, or none."""
+    """The captions file, read now (a bad one fails, named, before the model loads); or False for none.
+
+    ``--captions FILE``, else ``FOLDER/captions.json`` or ``.csv`` if there is one; ``True`` leaves
+    only the sidecar ``.txt`` files, which are read image by image.
+    """
     if args.no_captions:
         return False
     if args.captions is None:
-        return True
+        from ...inputs.captions import folder_captions
+
+        return folder_captions(args.folder) or True
     from ...inputs.captions import read_captions_file
 
     path = Path(args.captions)
