@@ -265,8 +265,8 @@ def test_open_store_reaches_a_chroma_server_by_url(chroma_server, corpus):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_records_scan_every_vector_in_bounded_batches(kind, tmp_path, corpus):
-    store, _ = build(kind, tmp_path, corpus)
+def test_records_scan_every_vector_in_bounded_batches(kind, store_location, corpus):
+    store, _ = build(kind, store_location(kind), corpus)
     images = list(store.records("image", batch_size=3))
     texts = list(store.records("text", batch_size=4))
     assert [len(b) for b in store._scan("image", batch_size=3)] == [3, 3, 1]
