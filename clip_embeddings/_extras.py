@@ -12,13 +12,16 @@ from types import ModuleType
 
 from .errors import MissingExtraError
 
-# The distribution that provides each top-level module, where its name differs.
-_DISTRIBUTIONS = {"qdrant_client": "qdrant-client", "langchain_core": "langchain-core", "chromadb": "chromadb",
-                  "lancedb": "lancedb", "pyarrow": "pyarrow", "ray": "ray[data]"}
+# The distribution that provides each top-level module, where its name differs. A database
+# client's is declared by its adapter (adapters/registry.py's StoreKind) and passed in.
+_DISTRIBUTIONS = {"langchain_core": "langchain-core", "ray": "ray[data]", "llama_index": "llama-index-core"}
 
 
-def require(module: str, extra: str) -> ModuleType:
+def require(module: str, extra: str, *, purpose: str | None = None, distribution: str | None = None) -> ModuleType:
     """Import ``module``, or raise :class:`MissingExtraError` naming the extra that installs it.
+
+    ``purpose`` names what needs it in the message (default: the extra's entry below, else the
+    extra); ``distribution`` is what pip installs for ``module`` when its name differs.
 
     Example:
         >>> require("json", extra="none").__name__
@@ -34,11 +37,13 @@ def require(module: str, extra: str) -> ModuleType:
         if not isinstance(e, ModuleNotFoundError):
             raise
         missing = e.name or module
-        package = _DISTRIBUTIONS.get(missing.split(".")[0], missing.split(".")[0])
+        top = missing.split(".")[0]
+        package = distribution if distribution and top == module.split(".")[0] else _DISTRIBUTIONS.get(top, top)
         raise MissingExtraError(
-            f"{package} is not installed (needed for {_PURPOSE.get(extra, extra)}): "
+            f"{package} is not installed (needed for {purpose or _PURPOSE.get(extra, extra)}): "
             f"pip install 'clip-embeddings[{extra}]'", extra=extra, module=missing) from e
 
 
-_PURPOSE = {"chroma": "Chroma", "qdrant": "Qdrant", "lancedb": "LanceDB", "langchain": "LangChain",
-            "ray": "the Ray engine", "notebook": "the notebook"}
+# What needs each extra that is not a database (a database's purpose is in its adapter's KIND).
+_PURPOSE = {"langchain": "LangChain", "ray": "the Ray engine", "notebook": "the notebook",
+            "llamaindex": "LlamaIndex"}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,65 @@ def chroma_server(tmp_path_factory):
         pytest.skip("the `chroma` command (from chromadb) is not installed")
     with chroma_server_at(tmp_path_factory.mktemp("chroma-server")) as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL with pgvector for the whole session (the ``pgserver`` wheel ships both and
+    runs them offline; as root it runs them as a ``pgserver`` user); stopped at the end."""
+    pgserver = pytest.importorskip("pgserver")
+    # Not under pytest's temp root: pytest makes that 0700 on each start, which would shut the
+    # server's own user out of its data folder if another session starts meanwhile.
+    data = tempfile.mkdtemp(prefix="clip-embeddings-postgres-")
+    server = pgserver.get_server(data, cleanup_mode="delete")
+    yield server
+    server.cleanup()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_database(request):
+    """``postgres_database()``: the URL of a new, empty database on the session's PostgreSQL."""
+
+    def make() -> str:
+        import psycopg
+
+        server = request.getfixturevalue("postgres_server")
+        database = f"t{next(_DATABASES)}"
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {database}")  # a name made here, no user input
+        return server.get_uri(database)
+
+    return make
+
+
+@pytest.fixture
+def store_location(request, tmp_path):
+    """``store_location(kind, tag="")``: a fresh, empty place for a store of ``kind`` in this test.
+
+    A folder for Chroma, Qdrant and LanceDB, a ``.db`` file for Milvus Lite, and for pgvector a
+    URL to a new database on the session's PostgreSQL. ``tag`` tells apart two places of one
+    kind in one test; ``missing=True`` gives a place where no database is.
+    """
+    made: dict[tuple[str, str], str] = {}
+
+    def location(kind: str, tag: str = "", *, missing: bool = False) -> str:
+        if (kind, tag) in made:
+            return made[(kind, tag)]
+        if kind == "pgvector" and missing:
+            made[(kind, tag)] = request.getfixturevalue("postgres_server").get_uri(f"t{next(_DATABASES)}")
+        elif kind == "pgvector":
+            made[(kind, tag)] = request.getfixturevalue("postgres_database")()
+        elif kind == "milvus":
+            made[(kind, tag)] = str(tmp_path / f"milvus{tag}.db")
+        else:
+            made[(kind, tag)] = str(tmp_path / f"{kind}{tag}")
+        return made[(kind, tag)]
+
+    return location
+
+
+_DATABASES = itertools.count()
 
 
 @pytest.fixture

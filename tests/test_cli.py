@@ -122,9 +122,9 @@ def test_search_needs_exactly_one_query(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: search takes a QUERY_TEXT or --image PATH")
 
 
-@pytest.mark.parametrize("db", ["qdrant", "lancedb"])
-def test_index_and_search_other_databases(db, tmp_path, tiny_env, other_tiny_model_path, sample_images, capsys):
-    common = ["--db", db, "--location", str(tmp_path / db), "--collection", "photos"]
+@pytest.mark.parametrize("db", ["qdrant", "lancedb", "pgvector", "milvus"])
+def test_index_and_search_other_databases(db, store_location, tiny_env, other_tiny_model_path, sample_images, capsys):
+    common = ["--db", db, "--location", store_location(db), "--collection", "photos"]
     folder = sample_images[0].parent
     assert cli.main(["index", str(folder), "--extensions", ".jpg", "--no-recursive", *common]) == 0
     assert f"new {len(sample_images)}, " in capsys.readouterr().out

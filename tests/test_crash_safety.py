@@ -1,6 +1,7 @@
 """SIGKILL in the middle of an ingest, then the same ingest again: nothing lost, nothing twice.
 
-For each store (Chroma ``PersistentClient``, Qdrant local ``path=``, LanceDB directory) a worker
+For each store (Chroma ``PersistentClient``, Qdrant local ``path=``, LanceDB directory, pgvector on
+the session's PostgreSQL, Milvus Lite ``.db``) a worker
 process indexes a generated folder of 150 small JPEGs (140 distinct pictures, 10 byte-identical
 copies under other names) with ``write_batch=10``. It reports every database write to a progress
 file (``B k`` before write ``k``, ``E k`` after it) and pauses between writes; the test sends
@@ -11,7 +12,7 @@ The store must end with every distinct image exactly once (ids derived from cont
 run must have left a partial store behind (so the kill really was mid-way), the sqlite embedding
 cache must pass ``PRAGMA integrity_check`` and serve the re-run (``cache_hits > 0``).
 
-The three kinds run side by side (each worker costs seconds of imports on a small machine).
+The kinds run side by side (each worker costs seconds of imports on a small machine).
 A last test kills a process hammering the embedding cache itself, mid-transaction.
 """
 
@@ -33,10 +34,10 @@ from PIL import Image
 
 from clip_embeddings.adapters.base import item_id
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)  # five databases side by side, each worker importing torch
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("chroma", "qdrant", "lancedb")
+KINDS = ("chroma", "qdrant", "lancedb", "pgvector", "milvus")
 N_FILES, N_COPIES, WRITE_BATCH = 150, 10, 10
 KILL_AT_WRITE = 4  # SIGKILL when write 4 begins: writes 1-3 (30 rows) are committed
 
@@ -46,7 +47,7 @@ slow, folder, model, *jobs = sys.argv[1:]
 import clip_embeddings as ce
 from clip_embeddings.adapters import open_store
 
-for job in jobs:  # one ingest per job; the kill runs have one job each, the re-run all three
+for job in jobs:  # one ingest per job; the kill runs have one job each, the re-run all of them
     kind, location, cache, progress = job.split("|")
     store = open_store(kind, location, "photos", ce.ClipEF(model, device="cpu", batch_size=16, cache=cache))
     store.write_batch = int(os.environ["WRITE_BATCH"])
@@ -69,6 +70,7 @@ for job in jobs:  # one ingest per job; the kill runs have one job each, the re-
     print(json.dumps({"kind": kind, "count_before": count_before, "stored": report.stored,
                       "skipped": len(report.skipped), "cache_hits": report.cache_hits,
                       "count_after": store.count(), "writes": n[0]}), flush=True)
+    store.close() if hasattr(store, "close") else None
     del store
 """
 
@@ -118,11 +120,13 @@ def _committed(lines: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def crash_runs(tmp_path_factory, tiny_model_path):
+def crash_runs(tmp_path_factory, tiny_model_path, postgres_database):
     """Kill one ingest per kind part-way, then re-run each to completion; the kinds run in parallel."""
     pytest.importorskip("chromadb")
     pytest.importorskip("qdrant_client")
     pytest.importorskip("lancedb")
+    pytest.importorskip("psycopg")
+    pytest.importorskip("pymilvus")
     base = tmp_path_factory.mktemp("crash")
     folder = base / "photos"
     expected = make_folder(folder)
@@ -132,7 +136,8 @@ def crash_runs(tmp_path_factory, tiny_model_path):
     for kind in KINDS:
         work = base / kind
         work.mkdir()
-        runs[kind] = {"location": work / "db", "cache": work / "cache", "progress": work / "progress.txt",
+        location = {"pgvector": postgres_database(), "milvus": work / "milvus.db"}.get(kind, work / "db")
+        runs[kind] = {"location": location, "cache": work / "cache", "progress": work / "progress.txt",
                       "log": work / "worker.log"}
 
     def start(kinds: tuple[str, ...], slow: bool, log: Path) -> subprocess.Popen:
@@ -142,9 +147,9 @@ def crash_runs(tmp_path_factory, tiny_model_path):
         return subprocess.Popen(args, env=_env(base / "unused-cache"), stdout=subprocess.PIPE,
                                 stderr=open(log, "ab"), text=True)
 
-    # 1. Start all three, kill each when its write KILL_AT_WRITE begins.
+    # 1. Start them all, kill each when its write KILL_AT_WRITE begins.
     procs = {kind: start((kind,), slow=True, log=runs[kind]["log"]) for kind in KINDS}
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     try:
         while any("killed_after" not in runs[kind] for kind in KINDS):
             for kind, proc in procs.items():
@@ -169,7 +174,7 @@ def crash_runs(tmp_path_factory, tiny_model_path):
                 proc.kill()
                 proc.wait()
 
-    # 2. Re-run the three ingests to completion, one after the other in one process.
+    # 2. Re-run the ingests to completion, one after the other in one process.
     rerun_log = base / "rerun.log"
     proc = start(KINDS, slow=False, log=rerun_log)
     out, _ = proc.communicate(timeout=180)
@@ -180,8 +185,23 @@ def crash_runs(tmp_path_factory, tiny_model_path):
     return expected, runs
 
 
-def _stored_ids(kind: str, location: Path) -> list[str]:
+def _stored_ids(kind: str, location: Path | str) -> list[str]:
     """Every stored image row's item id, read back from the database in this process."""
+    if kind == "pgvector":
+        import psycopg
+
+        with psycopg.connect(location) as conn:
+            return [i for (i,) in conn.execute("SELECT item_id FROM photos WHERE modality = 'image'")]
+    if kind == "milvus":
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(str(location))
+        try:
+            client.load_collection("photos")
+            rows = client.query("photos", filter='modality == "image"', output_fields=["item_id"], limit=16_384)
+            return [r["item_id"] for r in rows]
+        finally:
+            client.close()
     if kind == "chroma":
         import chromadb
 

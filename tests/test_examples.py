@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ["chroma_quickstart.py", "qdrant_quickstart.py", "lancedb_quickstart.py", "text_to_image_rag.py"]
+EXAMPLES = ["chroma_quickstart.py", "qdrant_quickstart.py", "lancedb_quickstart.py", "text_to_image_rag.py",
+            "pgvector_quickstart.py", "milvus_quickstart.py", "llamaindex_multimodal.py"]
 NAMES = {p.name for p in (ROOT / "examples" / "images").glob("*.jpg")}
 
 
@@ -92,3 +93,31 @@ def test_examples_leave_no_temporary_folders(tiny_model_path, tmp_path):
         done = run(script, "--model", str(tiny_model_path), env={"TMPDIR": str(scratch)})
         assert done.returncode == 0, done.stderr[-3000:]
         assert list(scratch.iterdir()) == [], script
+
+
+def test_pgvector_quickstart_on_the_sessions_postgres(tiny_model_path, postgres_database):
+    done = run("pgvector_quickstart.py", "--model", str(tiny_model_path), "--location", postgres_database())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "new 7, updated 0, already present 0, duplicates 0, skipped 0" in done.stdout
+    assert "image -> image: astronaut.jpg\n  1.000  astronaut.jpg" in done.stdout
+    space = done.stdout.split("album 'space' only")[1].splitlines()[1:]
+    assert len(space) == 3 and {line.split()[1] for line in space} == {"astronaut.jpg", "galaxies.jpg", "rocket.jpg"}
+
+
+def test_milvus_quickstart(tiny_model_path, tmp_path):
+    done = run("milvus_quickstart.py", "--model", str(tiny_model_path), "--location", str(tmp_path / "photos.db"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "new 7, updated 0, already present 0, duplicates 0, skipped 0" in done.stdout
+    assert "image -> image: astronaut.jpg\n  1.000  astronaut.jpg" in done.stdout
+
+
+def test_llamaindex_multimodal(tiny_model_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "llamaindex_multimodal.py"), "--model",
+                           str(tiny_model_path), "--storage", str(tmp_path / "storage")],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "image -> image: astronaut.jpg\n  1.000  astronaut.jpg" in done.stdout
+    first = [line.split()[1] for line in done.stdout.split("text -> image")[1].splitlines()[1:4]]
+    assert f"text -> image gives {first}" in done.stdout  # the reloaded index answers as the built one
+    assert (tmp_path / "storage" / "clip_embeddings.json").exists()

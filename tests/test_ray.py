@@ -7,6 +7,8 @@ with the reason ``ClipEF`` gives; and re-running the job stores nothing new.
 
 from __future__ import annotations
 
+import json
+
 import io
 import shutil
 import subprocess
@@ -96,6 +98,28 @@ def test_lancedb_sink_stores_every_good_image_once_and_reruns_add_nothing(ray_lo
     again = index_with_ray(sources, model=str(tiny_model_path), sink=sink, num_actors=2, batch_size=32, progress=False)
     check_report(again, vectors, skipped, new=0)
     assert store.count() == N_GOOD
+
+
+def test_pgvector_sink_stores_every_good_image_once_and_reruns_add_nothing(ray_local, corpus, tiny_model_path,
+                                                                          postgres_database):
+    pytest.importorskip("psycopg")
+    sources, vectors, skipped = corpus
+    location = postgres_database()  # postgresql://postgres:@/tN?host=/socket/dir
+    sink = "pgvector+" + location.replace("?", "/ray_photos?", 1)
+    report = index_with_ray(sources, model=str(tiny_model_path), sink=sink, num_actors=2, batch_size=32, progress=False)
+    check_report(report, vectors, skipped)
+
+    import psycopg
+
+    with psycopg.connect(location) as conn:
+        rows = conn.execute("SELECT item_id, embedding::text FROM ray_photos WHERE modality = 'image'").fetchall()
+    assert sorted(i for i, _ in rows) == sorted(vectors)
+    stored = np.asarray([json.loads(v) for _, v in rows], np.float32)
+    assert np.abs(stored - np.stack([vectors[i] for i, _ in rows])).max() <= 1e-5
+
+    again = index_with_ray(sources, model=str(tiny_model_path), sink=sink, num_actors=2, batch_size=32, progress=False)
+    check_report(again, vectors, skipped, new=0)
+    assert open_sink(sink, ClipEF(tiny_model_path, device="cpu", cache=False)).count() == N_GOOD
 
 
 @pytest.mark.server

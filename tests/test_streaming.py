@@ -28,7 +28,7 @@ import http.server
 from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("chroma", "qdrant", "lancedb")
+KINDS = ("chroma", "qdrant", "lancedb", "pgvector", "milvus")
 
 
 def make_folder(folder: Path, n: int, copies: int = 0, seed: int = 7) -> list[Path]:
@@ -46,20 +46,16 @@ def make_folder(folder: Path, n: int, copies: int = 0, seed: int = 7) -> list[Pa
     return paths
 
 
-def location_for(kind: str, tmp_path: Path, chroma_server=None) -> str:
-    if chroma_server is not None:
-        host, port = chroma_server
-        return f"http://{host}:{port}"
-    return str(tmp_path / kind)
 
 
 # --- duplicates, re-runs and honest counts ------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_folder_with_duplicates_is_stored_once_and_a_rerun_reports_nothing_new(kind, tmp_path, tiny_model_path):
+def test_folder_with_duplicates_is_stored_once_and_a_rerun_reports_nothing_new(kind, tmp_path, store_location,
+                                                                               tiny_model_path):
     folder = tmp_path / "photos"
     make_folder(folder, 40, copies=5)
-    store = open_store(kind, str(tmp_path / kind), "photos", ce.ClipEF(tiny_model_path, batch_size=8))
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(tiny_model_path, batch_size=8))
     first = store.index_folder(folder, progress=False)
     assert (first.new, first.present, first.duplicates, first.skipped) == (40, 0, 5, [])
     assert store.count() == store.count("image") == 40 and store.count("text") == 0
@@ -77,8 +73,8 @@ def test_repeated_inputs_in_one_call_never_raise_duplicate_ids(tmp_path, tiny_mo
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_two_captioned_images_count_two_items_everywhere(kind, tmp_path, tiny_model_path, sample_images):
-    store = open_store(kind, str(tmp_path / kind), "photos", ce.ClipEF(tiny_model_path))
+def test_two_captioned_images_count_two_items_everywhere(kind, store_location, tiny_model_path, sample_images):
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(tiny_model_path))
     store.add_images(sample_images[:2], captions=["one", "two"])
     assert (store.count(), store.count("image"), store.count("text")) == (2, 2, 2)
     store.add_texts(["a text on its own"])
@@ -152,13 +148,14 @@ def _kill_part_way(kind: str, location: str, name: str, folder: Path, model: Pat
 
 
 @pytest.mark.parametrize("kind", [*KINDS, "chroma-server"])
-def test_sigkill_part_way_keeps_what_was_written_and_the_rerun_completes(kind, tmp_path, tiny_model_path, request):
+def test_sigkill_part_way_keeps_what_was_written_and_the_rerun_completes(kind, tmp_path, store_location,
+                                                                         tiny_model_path, request):
     n = 400
     folder = tmp_path / "photos"
     make_folder(folder, n, copies=8)
     server = request.getfixturevalue("chroma_server") if kind == "chroma-server" else None
     db = "chroma" if server else kind
-    location = location_for(db, tmp_path, server)
+    location = f"http://{server[0]}:{server[1]}" if server else store_location(db)
     name = f"killed-{tmp_path.name}"[-60:] if server else "photos"  # one collection per run on the shared server
     reported = _kill_part_way(db, location, name, folder, tiny_model_path, at_least=n // 2)
     assert n // 2 <= reported < n  # killed part-way, with half the folder reported stored

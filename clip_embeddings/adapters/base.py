@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..config import check_on_error
 from ..embedding.function import ClipEF
 from ..embedding.pipeline import ImageResult, OnError, SkippedItem
-from ..errors import CollectionNotFoundError, ImageLoadError, ModelMismatchError
+from ..errors import CollectionNotFoundError, ImageLoadError, IncompatibleCollectionError, ModelMismatchError
 from ..inputs.captions import caption_for, folder_captions
 from ..inputs.folders import IMAGE_EXTENSIONS
 from ..inputs.options import ImageLike
@@ -254,8 +255,9 @@ class Store(ABC):
             return ef
         stored = self._stored_config()
         if stored is None:
-            raise ValueError(f"{self.describe()} has no clip-embeddings config (was it made by clip-embeddings?); "
-                             "pass ef=ClipEF(...) to open it")
+            raise IncompatibleCollectionError(
+                f"{self.describe()} has no clip-embeddings config (was it made by clip-embeddings?); "
+                "pass ef=ClipEF(...) to open it")
         return ClipEF.build_from_config(stored)
 
     def _missing(self) -> CollectionNotFoundError:
@@ -319,8 +321,7 @@ class Store(ABC):
 
     def _ingest(self, entries: Iterable[_Entry], on_error: OnError, progress: bool,
                 total: int | None) -> Iterator[IngestReport]:
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        check_on_error(on_error)
         seen: set[str] = set()  # item ids of this ingest: the same content twice is stored once
         buffered: dict[str, list[Record]] = {}
         report, since = IngestReport(), time.monotonic()

@@ -18,17 +18,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
-from .._extras import require
+from .registry import StoreKind
 
-require("chromadb", extra="chroma")  # before the imports below: names the extra when it is missing
+KIND = StoreKind(
+    kind="chroma", store_class="ChromaStore", extra="chroma", client="chromadb", distribution="chromadb",
+    purpose="Chroma", servers=("http", "https"), marker="chroma.sqlite3", registry=True,
+    locations="a folder, ':memory:', or a Chroma server URL http(s)://HOST:8000",
+)
+KIND.require_client()  # before the imports below: names the extra when it is missing
+import chromadb  # noqa: E402
 from chromadb.utils.embedding_functions import register_embedding_function  # noqa: E402
 
+from ..config import EmbeddingConfig
 from ..embedding.function import ClipEF
 from ..embedding.pipeline import decode_many
-from ..errors import ImageLoadError
+from ..errors import ImageLoadError, IncompatibleCollectionError
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
 from .base import Hit, Modality, Record, Store, row_id
 
@@ -48,7 +56,8 @@ class ImageLoader:
         >>> client.create_collection("photos", embedding_function=ef, data_loader=ImageLoader.for_function(ef))  # doctest: +SKIP
     """
 
-    def __init__(self, options: LoaderOptions = DEFAULT_OPTIONS, num_workers: int = 4, ef: ClipEF | None = None):
+    def __init__(self, options: LoaderOptions = DEFAULT_OPTIONS, num_workers: int = EmbeddingConfig.num_workers,
+                 ef: ClipEF | None = None):
         self.options = options
         self.num_workers = num_workers
         self.ef = ef
@@ -85,6 +94,11 @@ class ChromaStore(Store):
         >>> store.index_folder("examples/images")  # doctest: +SKIP
     """
 
+    @classmethod
+    def open_location(cls, location: str, name: str, ef: ClipEF | None) -> ChromaStore:
+        """Collection ``name`` at a checked location (``open_store`` calls this; see ``KIND``)."""
+        return cls(chroma_client(location), name, ef)
+
     def __init__(self, client: Any, name: str, ef: ClipEF | None = None, *, metadata: dict[str, Any] | None = None):
         self.name = name
         existing = {c if isinstance(c, str) else c.name for c in client.list_collections()}
@@ -93,7 +107,8 @@ class ChromaStore(Store):
                 # Chroma rebuilds ClipEF from the stored config; the loader must follow its policy.
                 ef = client.get_collection(name).configuration.get("embedding_function")
                 if not isinstance(ef, ClipEF):
-                    raise ValueError(f"Chroma collection {name!r} was not made with clip-embeddings (its function: {ef!r})")
+                    raise IncompatibleCollectionError(
+                        f"Chroma collection {name!r} was not made with clip-embeddings (its function: {ef!r})")
             self.collection = client.get_collection(name, embedding_function=ef, data_loader=ImageLoader.for_function(ef))
         elif ef is None:
             raise self._missing()
@@ -210,7 +225,22 @@ def upsert_uris(collection: Any, ids: Sequence[str], uris: Sequence[str],
     if not isinstance(ef, ClipEF):
         ef = collection.configuration.get("embedding_function")
     if not isinstance(ef, ClipEF):
-        raise ValueError(f"collection {collection.name!r} does not use ClipEF; it uses {ef!r}")
+        raise IncompatibleCollectionError(f"collection {collection.name!r} does not use ClipEF; it uses {ef!r}")
     embeddings = ef.encode_images(list(uris), on_error="raise").embeddings
     collection.upsert(ids=list(ids), embeddings=list(embeddings), uris=list(uris),
                       metadatas=list(metadatas) if metadatas is not None else None)
+
+
+def chroma_client(location: str) -> Any:
+    """The Chroma client for a location: in memory, a local folder, or an http(s) server URL.
+
+    Example:
+        >>> client = chroma_client("http://localhost:8000")  # doctest: +SKIP
+    """
+    if location == ":memory:":
+        return chromadb.EphemeralClient()
+    if location.startswith(("http://", "https://")):
+        url = urlparse(location)
+        ssl = url.scheme == "https"
+        return chromadb.HttpClient(host=url.hostname or "localhost", port=url.port or (443 if ssl else 8000), ssl=ssl)
+    return chromadb.PersistentClient(path=location)

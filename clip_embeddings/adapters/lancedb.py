@@ -29,32 +29,37 @@ from typing import Any, Literal
 import numpy as np
 
 from .._extras import require
+from .registry import StoreKind
 
-require("lancedb", extra="lancedb")  # before the imports below: names the extra when it is missing
-require("pyarrow", extra="lancedb")
+KIND = StoreKind(
+    kind="lancedb", store_class="LanceDBStore", extra="lancedb", client="lancedb", distribution="lancedb",
+    purpose="LanceDB", other_uris=True, registry=True,
+    locations="a folder, ':memory:', or a LanceDB URI (s3://BUCKET/PATH, db://DATABASE)",
+)
+KIND.require_client()  # before the imports below: names the extra when it is missing
+require("pyarrow", extra="lancedb", purpose=KIND.purpose)
+import lancedb  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from lancedb.embeddings import EmbeddingFunction, register  # noqa: E402
-from pydantic import field_validator  # noqa: E402
+from pydantic import field_validator, model_validator  # noqa: E402
 
+from ..config import EmbeddingConfig, LongText, OnError
 from ..embedding.function import ClipEF
-from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
+from ..inputs.options import LoaderOptions
 from .base import Hit, Modality, Record, Store, row_id
 
 CONFIG_KEY = b"clip_embeddings"  # schema metadata key holding ClipEF.get_config() for LanceDBStore tables
 COLUMNS = ("id", "item_id", "modality", "source", "document", "digest")
+_DEFAULTS = EmbeddingConfig()
 
 
 # --- the registry function ------------------------------------------------------------------
 
 @cache
-def _shared_ef(model: str, device: str | None, dtype: str | None, batch_size: int, long_text: str,
-               fingerprint: str | None, dim: int | None, loader_options: LoaderOptions = DEFAULT_OPTIONS,
-               num_workers: int = 4) -> ClipEF:
+def _shared_ef(config: EmbeddingConfig) -> ClipEF:
     # One ClipEF per configuration per process: LanceDB re-creates the function from the schema
     # each time a table is opened, and the model behind it is loaded once anyway (shared_model).
-    return ClipEF(model, device=device, dtype=dtype, batch_size=batch_size, long_text=long_text,
-                  num_workers=num_workers, loader_options=loader_options,
-                  expected_fingerprint=fingerprint, expected_dim=dim)
+    return ClipEF.from_config(config)
 
 
 @register("clip-embeddings")
@@ -80,20 +85,21 @@ class ClipLanceEmbeddings(EmbeddingFunction):
         >>> table.search(PIL.Image.open("dog.jpg")).limit(3).to_list()  # doctest: +SKIP
     """
 
+    # The defaults are EmbeddingConfig's (the model is named: the schema must say which one).
     model: str = "ViT-B/32"
-    device: str | None = None
-    dtype: str | None = "auto"
-    batch_size: int = 32
-    long_text: Literal["truncate", "chunk"] = "truncate"
+    device: str | None = _DEFAULTS.device
+    dtype: str | None = _DEFAULTS.dtype
+    batch_size: int = _DEFAULTS.batch_size
+    long_text: LongText = _DEFAULTS.long_text
     source: Literal["image", "text"] = "image"
-    on_error: Literal["raise", "skip"] = "raise"
+    on_error: OnError = _DEFAULTS.on_error
     fingerprint: str | None = None
     dim: int | None = None
     max_retries: int = 0
     # The input policy, stored in the schema with the rest so a reopened table keeps it: a dict
     # as LoaderOptions.to_config() writes it (a LoaderOptions is accepted too).
     loader_options: dict[str, Any] | None = None
-    num_workers: int = 4
+    num_workers: int = _DEFAULTS.num_workers
 
     @field_validator("loader_options", mode="before")
     @classmethod
@@ -102,11 +108,22 @@ class ClipLanceEmbeddings(EmbeddingFunction):
             return value.to_config()
         return None if value is None else LoaderOptions.from_config(value).to_config()
 
+    @model_validator(mode="after")
+    def _valid(self) -> ClipLanceEmbeddings:
+        self.embedding_config()  # EmbeddingConfig's checks, at create() rather than at first use
+        return self
+
+    def embedding_config(self) -> EmbeddingConfig:
+        """These fields as the :class:`~clip_embeddings.config.EmbeddingConfig` of the function doing the work."""
+        return EmbeddingConfig(
+            model=os.fspath(self.model), device=self.device, dtype=self.dtype, batch_size=self.batch_size,
+            long_text=self.long_text, on_error=self.on_error, num_workers=self.num_workers,
+            loader_options=LoaderOptions.from_config(self.loader_options), fingerprint=self.fingerprint, dim=self.dim,
+        )
+
     def clip(self) -> ClipEF:
         """The shared :class:`ClipEF` doing the work (checks ``fingerprint`` when one is set)."""
-        return _shared_ef(os.fspath(self.model), self.device, self.dtype, self.batch_size, self.long_text,
-                          self.fingerprint, self.dim, LoaderOptions.from_config(self.loader_options),
-                          self.num_workers)
+        return _shared_ef(self.embedding_config())
 
     def ndims(self) -> int:
         return self.clip().dim
@@ -191,6 +208,11 @@ class LanceDBStore(Store):
         >>> store.index_folder("examples/images")  # doctest: +SKIP
         >>> store.query(image="cat.jpg", k=1, modality="text")[0].document  # doctest: +SKIP
     """
+
+    @classmethod
+    def open_location(cls, location: str, name: str, ef: ClipEF | None) -> LanceDBStore:
+        """Table ``name`` at a checked location (``open_store`` calls this; see ``KIND``)."""
+        return cls(lancedb.connect("memory://" if location == ":memory:" else location), name, ef)
 
     def __init__(self, db: Any, name: str, ef: ClipEF | None = None):
         self.db, self.name = db, name

@@ -25,12 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from .._extras import require
+from .registry import StoreKind
 
-require("qdrant_client", extra="qdrant")  # before the import below: names the extra when it is missing
+KIND = StoreKind(
+    kind="qdrant", store_class="QdrantStore", extra="qdrant", client="qdrant_client", distribution="qdrant-client",
+    purpose="Qdrant", servers=("http", "https"), marker="meta.json",
+    locations="a folder, ':memory:', or a Qdrant server URL http(s)://HOST:6333",
+)
+KIND.require_client()  # before the import below: names the extra when it is missing
+from qdrant_client import QdrantClient  # noqa: E402
 from qdrant_client import models as qmodels  # noqa: E402
 
 from ..embedding.function import ClipEF
+from ..errors import IncompatibleCollectionError
 from .base import Hit, Modality, Record, Store
 
 CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()
@@ -57,6 +64,21 @@ class QdrantStore(Store):
         ['/abs/path/rocket.jpg']
     """
 
+    @classmethod
+    def open_location(cls, location: str, name: str, ef: ClipEF | None) -> QdrantStore:
+        """Collection ``name`` at a checked location (``open_store`` calls this; see ``KIND``)."""
+        if location == ":memory:":
+            client = QdrantClient(":memory:")
+        elif location.startswith(("http://", "https://")):
+            client = QdrantClient(url=location)
+        else:
+            client = QdrantClient(path=location)
+        try:
+            return cls(client, name, ef)
+        except BaseException:
+            client.close()  # a local Qdrant folder stays locked while its client is open
+            raise
+
     def __init__(self, client: Any, name: str, ef: ClipEF | None = None):
         self.client, self.name = client, name
         if client.collection_exists(name):
@@ -70,7 +92,7 @@ class QdrantStore(Store):
             )
             if self._stored_config() is None:
                 # Servers before 1.16 drop collection metadata; without it nothing could check the model later.
-                raise ValueError(
+                raise IncompatibleCollectionError(
                     f"the Qdrant server did not keep the metadata of collection {name!r} (it needs Qdrant >= 1.16); "
                     "upgrade the server, then delete and recreate the collection"
                 )

@@ -13,8 +13,10 @@ import importlib.util
 import sys
 from collections.abc import Callable
 
-# database module -> adapter module whose import registers ClipEF with it
-ADAPTERS = {"chromadb": "clip_embeddings.adapters.chroma", "lancedb": "clip_embeddings.adapters.lancedb"}
+from .registry import kinds
+
+# database module -> adapter module whose import registers ClipEF with it (kinds with a registry)
+ADAPTERS = {entry.client: entry.module for entry in kinds().values() if entry.registry}
 
 
 def _register(database: str) -> None:

@@ -15,10 +15,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-
-class UsageError(Exception):
-    """A problem with what the user asked for, found after parsing (reported as one line, exit 1)."""
-
+from ..errors import UsageError  # re-exported: its old import path
 
 # --- output -----------------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..errors import CacheWarning  # re-exported: its old import path
+
 __all__ = ["CacheWarning", "DEFAULT_MAX_BYTES", "EmbeddingCache", "parse_size"]
 
 DEFAULT_MAX_BYTES = 2**30
@@ -50,10 +52,6 @@ _EVICT_TO = 0.9  # eviction frees down to 90% of the cap, so it does not run on 
 _CHECK_FRACTION = 64  # the size is checked each time 1/64 of the cap has been written
 
 T = TypeVar("T")
-
-
-class CacheWarning(RuntimeWarning):
-    """The embedding cache hit a fault and was moved aside or turned off; embedding goes on."""
 
 
 def parse_size(text: str | int) -> int:

@@ -10,6 +10,7 @@ is reported by index, source and reason; under ``on_error="skip"`` the rest is s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
@@ -17,21 +18,27 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..config import (
+    CONFIG_VERSION,  # noqa: F401 - re-exported: its old import path
+    EmbeddingConfig,
+    LongText,
+    OnError,
+    check_on_error,
+)
 from ..core.download import cache_dir
 from ..core.loading import check_model_reference, default_model
 from ..core.tokenizer import get_tokenizer, token_windows
-from ..errors import ClipError, ImageLoadError, ModelLoadError, ModelMismatchError
+from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from .cache import CacheWarning, EmbeddingCache
 from .loaded import LoadedModel, shared_model
-from .pipeline import ImagePipeline, OnError, SkippedItem, l2_normalize
+from .pipeline import ImagePipeline, SkippedItem, l2_normalize
 
-CONFIG_VERSION = 1
 # long_text="chunk" embeds at most this many 75-token windows per text (about 20 KB of English):
 # one forward pass each, so a 1 MB text would otherwise cost thousands of them (66 s measured).
 MAX_TEXT_WINDOWS = 64
@@ -53,6 +60,31 @@ class ImageEmbeddings:
 
 
 # --- the embedding function -----------------------------------------------------------------
+
+_DEFAULTS = EmbeddingConfig()
+
+
+def _setting(name: str) -> property:
+    """An attribute of ClipEF that reads and (validated) writes field ``name`` of its config."""
+
+    def get(self: ClipEF) -> Any:
+        return getattr(self._config, name)
+
+    def set_(self: ClipEF, value: Any) -> None:
+        self._config = self._config.replace(**{name: value})
+
+    return property(get, set_, doc=f"The ``{name}`` setting of :attr:`ClipEF.config`.")
+
+
+def _loader_options(value: LoaderOptions | dict[str, Any] | None) -> LoaderOptions:
+    """The options as a (hashable) LoaderOptions; a stored dict is checked and rebuilt."""
+    if isinstance(value, LoaderOptions):
+        return value
+    try:
+        return LoaderOptions.from_config(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"loader_options: {e}") from None
+
 
 class ClipEF:
     """CLIP as an embedding function: texts and images into one L2-normalised space.
@@ -89,46 +121,75 @@ class ClipEF:
     def __init__(
         self,
         model: str | os.PathLike | None = None,
-        device: str | None = None,
-        batch_size: int = 32,
-        dtype: str | None = "auto",
-        long_text: Literal["truncate", "chunk"] = "truncate",
-        cache: bool | str | os.PathLike = True,
-        on_error: OnError = "raise",
-        fast_decode: bool = True,
-        num_workers: int = 4,
-        loader_options: LoaderOptions = DEFAULT_OPTIONS,
-        download_root: str | os.PathLike | None = None,
+        device: str | None = _DEFAULTS.device,
+        batch_size: int = _DEFAULTS.batch_size,
+        dtype: str | None = _DEFAULTS.dtype,
+        long_text: LongText = _DEFAULTS.long_text,
+        cache: bool | str | os.PathLike = _DEFAULTS.cache,
+        on_error: OnError = _DEFAULTS.on_error,
+        fast_decode: bool = _DEFAULTS.fast_decode,
+        num_workers: int = _DEFAULTS.num_workers,
+        loader_options: LoaderOptions | dict[str, Any] = DEFAULT_OPTIONS,
+        download_root: str | os.PathLike | None = _DEFAULTS.download_root,
         *,
         expected_fingerprint: str | None = None,
         expected_dim: int | None = None,
-        server: str | None = None,
+        server: str | None = _DEFAULTS.server,
     ):
-        if long_text not in ("truncate", "chunk"):
-            raise ValueError(f"long_text must be 'truncate' or 'chunk', not {long_text!r}")
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-        if batch_size < 1 or num_workers < 1:
-            raise ValueError("batch_size and num_workers must be at least 1")
-        model = default_model() if model is None else model
+        # The defaults above are EmbeddingConfig's, and so is every check: one place for both.
+        config = EmbeddingConfig(
+            model=default_model() if model is None else model, device=device, batch_size=batch_size, dtype=dtype,
+            long_text=long_text, cache=cache, on_error=on_error, fast_decode=fast_decode, num_workers=num_workers,
+            loader_options=_loader_options(loader_options), download_root=download_root, server=server,
+            fingerprint=expected_fingerprint, dim=expected_dim,
+        )
         if expected_fingerprint is None:
             # A typo fails here, not at the first add; a function rebuilt from a collection's
             # config keeps failing on use, with a ModelMismatchError saying how to open it.
-            check_model_reference(model)
-        self.model_name = os.fspath(model)
-        self.device = device
-        self.batch_size = batch_size
-        self.dtype = dtype
-        self.long_text = long_text
-        self.cache_setting = cache
-        self.on_error = on_error
-        self.fast_decode = fast_decode
-        self.num_workers = num_workers
-        self.loader_options = loader_options
-        self.download_root = download_root
-        self.expected_fingerprint = expected_fingerprint
-        self.expected_dim = expected_dim
-        self.server = server
+            check_model_reference(config.model)
+        self._config = config
+
+    @classmethod
+    def from_config(cls, config: EmbeddingConfig) -> ClipEF:
+        """The function an :class:`~clip_embeddings.config.EmbeddingConfig` describes.
+
+        Example:
+            >>> from clip_embeddings.config import EmbeddingConfig
+            >>> ClipEF.from_config(EmbeddingConfig(model="ViT-B/32", batch_size=8)).batch_size
+            8
+        """
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        fingerprint, dim = values.pop("fingerprint"), values.pop("dim")
+        return cls(**values, expected_fingerprint=fingerprint, expected_dim=dim)
+
+    @property
+    def config(self) -> EmbeddingConfig:
+        """Every setting of this function, as one frozen :class:`~clip_embeddings.config.EmbeddingConfig`."""
+        return self._config
+
+    # The settings read as attributes and can be changed (a server or a CLI command adjusts a
+    # function rebuilt from a stored config); each change is validated by EmbeddingConfig.
+    model_name = _setting("model")
+    device = _setting("device")
+    batch_size = _setting("batch_size")
+    dtype = _setting("dtype")
+    long_text = _setting("long_text")
+    cache_setting = _setting("cache")
+    on_error = _setting("on_error")
+    fast_decode = _setting("fast_decode")
+    num_workers = _setting("num_workers")
+    download_root = _setting("download_root")
+    expected_fingerprint = _setting("fingerprint")
+    expected_dim = _setting("dim")
+    server = _setting("server")
+
+    @property
+    def loader_options(self) -> LoaderOptions:
+        return self._config.loader_options
+
+    @loader_options.setter
+    def loader_options(self, value: LoaderOptions | dict[str, Any]) -> None:
+        self._config = self._config.replace(loader_options=_loader_options(value))
 
     # -- the model, loaded lazily and checked against what a collection expects --
 
@@ -286,9 +347,7 @@ class ClipEF:
             >>> result.indices, [s.reason for s in result.skipped]  # doctest: +SKIP
             ([0], ['file not found'])
         """
-        on_error = on_error or self.on_error
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        on_error = check_on_error(on_error or self.on_error)
         rows: list[np.ndarray] = []
         indices: list[int] = []
         digests: list[str] = []
@@ -368,51 +427,27 @@ class ClipEF:
         return ["cosine", "ip", "l2"]  # unit vectors: all three rank identically
 
     def get_config(self) -> dict[str, Any]:
-        """What a database stores to rebuild this function, including the model fingerprint."""
+        """What a database stores to rebuild this function (:meth:`EmbeddingConfig.to_dict`), with
+        the model fingerprint and dimension."""
         if self.expected_fingerprint is not None:
             fp, dim = self.expected_fingerprint, self.expected_dim
         else:
             fp, dim = self.fingerprint, self.dim
         model = self._remote().health()["model"] if self.server else self.model_name  # what the server runs
-        return {
-            "model": model, "fingerprint": fp, "dim": dim, "batch_size": self.batch_size,
-            "dtype": self.dtype, "long_text": self.long_text, "fast_decode": self.fast_decode,
-            # The input policy travels with the function: a collection made with allow_urls=False
-            # must not fetch URLs once reopened (Chroma rebuilds the function from this).
-            "loader_options": self.loader_options.to_config(), "on_error": self.on_error,
-            "num_workers": self.num_workers, "version": CONFIG_VERSION,
-            **({"server": self.server} if self.server else {}),
-        }
+        return self._config.replace(model=model, fingerprint=fp, dim=dim).to_dict()
 
     @classmethod
     def build_from_config(cls, config: dict[str, Any]) -> ClipEF:
-        """Rebuild from a stored config; the weights are checked against its fingerprint on use."""
-        cls.validate_config(config)
-        return cls(
-            model=config["model"], batch_size=config.get("batch_size", 32), dtype=config.get("dtype", "auto"),
-            long_text=config.get("long_text", "truncate"), fast_decode=config.get("fast_decode", True),
-            # Configs written before these keys existed get the defaults they were made with.
-            on_error=config.get("on_error", "raise"), num_workers=config.get("num_workers", 4),
-            loader_options=LoaderOptions.from_config(config.get("loader_options")),
-            expected_fingerprint=config["fingerprint"], expected_dim=config["dim"], server=config.get("server"),
-        )
+        """Rebuild from a stored config; the weights are checked against its fingerprint on use.
+
+        Configs written before a key existed get the default they were made with.
+        """
+        return cls.from_config(_stored(config))
 
     @staticmethod
     def validate_config(config: dict[str, Any]) -> None:
-        missing = [k for k in ("model", "fingerprint", "dim") if k not in config]
-        if missing:
-            raise ValueError(f"not a clip-embeddings config: missing {', '.join(missing)} in {config}")
-        if config.get("version", CONFIG_VERSION) > CONFIG_VERSION:
-            raise ValueError(f"config version {config['version']} is newer than this clip-embeddings understands; upgrade it")
-        if config.get("on_error", "raise") not in ("raise", "skip"):
-            raise ValueError(f"config on_error must be 'raise' or 'skip', not {config['on_error']!r}")
-        workers = config.get("num_workers", 4)
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"config num_workers must be an int >= 1, not {workers!r}")
-        try:
-            LoaderOptions.from_config(config.get("loader_options"))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"config loader_options: {e}") from None
+        """Raise :class:`ConfigError` (or :class:`IncompatibleCollectionError`) if ``config`` cannot be rebuilt."""
+        _stored(config)
 
     def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
         if "model" in new_config and new_config.get("fingerprint") not in (None, old_config.get("fingerprint")):
@@ -426,6 +461,15 @@ class ClipEF:
 
     def __repr__(self) -> str:
         return f"ClipEF(model={self.model_name!r}, device={self.device!r}, dtype={self.dtype!r}, batch_size={self.batch_size})"
+
+
+def _stored(document: dict[str, Any]) -> EmbeddingConfig:
+    """A stored config checked and read, its loader options as LoaderOptions."""
+    config = EmbeddingConfig.from_dict(document)
+    try:
+        return config.replace(loader_options=_loader_options(config.loader_options))
+    except ConfigError as e:
+        raise ConfigError(f"config {e}") from None
 
 
 _MAX_OPEN_CACHES = 8

@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..config import EmbeddingConfig
+from ..config import OnError as OnError  # re-exported: its older import path
 from ..core.preprocess import Preprocess, resize_target
 from ..errors import ImageLoadError
 from ..inputs.decode import decode_image
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
     from .cache import EmbeddingCache
     from .loaded import LoadedModel
 
-OnError = Literal["raise", "skip"]
 MAX_WORKERS = 32  # threads one call may use, whatever it asks for: IO-bound work gains nothing past this
 
 
@@ -292,7 +293,8 @@ class ImagePipeline:
     """
 
     def __init__(self, encoder: Encoder | LoadedModel, *, options: LoaderOptions = DEFAULT_OPTIONS,
-                 cache: EmbeddingCache | None = None, batch_size: int = 32, num_workers: int = 4,
+                 cache: EmbeddingCache | None = None, batch_size: int = EmbeddingConfig.batch_size,
+                 num_workers: int = EmbeddingConfig.num_workers,
                  fast_decode: bool = True):
         self.encoder = encoder if hasattr(encoder, "encode") else LocalEncoder(encoder, options, fast_decode)
         self.options = options

@@ -25,15 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ClipError, ImageLoadError, ModelMismatchError
+from ..errors import ImageLoadError, ModelMismatchError, ServerError
 from ..inputs.decode import decode_image
 from ..inputs.options import LoaderOptions, RawImage
 
 TOKEN_ENV = "CLIP_EMBEDDINGS_TOKEN"
-
-
-class ServerError(ClipError, OSError):
-    """The embedding server could not be reached, or refused a request (its reason is included)."""
 
 
 class RemoteModel:

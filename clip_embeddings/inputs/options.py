@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
+
 ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 """Everything :func:`read_image_source` accepts."""
 
@@ -90,11 +92,11 @@ class LoaderOptions:
         if config is None:
             return DEFAULT_OPTIONS
         if not isinstance(config, dict):
-            raise ValueError(f"loader_options must be a dict, not {type(config).__name__}")
+            raise ConfigError(f"loader_options must be a dict, not {type(config).__name__}")
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - set(fields))
         if unknown:
-            raise ValueError(f"unknown loader_options {unknown}; known: {sorted(fields)}")
+            raise ConfigError(f"unknown loader_options {unknown}; known: {sorted(fields)}")
         for name, value in config.items():
             want = bool if name.startswith("allow_") else float if name == "url_timeout" else int
             ok = isinstance(value, bool) if want is bool else (

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import EmbeddingConfig, check_on_error
 from ..core.loading import default_device, load
 from ..core.model import CLIP
 from ..core.preprocess import Preprocess
@@ -181,7 +182,7 @@ def finetune(
     seed: int = 0,
     progress: bool = True,
     on_error: OnError = "raise",
-    num_workers: int = 4,
+    num_workers: int = EmbeddingConfig.num_workers,
 ) -> FinetuneResult:
     """Fine-tune CLIP contrastively on (image, caption) pairs; optionally save the weights.
 
@@ -224,8 +225,7 @@ def finetune(
         raise ValueError("epochs must be at least 1 and batch_size at least 2 (a batch needs negatives)")
     if freeze_image and freeze_text:
         raise ValueError("freeze_image and freeze_text together leave only the temperature to train")
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    check_on_error(on_error)
     pairs = list(pairs)
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], str)):

@@ -44,7 +44,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..console import report_error
-from . import bench, cache, classify, evaluate, finetune, index, models, search, serve
+from . import bench, cache, classify, common, evaluate, finetune, index, models, search, serve
 
 COMMANDS = (index, search, classify, evaluate, finetune, serve, models, cache, bench)
 """The command modules, in the order ``clip-embeddings --help`` lists them."""
@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, passthrough = bench.split_args(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
+        common.resolve_store(args, parser)  # --store ADDRESS, or --db/--location/--collection
     except SystemExit as e:  # --help and usage errors: argparse has already printed
         return e.code if isinstance(e.code, int) else 1
     if passthrough is not None:

@@ -12,11 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...adapters.registry import kind_names, kinds
+from ...config import EmbeddingConfig
 from ...core.loading import default_model
 from ..console import UsageError, format_table, status
 
-DBS = ("chroma", "qdrant", "lancedb")
-DB_MODULES = {"chroma": ("chromadb", "chroma"), "qdrant": ("qdrant_client", "qdrant"), "lancedb": ("lancedb", "lancedb")}
+DBS = kind_names()  # every store kind, from the adapters' own KIND entries (adapters/registry.py)
+DB_MODULES = {kind: (entry.client, entry.extra) for kind, entry in kinds().items()}  # kept for older imports
+
+DEFAULTS = EmbeddingConfig()  # the embedding function's defaults, which the model options show
 
 
 SERVER_ENV = "CLIP_EMBEDDINGS_SERVER"  # the default of --server: a running `clip-embeddings serve` to embed with
@@ -26,7 +30,7 @@ def make_ef(args: argparse.Namespace, **options: Any):
     from ...embedding.function import ClipEF
 
     return ClipEF(args.model or default_model(), device=args.device, batch_size=args.batch_size,
-                  dtype=getattr(args, "dtype", None) or "auto", server=getattr(args, "server", None) or None, **options)
+                  dtype=getattr(args, "dtype", None) or DEFAULTS.dtype, server=getattr(args, "server", None) or None, **options)
 
 
 def loaded(ef: Any) -> Any:
@@ -86,12 +90,11 @@ def open_search_store(args: argparse.Namespace):
 
     Searching only reads: ``open_store(create=False)`` reports a location without a database, never makes one.
     """
-    from ..._extras import require
     from ...adapters import open_store
     from ...errors import CollectionNotFoundError
 
     # A missing database client is the first thing to say, wherever the location points.
-    require(*DB_MODULES[args.db])
+    kinds()[args.db].require_client()
     # With --model the store checks those weights against the collection's, so a wrong one fails
     # with a message naming the right one instead of returning meaningless neighbours.
     ef = loaded(make_ef(args)) if args.model else None
@@ -124,8 +127,8 @@ def model_options(for_search: bool = False, remote: bool = False, dtype: bool = 
                 else "(default: $CLIP_WEIGHTS, else ViT-B/32)"),
     )
     group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
-    group.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                       help="images or texts per forward pass (default: 32)")
+    group.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, metavar="N",
+                       help=f"images or texts per forward pass (default: {DEFAULTS.batch_size})")
     if dtype:
         group.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                            help="numeric path: auto (default: what this CPU runs fastest, see `clip-embeddings "
@@ -138,13 +141,45 @@ def model_options(for_search: bool = False, remote: bool = False, dtype: bool = 
 
 
 def store_options() -> argparse.ArgumentParser:
+    """``--store ADDRESS``, or ``--db``, ``--location`` and ``--collection``: :func:`resolve_store` checks them."""
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("database")
-    group.add_argument("--db", choices=DBS, default="chroma", help="vector database (default: chroma)")
-    group.add_argument("--location", required=True, metavar="PATH_OR_URL",
-                       help="a local folder for an embedded database, or a server URL (http://host:port)")
-    group.add_argument("--collection", required=True, metavar="NAME", help="collection (table) name")
+    add_store_arguments(parent.add_argument_group("database"), required=True)
     return parent
+
+
+def add_store_arguments(group: Any, *, required: bool) -> None:
+    """The store options, into an argument group; ``required``: a command that needs a collection."""
+    group.add_argument("--store", metavar="ADDRESS",
+                       help="the collection as one address, e.g. chroma:///data/db#photos or "
+                            "qdrant+http://localhost:6333#photos (instead of --db, --location, --collection)")
+    group.add_argument("--db", choices=DBS, default=None, help="vector database (default: chroma)")
+    forms = "; ".join(f"{kind}: {entry.locations}" for kind, entry in kinds().items())
+    group.add_argument("--location", metavar="PATH_OR_URL", help=f"where the database is ({forms})")
+    group.add_argument("--collection", metavar="NAME", help="collection (table) name")
+    group.set_defaults(store_required=required)
+
+
+def resolve_store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fill ``args.db``, ``args.location``, ``args.collection`` from ``--store``, or check they are given.
+
+    A usage error exits with status 2 through ``parser.error``, as argparse's own do.
+    """
+    if not hasattr(args, "store_required"):
+        return
+    if args.store:
+        from ...adapters import parse_address
+        from ...errors import StoreAddressError
+
+        if args.db or args.location or args.collection:
+            parser.error("--store names the database, location and collection; give it or --db/--location/--collection")
+        try:
+            args.db, args.location, args.collection = parse_address(args.store)
+        except StoreAddressError as e:
+            parser.error(f"--store: {e}")
+        return
+    args.db = args.db or "chroma"
+    if args.store_required and (args.location is None or args.collection is None):
+        parser.error("the following arguments are required: --location and --collection (or --store ADDRESS)")
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from ...config import ON_ERROR
 from ..console import UsageError, emit, format_table
 from .common import common_options, model_options, positive_int, skipped_json, skipped_lines
 
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--freeze-text", action="store_true", help="keep the text tower fixed")
     p.add_argument("--warmup-steps", type=int, default=0, metavar="N",
                    help="steps of linear learning-rate warm-up (default: 0)")
-    p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
+    p.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="drop pairs whose image cannot be read (listed at the end), or stop (default: skip)")
     return p
 

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...adapters.registry import kinds
+from ...config import ON_ERROR
 from ...core.loading import default_model
 from ..console import GracefulStop, UsageError, emit, format_table
-from .common import DB_MODULES, common_options, make_ef, model_options, positive_int, skipped_lines, store_options
+from .common import common_options, make_ef, model_options, positive_int, skipped_lines, store_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--extensions", default=None, metavar=".jpg,.png",
                    help="comma-separated file extensions to pick up (default: common image types)")
     p.add_argument("--no-recursive", action="store_true", help="only index FOLDER itself, not its sub-folders")
-    p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
+    p.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="skip unreadable images and list them at the end, or stop at the first one (default: skip)")
     captions = p.add_mutually_exclusive_group()
     captions.add_argument("--captions", metavar="FILE",
@@ -47,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder (index takes a directory of images)")
-    from ..._extras import require
-
-    require(*DB_MODULES[args.db])  # before any model loads: "pip install 'clip-embeddings[qdrant]'"
+    kinds()[args.db].require_client()  # before any model loads: "pip install 'clip-embeddings[qdrant]'"
     if getattr(args, "engine", "local") == "ray":
         return _index_with_ray(args, folder)
     captions = _captions(args)

@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..console import UsageError
-from .common import DBS, common_options, make_ef, model_options, open_search_store, positive_int
+from .common import add_store_arguments, common_options, make_ef, model_options, open_search_store, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -17,10 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description="One loaded model for many clients: POST /embed, /search, /classify, GET /health, "
                                    "and a search page at /. Concurrent requests share forward passes. "
                                    "See docs/serving.md.")
-    group = p.add_argument_group("database (optional: without it, /search is off)")
-    group.add_argument("--db", choices=DBS, default="chroma", help="vector database (default: chroma)")
-    group.add_argument("--location", metavar="PATH_OR_URL", help="the collection's folder or server URL")
-    group.add_argument("--collection", metavar="NAME", help="collection (table) name")
+    add_store_arguments(p.add_argument_group("database (optional: without it, /search is off)"), required=False)
     group = p.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     group.add_argument("--port", type=int, default=8765, help="port (default: 8765)")

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..._extras import require
-from ...adapters import open_store, parse_sink
+from ...adapters import open_store
 from ...adapters.base import Modality, Record, Store, item_id, row_id, text_digest
 from ...embedding.function import ClipEF
 from ...embedding.pipeline import source_of
+from ...errors import StoreAddressError
 from ...inputs.options import describe
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -250,9 +251,11 @@ def _portable_model(model: str | os.PathLike) -> str:
 def open_sink(sink: str | Store | tuple[Any, str], ef: ClipEF) -> Store:
     """The :class:`Store` that ``sink`` names; every database write goes through its ``write``.
 
-    ``sink`` is a Store, a ``(chromadb client, collection name)`` pair, or an address that
-    :func:`clip_embeddings.adapters.parse_sink` reads: ``lancedb://DIR/TABLE``,
-    ``chroma+http://HOST:PORT/COLLECTION`` or ``qdrant+http://HOST:6333/COLLECTION`` (``+https`` for TLS).
+    ``sink`` is a Store, a ``(chromadb client, collection name)`` pair, or a store address
+    (:func:`clip_embeddings.adapters.parse_address`): ``lancedb:///DIR#TABLE``,
+    ``chroma+http://HOST:PORT#COLLECTION``, ``qdrant+https://HOST:6333#COLLECTION``..., or the
+    older ``lancedb://DIR/TABLE``, ``chroma+http://HOST:PORT/COLLECTION``, ``milvus://PATH.db/COLLECTION``
+    and ``pgvector+postgresql://USER@HOST:PORT/DATABASE/TABLE``.
 
     Example:
         >>> store = open_sink("chroma+http://127.0.0.1:8000/photos", ClipEF())  # doctest: +SKIP
@@ -264,10 +267,9 @@ def open_sink(sink: str | Store | tuple[Any, str], ef: ClipEF) -> Store:
 
         return ChromaStore(sink[0], sink[1], ef)
     if not isinstance(sink, str):
-        raise ValueError(f"not a sink: {sink!r} (expected a Store, (client, name), lancedb://DIR/TABLE, "
-                         "chroma+http://HOST:PORT/NAME or qdrant+http://HOST:PORT/NAME)")
-    kind, location, name = parse_sink(sink)
-    return open_store(kind, location, name, ef=ef)
+        raise StoreAddressError(f"not a sink: {sink!r} (expected a Store, (client, name), or a store address "
+                                "such as lancedb:///DIR#TABLE or chroma+http://HOST:PORT#NAME)")
+    return open_store(sink, ef=ef)
 
 
 def records_from_batch(batch: pa.Table) -> list[Record]:

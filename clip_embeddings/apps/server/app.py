@@ -8,7 +8,6 @@ queries and thumbnail decoding run in Starlette's thread pool, beside it.
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import hmac
 import io
@@ -46,8 +45,8 @@ class Service:
     def __init__(self, ef: ClipEF, store: Any, limits: ServeLimits):
         # A copy, so the caller's function keeps its own settings. No embedding cache: uploads are
         # anyone's bytes, and a disk cache keyed by them would grow without bound.
-        self.ef = copy.copy(ef)
-        self.ef.loader_options, self.ef.cache_setting, self.ef.on_error = limits.loader_options(), False, "skip"
+        self.ef = ClipEF.from_config(ef.config.replace(loader_options=limits.loader_options(), cache=False,
+                                                       on_error="skip"))
         self.store, self.limits = store, limits
         self.batcher = Batcher(self.ef, limits.max_batch, limits.max_wait_ms / 1000, limits.max_queue)
         self._thumbnails: OrderedDict[str, bytes] = OrderedDict()

@@ -24,10 +24,7 @@ from typing import Any
 import numpy as np
 
 from ...embedding.function import ClipEF, ImageEmbeddings, SkippedItem
-
-
-class QueueFull(Exception):
-    """The batcher already holds ``max_queue`` waiting jobs (the server answers 429)."""
+from ...errors import QueueFull  # re-exported: its old import path
 
 
 @dataclass

@@ -18,13 +18,7 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
-
-class BadRequest(Exception):
-    """A request the server refuses; ``status`` is the HTTP code, the message the reason."""
-
-    def __init__(self, reason: str, status: int = 400):
-        super().__init__(reason)
-        self.status = status
+from ...errors import BadRequest  # re-exported: its old import path
 
 
 @dataclass
