@@ -265,10 +265,10 @@ def test_open_store_reaches_a_chroma_server_by_url(chroma_server, corpus):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_no_id_reaches_another_items_caption(kind, tmp_path, corpus):
+def test_no_id_reaches_another_items_caption(kind, store_location, corpus):
     # Row ids are "<item>" and "<item>:text": an image id ending in ":text" used to overwrite
     # the caption of item <item> on Chroma and LanceDB (reported as "updated"). Refused everywhere.
-    store = open_store(kind, str(tmp_path / kind), "photos", ce.ClipEF(corpus.model, cache=False))
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
     store.add_images(corpus.images[:1], captions=["the first caption"])
     first = corpus.image_ids[0]
     for bad in (f"{first}:text", "", "x:text"):
@@ -282,8 +282,8 @@ def test_no_id_reaches_another_items_caption(kind, tmp_path, corpus):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("key", ["item_id", "modality", "digest", "source", "document"])
-def test_reserved_metadata_keys_are_refused_naming_the_key(kind, key, tmp_path, corpus):
-    store = open_store(kind, str(tmp_path / kind), "photos", ce.ClipEF(corpus.model, cache=False))
+def test_reserved_metadata_keys_are_refused_naming_the_key(kind, key, store_location, corpus):
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
     with pytest.raises(ValueError, match=f"item 1: metadata key\\(s\\) \\['{key}'\\] are reserved"):
         store.add_images(corpus.images[:2], metadatas=[{"album": "a"}, {key: "x"}])
     with pytest.raises(ValueError, match=f"item 0: metadata key\\(s\\) \\['{key}'\\] are reserved"):
