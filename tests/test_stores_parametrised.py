@@ -290,3 +290,30 @@ def test_records_scan_every_vector_in_bounded_batches(kind, store_location, corp
     assert all(r.vector is None for r in both)
     with pytest.raises(ValueError, match="modality"):
         list(store.records("audio"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_id_reaches_another_items_caption(kind, store_location, corpus):
+    # Row ids are "<item>" and "<item>:text": an image id ending in ":text" used to overwrite
+    # the caption of item <item> on Chroma and LanceDB (reported as "updated"). Refused everywhere.
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
+    store.add_images(corpus.images[:1], captions=["the first caption"])
+    first = corpus.image_ids[0]
+    for bad in (f"{first}:text", "", "x:text"):
+        with pytest.raises(ValueError, match="item 0: .*(ends with ':text'|non-empty str)"):
+            store.add_images(corpus.images[1:2], ids=[bad], captions=["hijack"])
+        with pytest.raises(ValueError, match="item 0: "):
+            store.add_texts(["hijack"], ids=[bad])
+    assert store.get_item(first, "text").document == "the first caption"
+    assert (store.count(), store.count("image"), store.count("text")) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("key", ["item_id", "modality", "digest", "source", "document"])
+def test_reserved_metadata_keys_are_refused_naming_the_key(kind, key, store_location, corpus):
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
+    with pytest.raises(ValueError, match=f"item 1: metadata key\\(s\\) \\['{key}'\\] are reserved"):
+        store.add_images(corpus.images[:2], metadatas=[{"album": "a"}, {key: "x"}])
+    with pytest.raises(ValueError, match=f"item 0: metadata key\\(s\\) \\['{key}'\\] are reserved"):
+        store.add_texts(["a dog"], metadatas=[{key: "x"}])
+    assert store.count() == 0

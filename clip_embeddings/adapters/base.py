@@ -52,9 +52,47 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+TEXT_ROW = ":text"  # suffix of text and caption rows; an item id may not end with it
+RESERVED_METADATA = frozenset({"item_id", "modality", "digest", "source", "document"})  # written by us
+
+
 def row_id(item: str, modality: Modality) -> str:
-    """Row ids for databases with one vector per row: the image row keeps the item id."""
-    return item if modality == "image" else f"{item}:text"
+    """Row ids for databases with one vector per row: the image row keeps the item id.
+
+    The text row is ``"<item>:text"``; an item id ending in ``":text"`` is refused, so an image
+    row can never take another item's text row (rows written before stay readable: same scheme).
+
+    Example:
+        >>> row_id("cat", "image"), row_id("cat", "text")
+        ('cat', 'cat:text')
+    """
+    check_item_id(item)
+    return item if modality == "image" else f"{item}{TEXT_ROW}"
+
+
+def check_item_id(item: object, where: str = "") -> None:
+    """Refuse an id no store can hold safely: not a non-empty str, or ending with ``":text"``."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(item, str) or not item:
+        raise ValueError(f"{prefix}an item id must be a non-empty str, not {item!r}")
+    if item.endswith(TEXT_ROW):
+        raise ValueError(f"{prefix}item id {item!r} ends with {TEXT_ROW!r}, which marks text and caption rows "
+                         f"(another item's caption is stored as '<id>{TEXT_ROW}'); choose another id")
+
+
+def check_metadata(metadata: Mapping[str, Any] | None, where: str = "") -> None:
+    """Refuse metadata keys the library stores itself (every database alike)."""
+    clash = sorted(set(metadata or {}) & RESERVED_METADATA)
+    if clash:
+        raise ValueError(f"{where + ': ' if where else ''}metadata key(s) {clash} are reserved by clip-embeddings "
+                         f"(it stores {sorted(RESERVED_METADATA)} itself); rename them")
+
+
+def _check_inputs(ids: Sequence[str] | None, metadatas: Sequence[Mapping[str, Any] | None] | None) -> None:
+    for i, item in enumerate(ids or ()):
+        check_item_id(item, f"item {i}")
+    for i, meta in enumerate(metadatas or ()):
+        check_metadata(meta, f"item {i}")
 
 
 @dataclass
@@ -293,6 +331,7 @@ class Store(ABC):
         if isinstance(images, Sized):
             _check_lengths(len(images), ids=ids, captions=captions, metadatas=metadatas)
             total = len(images) if total is None else total
+        _check_inputs(ids, metadatas)  # before any work: nothing is stored when one is refused
         entries = (
             _Entry(image, ids[i] if ids is not None else None, captions[i] if captions is not None else None,
                    metadatas[i] if metadatas is not None else None)
@@ -354,6 +393,7 @@ class Store(ABC):
         """
         texts = list(texts)
         _check_lengths(len(texts), ids=ids, metadatas=metadatas)
+        _check_inputs(ids, metadatas)
         report, seen = IngestReport(), set()
         for start in range(0, len(texts), self.write_batch):
             chunk = range(start, min(start + self.write_batch, len(texts)))
@@ -404,6 +444,10 @@ class Store(ABC):
         """
         grouped: dict[str, list[Record]] = {}
         report = IngestReport()
+        records = list(records)
+        for record in records:
+            check_item_id(record.id, f"record {record.id!r}")
+            check_metadata(record.metadata, f"record {record.id!r}")
         for record in records:
             rows = grouped.setdefault(record.id, [])
             if any(r.modality == record.modality for r in rows):
