@@ -120,6 +120,10 @@ class CollectionNotFoundError(CollectionError):
     """
 
 
+class EmptyCollectionError(ClipError, ValueError):
+    """A collection exists but holds nothing a job can work on (no vectors of the kind it needs)."""
+
+
 class MissingExtraError(ClipError, ImportError):
     """An optional dependency is not installed; the message names the extra to install.
 

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from qdrant_client import models as qmodels  # noqa: E402
 
 from ..embedding.function import ClipEF
 from ..errors import IncompatibleCollectionError
-from .base import Hit, Modality, Record, Store
+from .base import Hit, Modality, Record, Store, scan_modalities
 
 CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()
 RESERVED = ("item_id", "source", "document", "digest")
@@ -138,14 +139,14 @@ class QdrantStore(Store):
             self.name, query=np.asarray(vector, dtype=np.float32).tolist(), using=modality, limit=k,
             query_filter=to_filter(where), with_payload=True,
         )
-        hits = []
-        for point in result.points:
-            payload = dict(point.payload or {})
-            item = payload.pop("item_id", str(point.id))
-            source, document = payload.pop("source", None), payload.pop("document", None)
-            payload.pop("digest", None)
-            hits.append(Hit(item, float(point.score), modality, source, document, payload))
-        return hits
+        return [_hit(point, modality) for point in result.points]
+
+    def _search_many(self, vectors: np.ndarray, k: int, modality: Modality, where: Any) -> list[list[Hit]]:
+        condition = to_filter(where)
+        requests = [qmodels.QueryRequest(query=np.asarray(v, dtype=np.float32).tolist(), using=modality, limit=k,
+                                         filter=condition, with_payload=True) for v in vectors]
+        results = self.client.query_batch_points(self.name, requests=requests)
+        return [[_hit(point, modality) for point in result.points] for result in results]
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         wanted = {point_id(item): item for item, _ in keys}
@@ -156,6 +157,19 @@ class QdrantStore(Store):
             for modality in (point.vector or {}):
                 found[(item, modality)] = (payload.get("digest"), payload.get("document"))
         return found
+
+    def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
+              with_vectors: bool = True) -> Iterator[list[Record]]:
+        for kind in scan_modalities(modality):
+            has = qmodels.Filter(must=[qmodels.HasVectorCondition(has_vector=kind)])
+            offset = None
+            while True:  # Qdrant's scroll pages by the next point id, so memory stays bounded
+                points, offset = self.client.scroll(self.name, scroll_filter=has, limit=batch_size, offset=offset,
+                                                    with_payload=True, with_vectors=[kind] if with_vectors else False)
+                if points:
+                    yield [_record(point, kind, with_vectors) for point in points]
+                if offset is None:
+                    break
 
     def count(self, modality: Modality | None = None) -> int:
         if modality is None:
@@ -196,6 +210,22 @@ def to_filter(where: dict[str, Any] | qmodels.Filter | None) -> qmodels.Filter |
             )
         conditions.append(qmodels.FieldCondition(key=key, match=match))
     return qmodels.Filter(must=conditions)
+
+
+def _hit(point: Any, modality: Modality) -> Hit:
+    payload = dict(point.payload or {})
+    item = payload.pop("item_id", str(point.id))
+    source, document = payload.pop("source", None), payload.pop("document", None)
+    payload.pop("digest", None)
+    return Hit(item, float(point.score), modality, source, document, payload)
+
+
+def _record(point: Any, modality: Modality, with_vector: bool) -> Record:
+    payload = dict(point.payload or {})
+    item = payload.pop("item_id", str(point.id))
+    source, document, digest = payload.pop("source", None), payload.pop("document", None), payload.pop("digest", None)
+    vector = np.asarray(point.vector[modality], dtype=np.float32) if with_vector else None
+    return Record(item, modality, vector, digest, source=source, document=document, metadata=payload)
 
 
 def _payload(record: Record, keep_digest: bool) -> dict[str, Any]:

@@ -1,3 +1,4 @@
 """CLIP-level tasks built on the embedding function: zero-shot classification and moderation
-(:mod:`.zeroshot`), fine-tuning and linear probes (:mod:`.finetune`), evaluation (:mod:`.evaluation`).
+(:mod:`.zeroshot`), fine-tuning and linear probes (:mod:`.finetune`), evaluation (:mod:`.evaluation`),
+caption scores (:mod:`.scores`).
 """

@@ -44,9 +44,24 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..console import report_error
-from . import bench, cache, classify, common, evaluate, finetune, index, models, search, serve
+from . import (
+    bench,
+    cache,
+    classify,
+    common,
+    dedup,
+    evaluate,
+    export,
+    finetune,
+    index,
+    map,
+    models,
+    score,
+    search,
+    serve,
+)
 
-COMMANDS = (index, search, classify, evaluate, finetune, serve, models, cache, bench)
+COMMANDS = (index, search, dedup, export, map, score, classify, evaluate, finetune, serve, models, cache, bench)
 """The command modules, in the order ``clip-embeddings --help`` lists them."""
 
 
