@@ -13,6 +13,7 @@ against openai/CLIP, or code that caught the builtin before a failure was typed,
     ├── StoreAddressError [ValueError]           a store kind, location or address that cannot be parsed
     ├── CollectionError [ValueError]             a stored collection cannot be used as asked
     │   ├── CollectionNotFoundError [ValueError] it does not exist and nothing was asked to create it
+    │   ├── EmptyCollectionError [ValueError]    it holds nothing a job can work on
     │   ├── IncompatibleCollectionError [ValueError]  it was not made by clip-embeddings
     │   └── ModelMismatchError [ValueError]      it was made with another model or preprocessing
     ├── MissingExtraError [ImportError]          an optional dependency is not installed
@@ -120,7 +121,7 @@ class CollectionNotFoundError(CollectionError):
     """
 
 
-class EmptyCollectionError(ClipError, ValueError):
+class EmptyCollectionError(CollectionError):
     """A collection exists but holds nothing a job can work on (no vectors of the kind it needs)."""
 
 
