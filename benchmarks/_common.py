@@ -137,6 +137,17 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def current_rss_mb() -> float:
+    """Resident memory now (Linux ``VmRSS``), in MiB; NaN where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory since the last reset (or since the start), in MiB."""
     try:

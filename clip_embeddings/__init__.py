@@ -35,6 +35,7 @@ from .errors import (
     CollectionNotFoundError,
     ConfigError,
     DownloadError,
+    EmptyCollectionError,
     ImageLoadError,
     IncompatibleCollectionError,
     MissingExtraError,
@@ -54,6 +55,7 @@ from .tasks.finetune import (
     finetune,
     linear_probe,
 )
+from .tasks.scores import clip_score
 from .tasks.zeroshot import ZeroShotClassifier, classify, moderate, similarity
 
 registration.install()
@@ -66,10 +68,11 @@ __all__ = [
     # stores
     "IngestReport", "Store", "open_store",
     # tasks
-    "ZeroShotClassifier", "classify", "evaluate", "finetune", "linear_probe", "moderate", "similarity",
+    "ZeroShotClassifier", "classify", "clip_score", "evaluate", "finetune", "linear_probe", "moderate", "similarity",
     # errors and warnings (the tree: clip_embeddings.errors)
     "BadRequest", "CacheWarning", "ClipError", "ClipWarning", "CollectionError", "CollectionNotFoundError",
-    "ConfigError", "DownloadError", "ImageLoadError", "IncompatibleCollectionError", "MissingExtraError",
+    "ConfigError", "DownloadError", "EmptyCollectionError", "ImageLoadError", "IncompatibleCollectionError",
+    "MissingExtraError",
     "ModelLoadError", "ModelMismatchError", "QueueFull", "ServerError", "StoreAddressError",
     "TextTooLongError", "UsageError",
     "__version__",

@@ -14,7 +14,8 @@ from .errors import MissingExtraError
 
 # The distribution that provides each top-level module, where its name differs. A database
 # client's is declared by its adapter (adapters/registry.py's StoreKind) and passed in.
-_DISTRIBUTIONS = {"langchain_core": "langchain-core", "ray": "ray[data]", "llama_index": "llama-index-core"}
+_DISTRIBUTIONS = {"langchain_core": "langchain-core", "ray": "ray[data]", "llama_index": "llama-index-core",
+                  "sklearn": "scikit-learn"}
 
 
 def require(module: str, extra: str, *, purpose: str | None = None, distribution: str | None = None) -> ModuleType:
@@ -46,4 +47,5 @@ def require(module: str, extra: str, *, purpose: str | None = None, distribution
 
 # What needs each extra that is not a database (a database's purpose is in its adapter's KIND).
 _PURPOSE = {"langchain": "LangChain", "ray": "the Ray engine", "notebook": "the notebook",
-            "llamaindex": "LlamaIndex"}
+            "llamaindex": "LlamaIndex",
+            "export": "exporting a collection", "map": "the collection map"}

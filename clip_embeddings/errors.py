@@ -13,6 +13,7 @@ against openai/CLIP, or code that caught the builtin before a failure was typed,
     ├── StoreAddressError [ValueError]           a store kind, location or address that cannot be parsed
     ├── CollectionError [ValueError]             a stored collection cannot be used as asked
     │   ├── CollectionNotFoundError [ValueError] it does not exist and nothing was asked to create it
+    │   ├── EmptyCollectionError [ValueError]    it holds nothing a job can work on
     │   ├── IncompatibleCollectionError [ValueError]  it was not made by clip-embeddings
     │   └── ModelMismatchError [ValueError]      it was made with another model or preprocessing
     ├── MissingExtraError [ImportError]          an optional dependency is not installed
@@ -82,9 +83,9 @@ class ConfigError(ClipError, ValueError):
     """A configuration value is not valid, or a persisted config cannot be read by this release.
 
     Example:
-        >>> from clip_embeddings.embedding.function import validate_config
+        >>> from clip_embeddings.config import EmbeddingConfig
         >>> try:
-        ...     validate_config({"model": "ViT-B/32", "fingerprint": "x", "dim": 512, "version": 99})
+        ...     EmbeddingConfig.from_dict({"model": "ViT-B/32", "fingerprint": "x", "dim": 512, "version": 99})
         ... except ConfigError as e:
         ...     print("newer" in str(e))
         True
@@ -118,6 +119,10 @@ class CollectionNotFoundError(CollectionError):
         ...     print(e)
         no chroma database at no-such-folder; create it by indexing into it first
     """
+
+
+class EmptyCollectionError(CollectionError):
+    """A collection exists but holds nothing a job can work on (no vectors of the kind it needs)."""
 
 
 class MissingExtraError(ClipError, ImportError):

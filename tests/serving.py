@@ -12,12 +12,15 @@ from tests.servers import free_port
 
 
 @contextmanager
-def running(app: Any, timeout: float = 30) -> Iterator[str]:
-    """Serve ``app`` on a free 127.0.0.1 port in a thread; yields its base URL, then stops it."""
+def running(app: Any, timeout: float = 30, **config: Any) -> Iterator[str]:
+    """Serve ``app`` on a free 127.0.0.1 port in a thread; yields its base URL, then stops it.
+
+    ``config`` goes to ``uvicorn.Config`` (e.g. ``root_path="/clip"``).
+    """
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -34,6 +34,10 @@ SUBCOMMANDS = {
     "models": ["cache"],
     "bench": ["run_all.py"],
     "cache": ["stats", "prune", "clear", "--path", "--max-size"],
+    "dedup": ["--threshold", "--gap", "--delete", "--sheets", "--db", "--collection", "--json"],
+    "export": ["OUTPUT", "--format", "--modality", "--shard-size", "--json"],
+    "map": ["OUTPUT.png", "--projection", "--clusters", "--vocabulary", "--html", "--json"],
+    "score": ["PAIRS", "--min", "--w", "--output", "--json"],
 }
 
 

@@ -240,7 +240,7 @@ def test_pixel_limit_is_422_and_a_body_that_never_arrives_is_408(collection, no_
         assert c.post("/embed", files=[("image", ("ok.jpg", jpeg(0, size=(40, 40))))]).status_code == 200
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 1000\r\n\r\n{\"texts\": [")  # ...and then nothing more
             answer = s.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
@@ -252,7 +252,7 @@ def test_a_client_that_disconnects_mid_upload_costs_nothing(server, client):
     jobs = service.batcher.stats.jobs
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
-        s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        s.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                   b"Content-Length: 500000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; "
                   b"filename=\"a.jpg\"\r\n\r\n" + jpeg(3)[:1000])
     time.sleep(0.3)
@@ -325,7 +325,7 @@ def test_chroma_collection_made_through_the_server_reopens_in_a_new_process(serv
     here = photos.query(query_texts=["a photo of a cat"], n_results=3)["ids"][0]
     script = (
         "import json, chromadb, clip_embeddings\n"
-        "from clip_embeddings.embedding.function import model_load_count\n"
+        "from clip_embeddings.embedding.loaded import model_load_count\n"
         f"c = chromadb.PersistentClient({path!r}).get_collection('remote')\n"
         "ids = c.query(query_texts=['a photo of a cat'], n_results=3)['ids'][0]\n"
         "print(json.dumps({'ids': ids, 'loads': model_load_count()}))\n"

@@ -35,7 +35,7 @@ def app(tiny_model_path):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -178,3 +178,12 @@ def test_a_long_word_cut_before_bpe_gives_the_same_first_ids(seed_text, length, 
     word = (seed_text * (length // len(seed_text) + 1))[:length]
     tok = tokenizer_module.get_tokenizer()
     assert tok.encode(word, max_ids=max_ids)[:max_ids] == tok.encode(word)[:max_ids]
+
+
+def test_a_long_label_is_split_into_tokens_once_for_all_its_templates(bpe_lengths, tiny_model_path):
+    # 64 labels of 990 letters x 8 templates held the model thread 19 s: each prompt re-ran BPE on its label.
+    ef = ce.ClipEF(tiny_model_path, device="cpu", cache=False)
+    tokenizer_module.get_tokenizer()._long_word_ids.cache_clear()
+    labels = [f"label{chr(97 + i)}" + "ab" * 400 for i in range(4)]
+    ZeroShotClassifier(ef, labels, [f"{i} {{}}" for i in range(8)]).prototypes  # noqa: B018
+    assert sum(n > 500 for n in bpe_lengths) == len(labels)

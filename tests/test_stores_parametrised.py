@@ -265,24 +265,58 @@ def test_open_store_reaches_a_chroma_server_by_url(chroma_server, corpus):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_records_list_every_stored_vector_with_its_fields(kind, store_location, corpus):
+def test_records_scan_every_vector_in_bounded_batches(kind, store_location, corpus):
     store, _ = build(kind, store_location(kind), corpus)
-    batches = list(store._scan(batch_size=4))
-    assert all(len(b) <= 4 for b in batches)
-    records = [r for b in batches for r in b]
-    images = {r.id: r for r in records if r.modality == "image"}
-    texts = {r.id: r for r in records if r.modality == "text"}
-    assert set(images) == set(corpus.image_ids) and set(texts) == set(corpus.all_text_ids)
-    for i, item in enumerate(corpus.image_ids):
-        r = images[item]
-        assert (r.source, r.metadata) == (str(Path(corpus.images[i]).resolve()), corpus.metadatas[i])
-        np.testing.assert_allclose(r.vector, corpus.image_vectors[i], atol=1e-5)
-        assert texts[item].document == corpus.captions[i]
-    for item, text, vector in zip(corpus.text_ids, TEXTS, corpus.text_vectors[-len(TEXTS):]):
-        assert (texts[item].document, texts[item].source) == (text, None)
-        np.testing.assert_allclose(texts[item].vector, vector, atol=1e-5)
-    bare = list(store.records("text", with_vectors=False))
-    assert len(bare) == len(corpus.all_text_ids) and all(r.vector is None for r in bare)
+    images = list(store.records("image", batch_size=3))
+    texts = list(store.records("text", batch_size=4))
+    assert [len(b) for b in store._scan("image", batch_size=3)] == [3, 3, 1]
+    assert sorted(r.id for r in images) == sorted(corpus.image_ids)
+    assert sorted(r.id for r in texts) == sorted(corpus.all_text_ids)
+    by_id = dict(zip(corpus.image_ids, range(len(corpus.image_ids))))
+    for r in images:  # the stored vector, the digest, the source and the user's own metadata only
+        i = by_id[r.id]
+        assert r.vector.dtype == np.float32 and r.vector.shape == (corpus.ef.dim,)
+        np.testing.assert_allclose(r.vector, corpus.image_vectors[i], atol=1e-6)
+        assert (r.modality, r.source, r.document, r.metadata) == (
+            "image", str(Path(corpus.images[i]).resolve()), corpus.captions[i], corpus.metadatas[i])
+        assert r.id == item_id("image", r.digest)
+    text_of = dict(zip(corpus.all_text_ids, corpus.captions + TEXTS))
+    vector_of = dict(zip(corpus.all_text_ids, corpus.text_vectors))
+    for r in texts:
+        assert r.document == text_of[r.id]
+        np.testing.assert_allclose(r.vector, vector_of[r.id], atol=1e-6)
+    both = list(store.records(with_vectors=False))
+    assert sorted(r.modality for r in both) == ["image"] * 7 + ["text"] * 10
+    assert all(r.vector is None for r in both)
+    with pytest.raises(ValueError, match="modality"):
+        list(store.records("audio"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_id_reaches_another_items_caption(kind, store_location, corpus):
+    # Row ids are "<item>" and "<item>:text": an image id ending in ":text" used to overwrite
+    # the caption of item <item> on Chroma and LanceDB (reported as "updated"). Refused everywhere.
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
+    store.add_images(corpus.images[:1], captions=["the first caption"])
+    first = corpus.image_ids[0]
+    for bad in (f"{first}:text", "", "x:text"):
+        with pytest.raises(ValueError, match="item 0: .*(ends with ':text'|non-empty str)"):
+            store.add_images(corpus.images[1:2], ids=[bad], captions=["hijack"])
+        with pytest.raises(ValueError, match="item 0: "):
+            store.add_texts(["hijack"], ids=[bad])
+    assert store.get_item(first, "text").document == "the first caption"
+    assert (store.count(), store.count("image"), store.count("text")) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("key", ["item_id", "modality", "digest", "source", "document"])
+def test_reserved_metadata_keys_are_refused_naming_the_key(kind, key, store_location, corpus):
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
+    with pytest.raises(ValueError, match=f"item 1: metadata key\\(s\\) \\['{key}'\\] are reserved"):
+        store.add_images(corpus.images[:2], metadatas=[{"album": "a"}, {key: "x"}])
+    with pytest.raises(ValueError, match=f"item 0: metadata key\\(s\\) \\['{key}'\\] are reserved"):
+        store.add_texts(["a dog"], metadatas=[{key: "x"}])
+    assert store.count() == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -30,6 +30,10 @@ from ..collection import query as compound
 from ..collection import sync as folder_sync
 from ..collection.query import Item
 from ..collection.records import expand_tags, matches
+from ..collection.duplicates import DuplicateReport, find_duplicates, remove_duplicates
+from ..collection.export import ExportReport
+from ..collection.export import export as export_collection
+from ..collection.map import MapReport, render_map
 from ..config import check_on_error
 from ..embedding.function import ClipEF
 from ..embedding.pipeline import ImageResult, OnError, SkippedItem
@@ -54,9 +58,47 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+TEXT_ROW = ":text"  # suffix of text and caption rows; an item id may not end with it
+RESERVED_METADATA = frozenset({"item_id", "modality", "digest", "source", "document"})  # written by us
+
+
 def row_id(item: str, modality: Modality) -> str:
-    """Row ids for databases with one vector per row: the image row keeps the item id."""
-    return item if modality == "image" else f"{item}:text"
+    """Row ids for databases with one vector per row: the image row keeps the item id.
+
+    The text row is ``"<item>:text"``; an item id ending in ``":text"`` is refused, so an image
+    row can never take another item's text row (rows written before stay readable: same scheme).
+
+    Example:
+        >>> row_id("cat", "image"), row_id("cat", "text")
+        ('cat', 'cat:text')
+    """
+    check_item_id(item)
+    return item if modality == "image" else f"{item}{TEXT_ROW}"
+
+
+def check_item_id(item: object, where: str = "") -> None:
+    """Refuse an id no store can hold safely: not a non-empty str, or ending with ``":text"``."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(item, str) or not item:
+        raise ValueError(f"{prefix}an item id must be a non-empty str, not {item!r}")
+    if item.endswith(TEXT_ROW):
+        raise ValueError(f"{prefix}item id {item!r} ends with {TEXT_ROW!r}, which marks text and caption rows "
+                         f"(another item's caption is stored as '<id>{TEXT_ROW}'); choose another id")
+
+
+def check_metadata(metadata: Mapping[str, Any] | None, where: str = "") -> None:
+    """Refuse metadata keys the library stores itself (every database alike)."""
+    clash = sorted(set(metadata or {}) & RESERVED_METADATA)
+    if clash:
+        raise ValueError(f"{where + ': ' if where else ''}metadata key(s) {clash} are reserved by clip-embeddings "
+                         f"(it stores {sorted(RESERVED_METADATA)} itself); rename them")
+
+
+def _check_inputs(ids: Sequence[str] | None, metadatas: Sequence[Mapping[str, Any] | None] | None) -> None:
+    for i, item in enumerate(ids or ()):
+        check_item_id(item, f"item {i}")
+    for i, meta in enumerate(metadatas or ()):
+        check_metadata(meta, f"item {i}")
 
 
 @dataclass
@@ -65,7 +107,7 @@ class Record:
 
     id: str  # the item id
     modality: Modality
-    vector: np.ndarray
+    vector: np.ndarray | None  # None only from a scan without vectors
     digest: str
     source: str | None = None  # where an image came from: path, URL, or a description
     document: str | None = None  # the text, or an image's caption
@@ -137,11 +179,22 @@ class Store(ABC):
     @abstractmethod
     def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
               with_vectors: bool = True) -> Iterator[list[Record]]:
-        """Every stored record (of ``modality``), ``batch_size`` at a time; ``metadata`` is the user's own."""
+        """Every stored record of ``modality`` (both when ``None``: images, then texts), in batches
+        of at most ``batch_size``, using the database's own paging so memory stays bounded.
+
+        ``Record.id`` is the item id, ``.vector`` the stored float32 vector (``None`` without
+        ``with_vectors``), ``.metadata`` the user's own keys only (nothing clip-embeddings reserves).
+        """
 
     @abstractmethod
     def _delete(self, keys: list[tuple[str, Modality]]) -> None:
         """Remove the (item id, modality) records; keys that are not stored are ignored."""
+
+    def _search_many(self, vectors: np.ndarray, k: int, modality: Modality,
+                     where: dict[str, Any] | None) -> list[list[Hit]]:
+        """:meth:`_search` for each row of ``vectors``; databases with batched queries override it
+        (one round trip, and one evaluation of the filter, for a whole batch)."""
+        return [self._search(v, k, modality, where) for v in vectors]
 
     # -- shared behaviour --
 
@@ -228,6 +281,7 @@ class Store(ABC):
         if isinstance(images, Sized):
             _check_lengths(len(images), ids=ids, captions=captions, metadatas=metadatas)
             total = len(images) if total is None else total
+        _check_inputs(ids, metadatas)  # before any work: nothing is stored when one is refused
         entries = (
             _Entry(image, ids[i] if ids is not None else None, captions[i] if captions is not None else None,
                    metadatas[i] if metadatas is not None else None)
@@ -290,6 +344,7 @@ class Store(ABC):
         """
         texts = list(texts)
         _check_lengths(len(texts), ids=ids, metadatas=metadatas)
+        _check_inputs(ids, metadatas)
         report, seen = IngestReport(), set()
         for start in range(0, len(texts), self.write_batch):
             chunk = range(start, min(start + self.write_batch, len(texts)))
@@ -340,6 +395,10 @@ class Store(ABC):
         """
         grouped: dict[str, list[Record]] = {}
         report = IngestReport()
+        records = list(records)
+        for record in records:
+            check_item_id(record.id, f"record {record.id!r}")
+            check_metadata(record.metadata, f"record {record.id!r}")
         for record in records:
             rows = grouped.setdefault(record.id, [])
             if any(r.modality == record.modality for r in rows):
@@ -444,17 +503,6 @@ class Store(ABC):
 
         return self._ingest(entries(), on_error, progress, None, as_tagger(self.ef, tags))
 
-    def records(self, modality: Modality | None = None, *, batch_size: int = 512,
-                with_vectors: bool = True) -> Iterator[Record]:
-        """Every stored record (of ``modality``), read ``batch_size`` at a time: memory stays bounded.
-
-        Example:
-            >>> sorted({r.source for r in store.records(with_vectors=False)})  # doctest: +SKIP
-            ['/photos/cat.jpg', '/photos/dog.jpg']
-        """
-        for batch in self._scan(modality, batch_size=batch_size, with_vectors=with_vectors):
-            yield from batch
-
     def delete(self, ids: Iterable[str] | None = None, *, where: Mapping[str, Any] | None = None) -> int:
         """Remove items (an image and its caption go together) by id, or those matching ``where``.
 
@@ -545,6 +593,69 @@ class Store(ABC):
         wanted = set(keys)
         return {(r.id, r.modality): r.vector for r in self.records() if (r.id, r.modality) in wanted}
 
+    def records(self, modality: Modality | None = None, *, batch_size: int = 512,
+                with_vectors: bool = True) -> Iterator[Record]:
+        """Every stored record (of ``modality``), read ``batch_size`` at a time: memory stays bounded.
+
+        Example:
+            >>> sorted({r.source for r in store.records(with_vectors=False)})  # doctest: +SKIP
+            ['/photos/cat.jpg', '/photos/dog.jpg']
+        """
+        if modality not in (None, "image", "text"):
+            raise ValueError(f"modality must be 'image', 'text' or None, not {modality!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        for batch in self._scan(modality, batch_size=batch_size, with_vectors=with_vectors):
+            yield from batch
+
+    def export(self, path: str | os.PathLike, *, format: Literal["npy", "parquet"] = "npy",
+               modality: Modality | None = None, shard_size: int = 1_000_000, progress: bool = False) -> ExportReport:
+        """Stream every stored vector and its metadata to files: clip-retrieval's ``img_emb/*.npy`` +
+        ``metadata/*.parquet`` layout (``format="npy"``) or one Parquet file; memory stays flat.
+
+        See :mod:`clip_embeddings.collection.export` for the layout.
+
+        Example:
+            >>> store.export("exported/", format="npy").counts  # doctest: +SKIP
+            {'image': 1200, 'text': 1200}
+        """
+        return export_collection(self, path, format=format, modality=modality, shard_size=shard_size,
+                                 progress=progress)
+
+    def duplicates(self, threshold: float | None = None, *, gap: float = 1.5, k: int = 8, delete: bool = False,
+                   progress: bool = False) -> DuplicateReport:
+        """Groups of duplicate images (same content, or CLIP cosine ``>= threshold`` with a clear gap
+        to every other neighbour), each best first with a suggested keeper.
+
+        Nothing is deleted unless ``delete=True``, which removes every member but the keeper.
+        The default threshold is the published one for the store's model; see
+        :mod:`clip_embeddings.collection.duplicates` for the method and the keeper rule.
+
+        Example:
+            >>> report = store.duplicates(threshold=0.97)  # doctest: +SKIP
+            >>> report.groups[0].keeper.source  # doctest: +SKIP
+            '/photos/beach.jpg'
+        """
+        report = find_duplicates(self, threshold, gap=gap, k=k, progress=progress)
+        if delete:
+            remove_duplicates(self, report.groups)
+        return report
+
+    def map(self, path: str | os.PathLike, *, projection: str = "pca", clusters: int | None = None,
+            vocabulary: Sequence[str] | None = None, thumb: int = 96, html: bool = False,
+            progress: bool = False) -> MapReport:
+        """Draw the collection's images on a 2-D map (PCA, t-SNE or UMAP) framed by k-means cluster,
+        each cluster named by its nearest words; a PNG at ``path`` (and an HTML page with ``html``).
+
+        See :mod:`clip_embeddings.collection.map`.
+
+        Example:
+            >>> store.map("map.png", clusters=6).clusters[0]["words"]  # doctest: +SKIP
+            ['seashore', 'sandbar']
+        """
+        return render_map(self, path, projection=projection, clusters=clusters, vocabulary=vocabulary, thumb=thumb,
+                          html_page=html, progress=progress)
+
     def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
         """The stored record of item id ``item`` (source, caption, metadata), or ``None``.
 
@@ -556,6 +667,11 @@ class Store(ABC):
         probe[0] = 1.0  # any unit vector: the filter on the id does the finding
         hits = self._search(probe, 1, modality, {"item_id": item})
         return hits[0] if hits and hits[0].id == item else None
+
+
+def scan_modalities(modality: Modality | None) -> tuple[Modality, ...]:
+    """The modalities a scan walks, in order: images first, then texts."""
+    return ("image", "text") if modality is None else (modality,)
 
 
 def _image_record(item: str, result: ImageResult, tags: dict[str, bool] | None = None) -> Record:

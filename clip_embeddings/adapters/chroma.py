@@ -38,7 +38,7 @@ from ..embedding.function import ClipEF
 from ..embedding.pipeline import decode_many
 from ..errors import ImageLoadError, IncompatibleCollectionError
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
-from .base import Hit, Modality, Record, Store, row_id
+from .base import Hit, Modality, Record, Store, row_id, scan_modalities
 
 register_embedding_function(ClipEF)
 
@@ -160,19 +160,16 @@ class ChromaStore(Store):
                 )
 
     def _search(self, vector: np.ndarray, k: int, modality: Modality, where: dict[str, Any] | None) -> list[Hit]:
+        return self._search_many(np.asarray(vector)[None], k, modality, where)[0]
+
+    def _search_many(self, vectors: np.ndarray, k: int, modality: Modality,
+                     where: dict[str, Any] | None) -> list[list[Hit]]:
         condition = {"modality": modality} if not where else {"$and": [{"modality": modality}, *to_where(where)]}
         result = self.collection.query(
-            query_embeddings=[vector], n_results=k, where=condition, include=["metadatas", "documents", "distances"]
+            query_embeddings=list(vectors), n_results=k, where=condition, include=["metadatas", "documents", "distances"]
         )
-        hits = []
-        for meta, doc, distance in zip(result["metadatas"][0], result["documents"][0], result["distances"][0], strict=True):
-            meta = dict(meta)
-            item = meta.pop("item_id")
-            for key in ("modality", "digest"):
-                meta.pop(key, None)
-            source = meta.pop("source", None)
-            hits.append(Hit(item, 1.0 - float(distance), modality, source, doc or None, meta))
-        return hits
+        return [[_hit(meta, doc, distance, modality) for meta, doc, distance in zip(*rows, strict=True)]
+                for rows in zip(result["metadatas"], result["documents"], result["distances"], strict=True)]
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
@@ -183,16 +180,18 @@ class ChromaStore(Store):
     def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
               with_vectors: bool = True) -> Iterator[list[Record]]:
         include = ["metadatas", "documents"] + (["embeddings"] if with_vectors else [])
-        where = {"modality": modality} if modality else None
-        offset = 0
-        while True:
-            got = self.collection.get(where=where, include=include, limit=batch_size, offset=offset)
-            if not got["ids"]:
-                return
-            vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
-            rows = zip(got["metadatas"], got["documents"], vectors, strict=True)
-            yield [_record(meta, doc, vector) for meta, doc, vector in rows]
-            offset += len(got["ids"])
+        for kind in scan_modalities(modality):
+            offset = 0
+            while True:  # Chroma pages a get with limit/offset (in insertion order)
+                got = self.collection.get(where={"modality": kind}, limit=batch_size, offset=offset, include=include)
+                if not got["ids"]:
+                    break
+                vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
+                rows = zip(got["metadatas"], got["documents"], vectors, strict=True)
+                yield [_record(kind, meta, doc, vector) for meta, doc, vector in rows]
+                offset += len(got["ids"])
+                if len(got["ids"]) < batch_size:
+                    break
 
     def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
@@ -225,11 +224,20 @@ def to_where(where: dict[str, Any]) -> list[dict[str, Any]]:
     return [{key: {"$in": list(value)} if isinstance(value, (list, tuple, set)) else value} for key, value in where.items()]
 
 
-def _record(meta: dict[str, Any], document: str | None, vector: Any) -> Record:
-    meta = dict(meta or {})
-    item, modality, digest = meta.pop("item_id"), meta.pop("modality"), meta.pop("digest", None)
+def _hit(meta: dict[str, Any], document: str | None, distance: float, modality: Modality) -> Hit:
+    meta = dict(meta)
+    item = meta.pop("item_id")
+    for key in ("modality", "digest"):
+        meta.pop(key, None)
     source = meta.pop("source", None)
-    vector = None if vector is None else np.asarray(vector, np.float32)
+    return Hit(item, 1.0 - float(distance), modality, source, document or None, meta)
+
+
+def _record(modality: Modality, meta: dict[str, Any] | None, document: str | None, vector: Any) -> Record:
+    meta = dict(meta or {})
+    item, digest, source = meta.pop("item_id"), meta.pop("digest", None), meta.pop("source", None)
+    meta.pop("modality", None)
+    vector = None if vector is None else np.asarray(vector, dtype=np.float32)
     return Record(item, modality, vector, digest, source=source, document=document or None, metadata=meta)
 
 

@@ -47,7 +47,7 @@ from pydantic import field_validator, model_validator  # noqa: E402
 from ..config import EmbeddingConfig, LongText, OnError
 from ..embedding.function import ClipEF
 from ..inputs.options import LoaderOptions
-from .base import Hit, Modality, Record, Store, row_id
+from .base import Hit, Modality, Record, Store, row_id, scan_modalities
 
 CONFIG_KEY = b"clip_embeddings"  # schema metadata key holding ClipEF.get_config() for LanceDBStore tables
 COLUMNS = ("id", "item_id", "modality", "source", "document", "digest")
@@ -268,19 +268,27 @@ class LanceDBStore(Store):
             rows[old["id"]] = replace(r, source=r.source or old["source"], document=r.document or old["document"], metadata=meta)
 
     def _search(self, vector: np.ndarray, k: int, modality: Modality, where: dict[str, Any] | str | None) -> list[Hit]:
+        return self._search_many(np.asarray(vector)[None], k, modality, where)[0]
+
+    def _search_many(self, vectors: np.ndarray, k: int, modality: Modality,
+                     where: dict[str, Any] | str | None) -> list[list[Hit]]:
         condition = f"modality = {_sql(modality)}"
         if where:
             condition += f" AND ({where if isinstance(where, str) else to_sql(where)})"
+        queries = [np.asarray(v, np.float32) for v in vectors]
         rows = (
-            self.table.search(np.asarray(vector, np.float32), vector_column_name="vector")
+            self.table.search(queries if len(queries) > 1 else queries[0], vector_column_name="vector")
             .distance_type("cosine").where(condition, prefilter=True).limit(k)
             .select(["item_id", "source", "document", "metadata", "_distance"]).to_list()
         )
-        return [
-            Hit(r["item_id"], 1.0 - float(r["_distance"]), modality, r["source"], r["document"],
-                json.loads(r["metadata"]) if r["metadata"] else {})
-            for r in rows
-        ]
+        out: list[list[Hit]] = [[] for _ in queries]
+        for r in rows:  # a multi-vector query tags each row with its query's index
+            out[r.get("query_index", 0)].append(
+                Hit(r["item_id"], 1.0 - float(r["_distance"]), modality, r["source"], r["document"],
+                    json.loads(r["metadata"]) if r["metadata"] else {}))
+        for hits in out:
+            hits.sort(key=lambda h: -h.score)
+        return out
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
@@ -290,17 +298,13 @@ class LanceDBStore(Store):
 
     def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
               with_vectors: bool = True) -> Iterator[list[Record]]:
-        columns = ["item_id", "modality", "source", "document", "digest", "metadata"] + (["vector"] if with_vectors else [])
-        query = self.table.search().select(columns).limit(None)
-        if modality:
-            query = query.where(f"modality = {_sql(modality)}")
-        for batch in query.to_batches(batch_size):
-            yield [
-                Record(r["item_id"], r["modality"], np.asarray(r["vector"], np.float32) if with_vectors else None,
-                       r["digest"], source=r["source"], document=r["document"],
-                       metadata=json.loads(r["metadata"]) if r["metadata"] else {})
-                for r in batch.to_pylist()
-            ]
+        columns = ["item_id", "source", "document", "digest", "metadata"] + (["vector"] if with_vectors else [])
+        for kind in scan_modalities(modality):
+            query = self.table.search().where(f"modality = {_sql(kind)}").select(columns)
+            # A plain scan streams Arrow batches from the table's fragments: memory bounded by batch_size.
+            for batch in query.to_batches(batch_size=batch_size):
+                if batch.num_rows:
+                    yield _records(batch, kind, with_vectors)
 
     def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
@@ -318,6 +322,20 @@ class LanceDBStore(Store):
             return self.table.count_rows(f"modality = {_sql(modality)}")
         # A caption row carries its image's source; a text added on its own has none.
         return self.table.count_rows("modality = 'image' OR source IS NULL")
+
+
+def _records(batch: pa.RecordBatch, modality: Modality, with_vectors: bool) -> list[Record]:
+    columns = {n: batch.column(n).to_pylist() for n in batch.schema.names if n != "vector"}
+    n = batch.num_rows
+    if with_vectors:
+        # The fixed-size list column as one [n, dim] float32 block, without a Python float per value.
+        vectors = batch.column("vector").flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
+    return [
+        Record(columns["item_id"][i], modality, vectors[i].copy() if with_vectors else None, columns["digest"][i],
+               source=columns["source"][i], document=columns["document"][i],
+               metadata=json.loads(columns["metadata"][i]) if columns["metadata"][i] else {})
+        for i in range(n)
+    ]
 
 
 def to_sql(where: dict[str, Any]) -> str:

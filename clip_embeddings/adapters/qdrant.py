@@ -39,7 +39,7 @@ from qdrant_client import models as qmodels  # noqa: E402
 
 from ..embedding.function import ClipEF
 from ..errors import IncompatibleCollectionError
-from .base import Hit, Modality, Record, Store
+from .base import Hit, Modality, Record, Store, scan_modalities
 
 CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()
 RESERVED = ("item_id", "source", "document", "digest")
@@ -139,14 +139,14 @@ class QdrantStore(Store):
             self.name, query=np.asarray(vector, dtype=np.float32).tolist(), using=modality, limit=k,
             query_filter=to_filter(where), with_payload=True,
         )
-        hits = []
-        for point in result.points:
-            payload = dict(point.payload or {})
-            item = payload.pop("item_id", str(point.id))
-            source, document = payload.pop("source", None), payload.pop("document", None)
-            payload.pop("digest", None)
-            hits.append(Hit(item, float(point.score), modality, source, document, payload))
-        return hits
+        return [_hit(point, modality) for point in result.points]
+
+    def _search_many(self, vectors: np.ndarray, k: int, modality: Modality, where: Any) -> list[list[Hit]]:
+        condition = to_filter(where)
+        requests = [qmodels.QueryRequest(query=np.asarray(v, dtype=np.float32).tolist(), using=modality, limit=k,
+                                         filter=condition, with_payload=True) for v in vectors]
+        results = self.client.query_batch_points(self.name, requests=requests)
+        return [[_hit(point, modality) for point in result.points] for result in results]
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         wanted = {point_id(item): item for item, _ in keys}
@@ -160,16 +160,14 @@ class QdrantStore(Store):
 
     def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
               with_vectors: bool = True) -> Iterator[list[Record]]:
-        # One pass per modality, filtered on the named vector: a point's image and its caption
-        # are two records, and without vectors the filter is what says which ones a point has.
-        for wanted in (modality,) if modality else ("image", "text"):
-            has = qmodels.Filter(must=[qmodels.HasVectorCondition(has_vector=wanted)])
+        for kind in scan_modalities(modality):
+            has = qmodels.Filter(must=[qmodels.HasVectorCondition(has_vector=kind)])
             offset = None
-            while True:
+            while True:  # Qdrant's scroll pages by the next point id, so memory stays bounded
                 points, offset = self.client.scroll(self.name, scroll_filter=has, limit=batch_size, offset=offset,
-                                                    with_payload=True, with_vectors=[wanted] if with_vectors else False)
+                                                    with_payload=True, with_vectors=[kind] if with_vectors else False)
                 if points:
-                    yield [_record(point, wanted, with_vectors) for point in points]
+                    yield [_record(point, kind, with_vectors) for point in points]
                 if offset is None:
                     break
 
@@ -257,11 +255,19 @@ def _key_path(key: str) -> str:
     return f'"{key}"'
 
 
-def _record(point: Any, modality: Modality, with_vectors: bool) -> Record:
+def _hit(point: Any, modality: Modality) -> Hit:
     payload = dict(point.payload or {})
-    item, digest = payload.pop("item_id", str(point.id)), payload.pop("digest", None)
+    item = payload.pop("item_id", str(point.id))
     source, document = payload.pop("source", None), payload.pop("document", None)
-    vector = np.asarray(point.vector[modality], np.float32) if with_vectors else None
+    payload.pop("digest", None)
+    return Hit(item, float(point.score), modality, source, document, payload)
+
+
+def _record(point: Any, modality: Modality, with_vector: bool) -> Record:
+    payload = dict(point.payload or {})
+    item = payload.pop("item_id", str(point.id))
+    source, document, digest = payload.pop("source", None), payload.pop("document", None), payload.pop("digest", None)
+    vector = np.asarray(point.vector[modality], dtype=np.float32) if with_vector else None
     return Record(item, modality, vector, digest, source=source, document=document, metadata=payload)
 
 

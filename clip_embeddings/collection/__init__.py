@@ -1,6 +1,6 @@
-"""Jobs over a stored collection, written against the Store primitives only (never ``adapters``).
+"""Jobs over a stored collection: export, duplicates, map, sync, watch, compound queries.
 
-A store is reached through ``_scan`` / ``records``, ``_write``, ``_delete``, ``_search`` and
-``_stored`` (see :class:`clip_embeddings.adapters.base.Store`); each module here takes the store
-as a duck-typed argument, and the ``Store`` methods delegate to it.
+Each job reads a store only through its primitives (``_scan``, ``count``, ``_search``,
+``describe``, ``ef``; see :class:`~clip_embeddings.collection.protocol.StoreLike`), so it works on
+every database; the ``Store`` methods in :mod:`clip_embeddings.adapters.base` delegate here.
 """

@@ -33,6 +33,10 @@ _WORD = regex.compile(
     regex.IGNORECASE,
 )
 _CACHED_WORD_CHARS = 64  # longer words are rare and would let one hostile text fill the cache with megabytes
+# ...but one long label written into every prompt template is the same long word again and again:
+# a small cache of its own, bounded in entries and word length (256 x 4 KB at most).
+_LONG_WORD_CACHE = 256
+_LONG_WORD_CHARS = 4096
 # With ``max_ids``, a text is read only as far as the model can reach: a word is cut before BPE
 # once it surely holds enough ids (no token spans more than the vocabulary's longest entry), with
 # slack so the cut cannot change the ids kept, and the raw text is cut at a generous number of
@@ -122,6 +126,7 @@ class Tokenizer:
         self._longest_token = max(len(token.removesuffix("</w>")) for token in vocab[:-2])
         # Per instance rather than on the class, so the cache dies with its tokenizer.
         self._word_ids = lru_cache(maxsize=cache_size)(self._bpe)
+        self._long_word_ids = lru_cache(maxsize=_LONG_WORD_CACHE)(self._bpe)
 
     @property
     def sot_token(self) -> int:
@@ -176,7 +181,10 @@ class Tokenizer:
             word = match.group()
             if max_ids is not None:
                 word = word[: self.max_word_chars(max(max_ids - len(ids), 1))]
-            ids += self._word_ids(word) if len(word) <= _CACHED_WORD_CHARS else self._bpe(word)
+            if len(word) <= _CACHED_WORD_CHARS:
+                ids += self._word_ids(word)
+            else:
+                ids += self._long_word_ids(word) if len(word) <= _LONG_WORD_CHARS else self._bpe(word)
             if max_ids is not None and len(ids) >= max_ids:
                 break
         return ids

@@ -7,7 +7,9 @@ same vectors, ids and errors as embedding locally on the same weights. The serve
 is checked against the one a collection stored, as for local weights.
 
 Only the standard library is used here: a client needs neither FastAPI nor torch's model weights.
-A bearer token, if the server wants one, comes from ``$CLIP_EMBEDDINGS_TOKEN`` (never persisted).
+A bearer token, if the server wants one, comes from ``$CLIP_EMBEDDINGS_TOKEN`` (never persisted)
+and goes to that server only: a redirect to another scheme, host or port is refused, since
+urllib would otherwise send the ``Authorization`` header on to wherever it points.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import json
 import os
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -30,6 +34,34 @@ from ..inputs.decode import decode_image
 from ..inputs.options import LoaderOptions, RawImage
 
 TOKEN_ENV = "CLIP_EMBEDDINGS_TOKEN"
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """A URL's (scheme, host, port): where a bearer token may go.
+
+    Example:
+        >>> origin("HTTP://Example.com/a"), origin("https://example.com:8443/")
+        (('http', 'example.com', 80), ('https', 'example.com', 8443))
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only within the server's origin: the token must not travel elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        newurl = urllib.parse.urljoin(req.full_url, newurl)
+        if origin(newurl) != origin(req.full_url):
+            scheme, host, port = origin(newurl)
+            raise ServerError(f"the embedding server at {req.full_url} redirected to {scheme}://{host}:{port}, another "
+                              "origin; refused, so the bearer token is not sent there (point server= at the address "
+                              "that answers)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_opener = urllib.request.build_opener(_SameOriginRedirects)
 
 
 class RemoteModel:
@@ -56,8 +88,10 @@ class RemoteModel:
             headers["Authorization"] = f"Bearer {os.environ[TOKEN_ENV]}"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as response:
+            with _opener.open(req, timeout=self.timeout) as response:
                 return json.loads(response.read())
+        except ServerError:
+            raise
         except urllib.error.HTTPError as e:
             try:
                 reason = json.loads(e.read()).get("detail", e.reason)
@@ -73,7 +107,10 @@ class RemoteModel:
         """The server's ``/health``, fetched once (model, fingerprint and dim never change)."""
         with self._lock:
             if self._health is None:
-                self._health = self.request("GET", "/health")
+                health = self.request("GET", "/health")
+                if "fingerprint" not in health:  # a server with a token tells the rest only to its holders
+                    raise ServerError(f"the embedding server at {self.url} needs a token: set ${TOKEN_ENV}")
+                self._health = health
             return self._health
 
     def check(self, expected: tuple[str | None, int | None] = (None, None)) -> dict[str, Any]:

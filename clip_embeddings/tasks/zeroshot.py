@@ -42,6 +42,7 @@ __all__ = [
     "classify",
     "clear_prototype_cache",
     "moderate",
+    "prototype_cache_bytes",
     "similarity",
     "template_parts",
 ]
@@ -171,8 +172,28 @@ class ModerationResults(list):
 # --- the prototype cache ----------------------------------------------------------------------
 
 _PROTOTYPE_CACHE_SIZE = 32
+# Keys hold the labels and templates a caller (a server's client) wrote: bounded in bytes, not
+# only in entries, so large label sets cannot pile up (10 requests once kept +318 MB).
+_PROTOTYPE_CACHE_BYTES = 64 * 2**20
 _prototypes: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_prototype_bytes: dict[tuple, int] = {}
 _prototypes_lock = threading.Lock()
+
+
+def prototype_cache_bytes() -> int:
+    """What the prototype cache holds: its vectors plus the labels and templates in its keys.
+
+    Example:
+        >>> clear_prototype_cache(); prototype_cache_bytes()
+        0
+    """
+    with _prototypes_lock:
+        return sum(_prototype_bytes.values())
+
+
+def _entry_bytes(key: tuple, prototypes: np.ndarray) -> int:
+    labels, templates = key[-2], key[-1]
+    return prototypes.nbytes + sum(len(s.encode("utf-8", "surrogatepass")) + 64 for s in (*labels, *templates))
 
 
 def clear_prototype_cache() -> None:
@@ -183,6 +204,7 @@ def clear_prototype_cache() -> None:
     """
     with _prototypes_lock:
         _prototypes.clear()
+        _prototype_bytes.clear()
 
 
 def _cache_key(ef: ClipEF, labels: tuple[str, ...], templates: tuple[str, ...]) -> tuple:
@@ -209,11 +231,16 @@ def _cached_prototypes(ef: ClipEF, labels: tuple[str, ...], templates: tuple[str
     # Encoded outside the lock: two threads may both compute a miss, which is only wasted work.
     prototypes = _compute_prototypes(ef, labels, templates)
     prototypes.setflags(write=False)  # shared between classifiers: nobody may edit it in place
+    size = _entry_bytes(key, prototypes)
+    if size > _PROTOTYPE_CACHE_BYTES:
+        return prototypes  # larger than the whole cache: used once, kept by no one
     with _prototypes_lock:
         _prototypes[key] = prototypes
+        _prototype_bytes[key] = size
         _prototypes.move_to_end(key)
-        while len(_prototypes) > _PROTOTYPE_CACHE_SIZE:
-            _prototypes.popitem(last=False)
+        while len(_prototypes) > _PROTOTYPE_CACHE_SIZE or sum(_prototype_bytes.values()) > _PROTOTYPE_CACHE_BYTES:
+            oldest, _ = _prototypes.popitem(last=False)
+            del _prototype_bytes[oldest]
     return prototypes
 
 
@@ -293,7 +320,11 @@ def template_parts(template: str) -> tuple[str, str]:
     if why is not None:
         raise ValueError(f"template {shown} {why}; a template is text around exactly one '{{}}'")
     prefix = "".join(text for text, *_ in parsed[: fields[0] + 1])
-    return prefix, "".join(text for text, *_ in parsed[fields[0] + 1 :])
+    suffix = "".join(text for text, *_ in parsed[fields[0] + 1 :])
+    escaped = [part.replace("{", "{{").replace("}", "}}") for part in (prefix, suffix)]
+    if escaped[0] + "{}" + escaped[1] != template:  # e.g. "{:}": an empty spec is still a spec
+        raise ValueError(f"template {shown} has a format spec or conversion; a template is text around exactly one '{{}}'")
+    return prefix, suffix
 
 
 def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:

@@ -44,9 +44,25 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..console import report_error
-from . import bench, cache, classify, common, delete, evaluate, finetune, index, models, search, serve
+from . import (
+    bench,
+    cache,
+    classify,
+    common,
+    dedup,
+    delete,
+    evaluate,
+    export,
+    finetune,
+    index,
+    map,
+    models,
+    score,
+    search,
+    serve,
+)
 
-COMMANDS = (index, search, delete, classify, evaluate, finetune, serve, models, cache, bench)
+COMMANDS = (index, search, delete, dedup, export, map, score, classify, evaluate, finetune, serve, models, cache, bench)
 """The command modules, in the order ``clip-embeddings --help`` lists them."""
 
 

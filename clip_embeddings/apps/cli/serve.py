@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     group.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
     group.add_argument("--root-path", default="", metavar="PREFIX",
                        help="the path prefix a reverse proxy serves this under, e.g. /clip (default: none)")
+    group.add_argument("--allowed-hosts", nargs="+", metavar="NAME", default=None,
+                       help="Host header names to answer to, '*' for any (default: localhost, 127.0.0.1, ::1 and "
+                            "--host; any name when --host is 0.0.0.0): DNS rebinding cannot reach a loopback server")
     group.add_argument("--token", default=None,
                        help="require Authorization: Bearer TOKEN on API calls (default: $CLIP_EMBEDDINGS_TOKEN, else none)")
     group = p.add_argument_group("limits")
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve one loaded model (and a collection) over HTTP until interrupted."""
     try:
         from ..server import ServeLimits, serve
+        from ..server.limits import default_allowed_hosts
     except ImportError as e:
         raise UsageError(f"serve needs the serve extra ({e.name} is missing): pip install 'clip-embeddings[serve]'") from None
     if (args.location is None) != (args.collection is None):
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_items=args.max_items,
         max_templates=args.max_templates, max_prompts=args.max_prompts, max_prompt_chars=args.max_prompt_chars,
         max_urls=args.max_urls, token=token, allow_private_urls=args.allow_private_urls,
+        allowed_hosts=tuple(args.allowed_hosts) if args.allowed_hosts else default_allowed_hosts(args.host),
     )
     where = f"{args.db} collection {args.collection!r} at {args.location}" if store is not None else "no collection"
     print(f"serving {ef.model_name} ({where}) on http://{args.host}:{args.port}/", file=sys.stderr)

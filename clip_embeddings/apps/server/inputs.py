@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,9 @@ class Body:
 
 
 _URL = re.compile(r"^https?://", re.IGNORECASE)
+# Metadata keys the library writes itself: a `where` on them would let a client probe for paths
+# (`source`) or content (`digest`), so only the user's own keys are searchable.
+RESERVED_KEYS = frozenset({"item_id", "modality", "digest", "source", "document"})
 _LIST_FIELDS = ("texts", "labels", "templates")  # form fields that may repeat
 
 
@@ -77,10 +81,7 @@ async def read_body(request: Request, max_items: int) -> Body:
 def _read_json(raw: bytes) -> Body:
     if not raw.strip():
         return Body()
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"malformed JSON: {e}") from None
+    doc = parse_json(raw, "the request body")
     if not isinstance(doc, dict):
         raise BadRequest(f"the request body must be a JSON object, not {type(doc).__name__}")
     images = doc.pop("images", None)
@@ -94,6 +95,37 @@ def _read_json(raw: bytes) -> Body:
         if name in doc:
             doc[name] = string_list(doc[name], name)
     return Body(doc, [_json_image(i, image) for i, image in enumerate(images)])
+
+
+def parse_json(raw: bytes | str, what: str) -> Any:
+    """Strict JSON: no ``NaN``/``Infinity`` (nor numbers that overflow to them), bounded nesting.
+
+    Example:
+        >>> parse_json('{"k": 3}', "body")
+        {'k': 3}
+        >>> try:
+        ...     parse_json('{"k": Infinity}', "body")
+        ... except BadRequest as e:
+        ...     print(e.status, e)
+        400 body: malformed JSON (Infinity is not a JSON number)
+    """
+    try:
+        return json.loads(raw, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:
+        raise BadRequest(f"{what}: malformed JSON (nested too deeply)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"{what}: malformed JSON ({e})") from None
+
+
+def _not_a_number(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return value
 
 
 def _json_image(i: int, image: Any) -> ImageInput:
@@ -164,7 +196,7 @@ def integer(body: Body, name: str, default: int, low: int, high: int) -> int:
     value = body.get(name, default)
     try:
         number = int(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = None
     if number is None or not low <= number <= high or (isinstance(value, float) and value != number):
         raise BadRequest(f"{name} must be an integer from {low} to {high}, got {_short(value)}")
@@ -172,8 +204,9 @@ def integer(body: Body, name: str, default: int, low: int, high: int) -> int:
 
 
 def choice(body: Body, name: str, default: str, options: tuple[str, ...]) -> str:
+    """A string field that must be one of ``options``."""
     value = body.get(name, default)
-    if value not in options:
+    if not isinstance(value, str) or value not in options:
         raise BadRequest(f"{name} must be one of {', '.join(options)}, got {_short(value)}")
     return value
 
@@ -184,16 +217,16 @@ def where_filter(body: Body) -> dict[str, Any] | None:
     if where in (None, "", {}):
         return None
     if isinstance(where, str):
-        try:
-            where = json.loads(where)
-        except ValueError as e:
-            raise BadRequest(f"where: malformed JSON ({e})") from None
+        where = parse_json(where, "where")
     # Only plain exact matches: a raw filter string would reach a database's query language.
     if not isinstance(where, dict) or not all(isinstance(k, str) for k in where):
         raise BadRequest("where must be an object of exact matches, e.g. {\"album\": \"space\"}")
     for key, value in where.items():
-        if not isinstance(value, (str, int, float, bool)):
-            raise BadRequest(f"where[{key!r}] must be a string, number or boolean, got {_short(value)}")
+        if key in RESERVED_KEYS or key.startswith("$") or not key:
+            raise BadRequest(f"where: {_short(key)} is not a metadata key you can search on (the library's own "
+                             "keys and operators are not)")
+        if not isinstance(value, (str, int, float, bool)) or (isinstance(value, float) and not math.isfinite(value)):
+            raise BadRequest(f"where[{_short(key)}] must be a string, number or boolean, got {_short(value)}")
     return where
 
 

@@ -6,6 +6,27 @@ from dataclasses import dataclass
 
 from ...inputs.options import LoaderOptions
 
+#: The names a loopback server answers to by default (``serve`` adds the address it binds).
+LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+
+
+def default_allowed_hosts(bound: str) -> tuple[str, ...]:
+    """The ``Host`` names a server bound to ``bound`` answers to unless told otherwise.
+
+    Loopback names plus the bound address; a server bound to every interface (``0.0.0.0``,
+    ``::``) is meant to be reached under names it cannot know, so it answers to any (pass
+    ``--allowed-hosts`` to narrow it).
+
+    Example:
+        >>> default_allowed_hosts("127.0.0.1"), default_allowed_hosts("0.0.0.0")
+        (('localhost', '127.0.0.1', '::1'), ('*',))
+        >>> default_allowed_hosts("192.168.1.20")
+        ('localhost', '127.0.0.1', '::1', '192.168.1.20')
+    """
+    if bound in ("0.0.0.0", "::", ""):
+        return ("*",)
+    return LOOPBACK_NAMES + ((bound.strip("[]").lower(),) if bound.strip("[]").lower() not in LOOPBACK_NAMES else ())
+
 
 @dataclass(frozen=True)
 class ServeLimits:
@@ -23,6 +44,8 @@ class ServeLimits:
         max_prompts: most labels x templates in one ``/classify`` request: the texts it encodes (413).
         max_prompt_chars: the longest label, and the longest label written into a template (413).
         max_urls: most image URLs in one request, each fetched for up to ``url_timeout`` (413).
+        allowed_hosts: the ``Host`` names served (400 for others; ``"*"`` for any): DNS rebinding
+            cannot reach a loopback server under a web page's own name.
         token: when set, every API route needs ``Authorization: Bearer <token>`` (401 otherwise).
         allow_private_urls: let image URLs reach loopback and private addresses (off: no SSRF).
         url_timeout: seconds to fetch one image URL.
@@ -43,6 +66,7 @@ class ServeLimits:
     max_prompts: int = 512
     max_prompt_chars: int = 1_000
     max_urls: int = 16
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
     token: str | None = None
     allow_private_urls: bool = False
     url_timeout: float = 10.0

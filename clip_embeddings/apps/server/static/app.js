@@ -105,7 +105,7 @@ drop.addEventListener("drop", (event) => {
 $("file").addEventListener("change", () => { if ($("file").files[0]) searchFile($("file").files[0]); });
 
 call("health").then((r) => r.json()).then((h) => {
-  const model = h.model.split("/").pop();  // a checkpoint path: its file name says enough
+  const model = h.model || "";  // absent when /health is asked without the token
   $("collection").textContent = h.collection
     ? h.collection.name + " · " + h.collection.count + " record(s) · " + model
     : model + " (no collection)";

@@ -1,0 +1,105 @@
+"""Run time of ``Store.duplicates`` on 10,000 vs 100,000 vectors: does it grow about linearly?
+
+Each size runs in a fresh subprocess: a store is filled with synthetic 512-d vectors (around
+``clusters`` centres, with a near copy after every tenth; written straight through
+``Store._write``, no model run), then ``duplicates`` runs once and is timed. The job makes one
+nearest-neighbour query per image, so its cost is linear in the collection times the database's
+query cost: Chroma's HNSW keeps that near-constant; local Qdrant and an unindexed LanceDB table
+search by brute force, so there it grows with the collection (pass ``--kinds`` to see it).
+
+Run: ``.venv/bin/python benchmarks/bench_duplicates.py --sizes 10000 100000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _collection as cc
+import _common as c  # noqa: I001
+
+COPY_EVERY = 10
+
+
+def child(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-dups-"))
+    try:
+        start = time.perf_counter()
+        store = cc.filled_store(args.kind, work / "db", args.n, args.data_dir, clusters=args.clusters,
+                                copy_every=COPY_EVERY)
+        filled = time.perf_counter() - start
+        c.reset_peak_rss()
+        start = time.perf_counter()
+        report = store.duplicates(threshold=0.99)
+        seconds = time.perf_counter() - start
+        print(json.dumps({"kind": args.kind, "n": args.n, "fill_seconds": filled, "seconds": seconds,
+                          "us_per_image": 1e6 * seconds / args.n, "groups": len(report.groups),
+                          "planted_pairs": cc.planted_pairs(args.n, COPY_EVERY), "peak_rss_mb": c.peak_rss_mb()}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args) -> dict | None:
+    if getattr(args, "child", False):
+        child(args)
+        return None
+    cc.embedding_function(args.data_dir)
+    runs = []
+    for kind in args.kinds:
+        for n in args.sizes:
+            print(f"[duplicates] {kind}: {n} vectors in a fresh process", flush=True)
+            cmd = [sys.executable, __file__, "--child", "--n", str(n), "--kind", kind, "--clusters", str(args.clusters),
+                   "--data-dir", str(args.data_dir)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"child for {kind} n={n} failed:\n{done.stderr[-3000:]}")
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  {json.dumps(runs[-1])}", flush=True)  # each size as it finishes: the large one takes long
+    growth = {}
+    for kind in args.kinds:
+        mine = [r for r in runs if r["kind"] == kind]
+        small, large = mine[0], mine[-1]
+        growth[kind] = {"size_ratio": large["n"] / small["n"], "time_ratio": large["seconds"] / small["seconds"]}
+    return {"environment": c.environment(), "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
+            "growth": growth}
+
+
+def print_results(result: dict) -> None:
+    cols = [("database", "kind", str), ("vectors", "n", str), ("seconds", "seconds", lambda v: f"{v:.1f}"),
+            ("us/image", "us_per_image", lambda v: f"{v:.0f}"), ("groups", "groups", str),
+            ("planted pairs", "planted_pairs", str), ("peak RSS MB", "peak_rss_mb", lambda v: f"{v:.0f}")]
+    c.print_table("Duplicates run time (each size in a fresh process)", result["runs"], cols)
+    for kind, g in result["growth"].items():
+        print(f"  {kind}: {g['size_ratio']:.0f}x the vectors took {g['time_ratio']:.1f}x the time")
+
+
+def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    parser.add_argument(f"--{prefix}sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument(f"--{prefix}kinds", nargs="+", default=["chroma"])
+    parser.add_argument(f"--{prefix}clusters", type=int, default=200)
+
+
+def apply_quick(args) -> None:
+    if getattr(args, "quick", False):
+        args.sizes = [1000, 10_000]
+
+
+def main(argv=None) -> dict | None:
+    def extra_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--quick", action="store_true", help="1,000 vs 10,000 vectors")
+        parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA)
+        parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+        parser.add_argument("--kind", help=argparse.SUPPRESS)
+
+    return c.run_script(sys.modules[__name__], "duplicates", argv, extra_arguments)
+
+
+if __name__ == "__main__":
+    main()
