@@ -28,12 +28,12 @@ import numpy as np
 
 from ..collection import query as compound
 from ..collection import sync as folder_sync
-from ..collection.query import Item
-from ..collection.records import expand_tags, matches
 from ..collection.duplicates import DuplicateReport, find_duplicates, remove_duplicates
 from ..collection.export import ExportReport
 from ..collection.export import export as export_collection
 from ..collection.map import MapReport, render_map
+from ..collection.query import Item
+from ..collection.records import expand_tags, matches
 from ..config import check_on_error
 from ..embedding.function import ClipEF
 from ..embedding.pipeline import ImageResult, OnError, SkippedItem
