@@ -14,26 +14,22 @@ with row id ``"<item id>"`` for the image and ``"<item id>:text"`` for the text.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from ..collection import query as compound
 from ..collection import sync as folder_sync
 from ..collection.duplicates import DuplicateReport, find_duplicates, remove_duplicates
 from ..collection.export import ExportReport
 from ..collection.export import export as export_collection
 from ..collection.map import MapReport, render_map
-from ..collection.query import Item
-from ..collection.records import expand_tags, matches
+from ..collection.records import matches
 from ..config import check_on_error
 from ..embedding.function import ClipEF
 from ..embedding.pipeline import ImageResult, OnError, SkippedItem
@@ -43,55 +39,20 @@ from ..inputs.folders import IMAGE_EXTENSIONS
 from ..inputs.options import ImageLike
 from ..inputs.user_files import FolderFile, Refused, walk_folder
 from ..tasks.tags import Tagger, as_tagger
+from .querying import Querying
 from .report import IngestReport
-
-Modality = Literal["image", "text"]
-_NAMESPACE = uuid.UUID("9b1f6c1e-3c1a-4f51-9a57-2f0e6c0c1ce5")  # fixed forever: ids must be stable
-
-
-def item_id(modality: Modality, digest: str) -> str:
-    """The content-derived id of an item: a UUID (every database accepts those), stable across runs."""
-    return str(uuid.uuid5(_NAMESPACE, f"{modality}:{digest}"))
-
-
-def text_digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-TEXT_ROW = ":text"  # suffix of text and caption rows; an item id may not end with it
-RESERVED_METADATA = frozenset({"item_id", "modality", "digest", "source", "document"})  # written by us
-
-
-def row_id(item: str, modality: Modality) -> str:
-    """Row ids for databases with one vector per row: the image row keeps the item id.
-
-    The text row is ``"<item>:text"``; an item id ending in ``":text"`` is refused, so an image
-    row can never take another item's text row (rows written before stay readable: same scheme).
-
-    Example:
-        >>> row_id("cat", "image"), row_id("cat", "text")
-        ('cat', 'cat:text')
-    """
-    check_item_id(item)
-    return item if modality == "image" else f"{item}{TEXT_ROW}"
-
-
-def check_item_id(item: object, where: str = "") -> None:
-    """Refuse an id no store can hold safely: not a non-empty str, or ending with ``":text"``."""
-    prefix = f"{where}: " if where else ""
-    if not isinstance(item, str) or not item:
-        raise ValueError(f"{prefix}an item id must be a non-empty str, not {item!r}")
-    if item.endswith(TEXT_ROW):
-        raise ValueError(f"{prefix}item id {item!r} ends with {TEXT_ROW!r}, which marks text and caption rows "
-                         f"(another item's caption is stored as '<id>{TEXT_ROW}'); choose another id")
-
-
-def check_metadata(metadata: Mapping[str, Any] | None, where: str = "") -> None:
-    """Refuse metadata keys the library stores itself (every database alike)."""
-    clash = sorted(set(metadata or {}) & RESERVED_METADATA)
-    if clash:
-        raise ValueError(f"{where + ': ' if where else ''}metadata key(s) {clash} are reserved by clip-embeddings "
-                         f"(it stores {sorted(RESERVED_METADATA)} itself); rename them")
+from .rows import (  # noqa: F401 - re-exported: the adapters and users import them from base
+    RESERVED_METADATA,
+    TEXT_ROW,
+    Hit,
+    Modality,
+    Record,
+    check_item_id,
+    check_metadata,
+    item_id,
+    row_id,
+    text_digest,
+)
 
 
 def _check_inputs(ids: Sequence[str] | None, metadatas: Sequence[Mapping[str, Any] | None] | None) -> None:
@@ -99,31 +60,6 @@ def _check_inputs(ids: Sequence[str] | None, metadatas: Sequence[Mapping[str, An
         check_item_id(item, f"item {i}")
     for i, meta in enumerate(metadatas or ()):
         check_metadata(meta, f"item {i}")
-
-
-@dataclass
-class Record:
-    """One vector to store, with everything a search result should carry back."""
-
-    id: str  # the item id
-    modality: Modality
-    vector: np.ndarray | None  # None only from a scan without vectors
-    digest: str
-    source: str | None = None  # where an image came from: path, URL, or a description
-    document: str | None = None  # the text, or an image's caption
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Hit:
-    """A search result: higher ``score`` is closer (cosine similarity)."""
-
-    id: str
-    score: float
-    modality: Modality
-    source: str | None
-    document: str | None
-    metadata: dict[str, Any]
 
 
 @dataclass
@@ -136,7 +72,7 @@ class _Entry:
     metadata: dict[str, Any] | None = None
 
 
-class Store(ABC):
+class Store(Querying, ABC):
     """A collection of CLIP embeddings in some database, queried across modalities.
 
     Example:
@@ -529,70 +465,6 @@ class Store(ABC):
             self._delete(list(stored))
         return len({item for item, _ in stored})
 
-    def query(self, text: str | ImageLike | list | Item | None = None, *, image: ImageLike | None = None,
-              k: int = 5, modality: Modality = "image", where: dict[str, Any] | None = None,
-              min_score: float | None = None) -> list[Hit]:
-        """Nearest stored items of ``modality`` to a text, an image, or a compound query.
-
-        A ``str`` is always a text; pass paths and URLs as ``image=`` (a ``Path``, PIL image, array
-        or bytes may also go first). text→image: ``query("a dog")``; image→image:
-        ``query(image="dog.jpg")``; image→text: ``query(image="dog.jpg", modality="text")``.
-        A list is a compound query (:mod:`clip_embeddings.collection.query`): weighted texts,
-        images and stored :class:`Item` ids, combined as ``normalize(sum w_i e_i)``. Hits scoring
-        below ``min_score`` (cosine similarity) are dropped.
-
-        Example:
-            >>> store.query(["a beach", ("people", -1.0), Path("sunset.jpg")], k=3)  # doctest: +SKIP
-        """
-        if (text is None) == (image is None):
-            raise ValueError("query takes a text or image=..., exactly one of them")
-        if compound.is_compound(text):
-            vector = compound.query_vector(self, compound.as_terms(text))
-        elif isinstance(text, str):
-            vector = self.ef.embed_texts([text])[0]
-        else:
-            vector = self.ef.encode_images([image if image is not None else text], on_error="raise").embeddings[0]
-        return self.search(vector, k=k, modality=modality, where=where, min_score=min_score)
-
-    def more_like(self, items: str | Sequence[str], *, unlike: Sequence[str] = (), k: int = 5,
-                  modality: Modality = "image", where: dict[str, Any] | None = None,
-                  min_score: float | None = None) -> list[Hit]:
-        """Items like the stored ``items`` (and unlike ``unlike``), never those items themselves.
-
-        The query is ``normalize(sum of their vectors - sum of the unlike ones)``, as a compound
-        query of :class:`Item` terms with weights +1 and -1 (Qdrant's recommend, by id).
-
-        Example:
-            >>> [h.id for h in store.more_like(report.ids[0], k=3)]  # doctest: +SKIP
-        """
-        items = [items] if isinstance(items, str) else list(items)
-        terms = [compound.Term(Item(i), 1.0, "item") for i in items]
-        terms += [compound.Term(Item(i), -1.0, "item") for i in unlike]
-        excluded = set(items) | set(unlike)
-        hits = self.search(compound.query_vector(self, terms), k=k + len(excluded), modality=modality,
-                           where=where, min_score=min_score)
-        return [h for h in hits if h.id not in excluded][:k]
-
-    def search(self, vector: np.ndarray, *, k: int = 5, modality: Modality = "image",
-               where: dict[str, Any] | None = None, min_score: float | None = None) -> list[Hit]:
-        """Nearest stored records of ``modality`` to a unit vector already computed (a server batches those).
-
-        ``where={"tag": label}`` keeps items tagged ``label`` in every database; see
-        :mod:`clip_embeddings.collection.records`.
-
-        Example:
-            >>> store.search(ef.embed_texts(["a cat"])[0], k=3, min_score=0.2)  # doctest: +SKIP
-        """
-        if modality not in ("image", "text"):
-            raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
-        hits = self._search(np.asarray(vector, np.float32), k, modality, expand_tags(where))
-        return hits if min_score is None else [h for h in hits if h.score >= min_score]
-
-    def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
-        """The stored vectors of these (item id, modality) records; databases override this scan."""
-        wanted = set(keys)
-        return {(r.id, r.modality): r.vector for r in self.records() if (r.id, r.modality) in wanted}
-
     def records(self, modality: Modality | None = None, *, batch_size: int = 512,
                 with_vectors: bool = True) -> Iterator[Record]:
         """Every stored record (of ``modality``), read ``batch_size`` at a time: memory stays bounded.
@@ -656,17 +528,6 @@ class Store(ABC):
         return render_map(self, path, projection=projection, clusters=clusters, vocabulary=vocabulary, thumb=thumb,
                           html_page=html, progress=progress)
 
-    def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
-        """The stored record of item id ``item`` (source, caption, metadata), or ``None``.
-
-        Example:
-            >>> store.get_item(report.ids[0]).source  # doctest: +SKIP
-            '/photos/cat.jpg'
-        """
-        probe = np.zeros(self.ef.dim, np.float32)
-        probe[0] = 1.0  # any unit vector: the filter on the id does the finding
-        hits = self._search(probe, 1, modality, {"item_id": item})
-        return hits[0] if hits and hits[0].id == item else None
 
 
 def scan_modalities(modality: Modality | None) -> tuple[Modality, ...]:
