@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     document = {
         "command": "search", "db": args.db, "location": args.location, "collection": args.collection,
         "query": ({"image": args.image} if args.image is not None else {"like": args.like, "unlike": args.unlike}
-                  if args.like else {"text": args.query, "terms": [str(t) for t in terms or []]}),
+                  if args.like else {"text": args.query, **({"terms": [str(t) for t in terms]} if terms else {})}),
         "min_score": args.min_score, "tags": args.tag or [],
         "modality": args.modality, "k": args.k,
         "hits": [{"rank": rank, "id": h.id, "score": h.score, "source": h.source, "document": h.document,
