@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -335,3 +336,15 @@ def test_any_captions_file_parses_or_names_itself(tmp_path, data, suffix):
         assert str(e).startswith(f"captions file {path}: ")
     else:
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in captions.items())
+
+
+def test_a_relative_pathlib_path_is_read_not_held_to_a_folder(tmp_path, monkeypatch):
+    """A pathlib.Path has a ``root`` attribute ("" when relative); only a walked FolderFile is held to a folder."""
+    from clip_embeddings.inputs.sources import read_image_source
+
+    photo = Path(__file__).resolve().parent.parent / "examples" / "images" / "cat.jpg"
+    (tmp_path / "class").mkdir()
+    shutil.copy(photo, tmp_path / "class" / "cat.jpg")
+    monkeypatch.chdir(tmp_path)
+    raw = read_image_source(Path("class/cat.jpg"))
+    assert raw.data == photo.read_bytes()

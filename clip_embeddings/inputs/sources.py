@@ -54,7 +54,7 @@ from .options import (
     is_url,
     too_big,
 )
-from .user_files import Refused, read_regular_file
+from .user_files import FolderFile, Refused, read_regular_file
 
 # ---------------------------------------------------------------------------------------------
 # Reading
@@ -132,7 +132,10 @@ def read_image_source(item: ImageLike, options: LoaderOptions = DEFAULT_OPTIONS)
 def _read_file(path: str | os.PathLike, source: str, options: LoaderOptions) -> bytes:
     """A local file under the one rule for user files (:mod:`clip_embeddings.inputs.user_files`)."""
     try:
-        data = read_regular_file(path, options.max_bytes, root=getattr(path, "root", None),
+        # Only a file found by walking a folder is held to that folder; a pathlib.Path has a
+        # ``root`` attribute too ("" or "/"), which is no such folder.
+        root = path.root if isinstance(path, FolderFile) else None
+        data = read_regular_file(path, options.max_bytes, root=root,
                                  too_big=lambda size: too_big("file", size, options))
     except Refused as e:
         raise ImageLoadError(e.reason, source=source) from None
