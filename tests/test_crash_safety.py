@@ -268,9 +268,7 @@ def test_sigkill_mid_ingest_then_rerun_stores_everything_once(crash_runs, kind):
 _CACHE_HAMMER = r"""
 import importlib.util, sys
 import numpy as np
-spec = importlib.util.spec_from_file_location("cache", sys.argv[1])  # cache.py alone: no torch import
-cache = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cache)
+from clip_embeddings.embedding import cache  # argv[1] names the module (it imports the package's errors)
 c = cache.EmbeddingCache(sys.argv[2])
 log = open(sys.argv[3], "a", buffering=1)
 for batch in range(10_000):
@@ -283,7 +281,7 @@ for batch in range(10_000):
 def test_cache_survives_sigkill_mid_transaction(tmp_path):
     """A process killed while writing the cache leaves whole transactions only, and a usable file."""
     path, progress = tmp_path / "cache.sqlite3", tmp_path / "progress.txt"
-    proc = subprocess.Popen([sys.executable, "-c", _CACHE_HAMMER, str(ROOT / "clip_embeddings" / "cache.py"),
+    proc = subprocess.Popen([sys.executable, "-c", _CACHE_HAMMER, "clip_embeddings.embedding.cache",
                              str(path), str(progress)], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     try:
