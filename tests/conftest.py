@@ -234,12 +234,13 @@ class Planted:
         self.groups = {frozenset(by_path[str(p)] for p in g) for g in groups if len(g) > 1}
         self.originals = {by_path[str(g[0])] for g in groups}
 
-    def store(self, kind: str, location: Path):
+    def store(self, kind: str, location: Path, only: set[str] | None = None):
+        """A ``kind`` store at ``location`` holding the planted records (those in ``only`` if given)."""
         import clip_embeddings as ce
         from clip_embeddings.adapters import open_store
 
         store = open_store(kind, str(location), "planted", ce.ClipEF(self.model, cache=False))
-        store.write_records(self.records)
+        store.write_records([r for r in self.records if only is None or r.id in only])
         return store
 
 

@@ -22,7 +22,9 @@ How near duplicates are found, in order:
    there is called a copy, however high the similarities; a re-encoded or resized copy sits far
    closer to its original than anything else does. (If all ``k`` neighbours fetched but the last
    are copies, the search is repeated with a larger ``k``, up to ``max_k``.) Limit: distinct shots that are all
-   far closer to each other than to anything else, and within the cut-off, still group together.
+   far closer to each other than to anything else, and within the cut-off, still group together;
+   and since the guard judges an image by its neighbours, a pass after a deletion can pair two
+   pictures whose deleted copies used to sit between them.
 4. **Groups.** Kept pairs and same-digest images are joined into connected components
    (union-find). Each group is sorted best first, and its first member is the suggested keeper:
    the largest resolution (``width``/``height`` metadata, else the local file's header), then the
