@@ -114,11 +114,12 @@ def grid_cells(points: np.ndarray, columns: int, rows: int) -> list[tuple[int, i
     """Each point's (column, row): the free cell nearest its position scaled to the grid.
 
     Points are placed in order of distance from the layout's centre, each in the nearest cell
-    not yet taken (searched ring by ring), so no two share a cell.
+    not yet taken (searched ring by ring), so no two share a cell; of equally near cells, the
+    smaller (column, row) wins.
 
     Example:
         >>> grid_cells(np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]), 2, 2)
-        [(0, 0), (1, 0), (1, 1)]
+        [(0, 0), (0, 1), (1, 1)]
     """
     if len(points) > columns * rows:
         raise ValueError(f"{len(points)} images do not fit a {columns} x {rows} grid")
