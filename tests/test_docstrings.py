@@ -3,10 +3,11 @@
 The examples are documentation first: they show what a user writes (``ClipEF()``, ``"cat.jpg"``,
 ``open_store("chroma", "photos.db", "photos")``). So each module's examples run as a user would run
 them, in a fresh working folder that holds a few real photos (``cat.jpg``, ``rocket.jpg``, ...)
-and a folder ``photos/`` (a copy of ``examples/images``: seven photos and their captions), with ``$CLIP_WEIGHTS`` naming a tiny random CLIP that has
-ViT-B/32's 512-d embeddings: ``ClipEF()`` loads it in milliseconds and shapes print as they do
-with the real weights. A few names that examples use without defining (``ef``, ``store``, ...)
-come from :data:`NAMESPACE`, built only for a module whose examples mention them.
+and a folder ``photos/`` (a copy of ``examples/images``: seven photos and their captions), with
+``$CLIP_WEIGHTS`` naming a tiny random CLIP that has ViT-B/32's 512-d embeddings: ``ClipEF()``
+loads it in milliseconds and shapes print as they do with the real weights. A few names that
+examples use without defining (``ef``, ``store``, ...) come from :data:`NAMESPACE`, built only
+for a module whose examples mention them.
 
 An example that truly needs the network, a running server, a GPU or the real pretrained weights
 stays marked ``# doctest: +SKIP``.
