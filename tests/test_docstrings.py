@@ -56,7 +56,8 @@ def _ef():
 def _store():
     from clip_embeddings.adapters import open_store
 
-    store = open_store("chroma", "photos.db", "photos", _ef())
+    # An absolute path: Chroma keeps one client per path string, and each docstring has its own folder.
+    store = open_store("chroma", str(Path("photos.db").resolve()), "photos", _ef())
     store.index_folder("photos")
     return store
 
@@ -68,6 +69,13 @@ NAMESPACE: dict[str, Callable[[], object]] = {
 }
 
 
+def _working_folder(path: Path) -> Path:
+    shutil.copytree(EXAMPLES, path / "photos")
+    for photo in PHOTOS:
+        shutil.copy(EXAMPLES / photo, path / photo)
+    return path
+
+
 def _examples(module) -> list[doctest.DocTest]:
     return [t for t in doctest.DocTestFinder(exclude_empty=True).find(module) if t.examples]
 
@@ -77,18 +85,16 @@ def test_docstring_examples(name, doc_weights, tmp_path, monkeypatch):
     module = importlib.import_module(name)
     tests = _examples(module)
     assert tests, f"{name} has '>>>' in its source but no example doctest finds"
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CLIP_WEIGHTS", str(doc_weights))
     monkeypatch.setenv("CLIP_AUTO_PROBE", "0")  # the table's decision; no background probe threads
-    shutil.copytree(EXAMPLES, tmp_path / "photos")
-    for photo in PHOTOS:
-        shutil.copy(EXAMPLES / photo, tmp_path / photo)
-    source = "\n".join(e.source for t in tests for e in t.examples)
-    extra = {k: make() for k, make in NAMESPACE.items() if re.search(rf"\b{k}\b", source)}
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     failures = []
-    for test in tests:
-        test.globs.update({k: v for k, v in extra.items() if k not in test.globs})
+    for n, test in enumerate(tests):
+        # Each docstring starts afresh: its own folder and store, as a reader trying it would.
+        monkeypatch.chdir(_working_folder(tmp_path / str(n)))
+        source = "\n".join(e.source for e in test.examples)
+        test.globs.update({k: make() for k, make in NAMESPACE.items()
+                           if k not in test.globs and re.search(rf"\b{k}\b", source)})
         out: list[str] = []
         result = runner.run(test, out=out.append, clear_globs=True)
         if result.failed:

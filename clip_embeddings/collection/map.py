@@ -176,9 +176,11 @@ def render_map(store: StoreLike, path: str | os.PathLike, *, projection: str = "
     class names. Raises :class:`~clip_embeddings.errors.EmptyCollectionError` with no images.
 
     Example:
-        >>> report = render_map(store, "map.png", clusters=4)  # doctest: +SKIP
-        >>> report.clusters[0]["words"]  # doctest: +SKIP
-        ['tabby cat', 'Egyptian Mau']
+        >>> report = render_map(store, "map.png", clusters=3, vocabulary=["cat", "rocket", "coffee", "galaxy"])
+        >>> len(report.clusters), len(report.placements), Image.open("map.png").format
+        (3, 7, 'PNG')
+        >>> report.clusters[0]["words"]  # the vocabulary entries nearest the cluster's centre
+        ['...', ...]
     """
     require_records(store, "image", "map")
     ids, sources, rows = [], [], []
