@@ -3,7 +3,8 @@
 The examples are documentation first: they show what a user writes (``ClipEF()``, ``"cat.jpg"``,
 ``open_store("chroma", "photos.db", "photos")``). So each module's examples run as a user would run
 them, in a fresh working folder that holds a few real photos (``cat.jpg``, ``rocket.jpg``, ...)
-and a folder ``photos/`` (a copy of ``examples/images``: seven photos and their captions), with
+a folder ``photos/`` (a copy of ``examples/images``: seven photos and their captions) and an
+ImageFolder dataset ``data/val/<class>/``, with
 ``$CLIP_WEIGHTS`` naming a tiny random CLIP that has ViT-B/32's 512-d embeddings: ``ClipEF()``
 loads it in milliseconds and shapes print as they do with the real weights. A few names that
 examples use without defining (``ef``, ``store``, ...) come from :data:`NAMESPACE`, built only
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -66,6 +68,7 @@ def _store():
 NAMESPACE: dict[str, Callable[[], object]] = {
     "ef": _ef,
     "store": _store,
+    "weights": lambda: os.environ["CLIP_WEIGHTS"],  # a checkpoint path, where an example names one
 }
 
 
@@ -73,6 +76,9 @@ def _working_folder(path: Path) -> Path:
     shutil.copytree(EXAMPLES, path / "photos")
     for photo in PHOTOS:
         shutil.copy(EXAMPLES / photo, path / photo)
+    for label in ("cat", "coffee", "rocket"):  # an ImageFolder dataset: one subfolder per class
+        (path / "data" / "val" / label).mkdir(parents=True)
+        shutil.copy(EXAMPLES / f"{label}.jpg", path / "data" / "val" / label)
     return path
 
 
