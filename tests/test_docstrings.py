@@ -98,7 +98,7 @@ def test_docstring_examples(name, doc_weights, tmp_path, monkeypatch):
     for n, test in enumerate(tests):
         # Each docstring starts afresh: its own folder and store, as a reader trying it would.
         monkeypatch.chdir(_working_folder(tmp_path / str(n)))
-        source = "\n".join(e.source for e in test.examples)
+        source = "\n".join(e.source for e in test.examples if not e.options.get(doctest.SKIP))
         test.globs.update({k: make() for k, make in NAMESPACE.items()
                            if k not in test.globs and re.search(rf"\b{k}\b", source)})
         out: list[str] = []

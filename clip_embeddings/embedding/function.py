@@ -112,10 +112,11 @@ class ClipEF:
 
     Example:
         >>> import clip_embeddings as ce
-        >>> ef = ce.ClipEF("ViT-B/32")  # doctest: +SKIP
-        >>> ef.embed_texts(["a photo of a cat"]).shape  # doctest: +SKIP
+        >>> ef = ce.ClipEF()  # ViT-B/32, or the weights $CLIP_WEIGHTS names
+        >>> ef.embed_texts(["a photo of a cat"]).shape
         (1, 512)
-        >>> collection = chroma_client.create_collection("photos", embedding_function=ef)  # doctest: +SKIP
+        >>> import chromadb
+        >>> collection = chromadb.EphemeralClient().create_collection("photos", embedding_function=ef)
     """
 
     def __init__(
@@ -220,8 +221,8 @@ class ClipEF:
         """The shared model behind this function (loaded on first use), checked against the collection's.
 
         Example:
-            >>> ClipEF().loaded_model().precision  # doctest: +SKIP
-            'fp32'
+            >>> ClipEF(dtype="fp32").loaded_model().precision  # and the rewrites this CPU runs, e.g. '+onednn'
+            'fp32...'
         """
         return self._loaded()
 
@@ -251,8 +252,8 @@ class ClipEF:
         ``reason`` says why it chose what it did. Loads the model if it is not loaded yet.
 
         Example:
-            >>> ClipEF().runtime_info()["precision"]  # doctest: +SKIP
-            'bf16+onednn'
+            >>> ClipEF().runtime_info()["precision"]  # what dtype="auto" chose on this machine
+            '...'
         """
         return dict(self._loaded().runtime)
 
@@ -279,7 +280,7 @@ class ClipEF:
         text, so short captions cost a fraction of the full 77-token context.
 
         Example:
-            >>> ClipEF().embed_texts(["a dog", "a cat"]).shape  # doctest: +SKIP
+            >>> ClipEF().embed_texts(["a dog", "a cat"]).shape
             (2, 512)
         """
         for i, text in enumerate(texts):
@@ -330,7 +331,8 @@ class ClipEF:
         :meth:`encode_images` to know which rows are which.
 
         Example:
-            >>> ClipEF().embed_images(["cat.jpg", PIL.Image.open("dog.png")]).shape  # doctest: +SKIP
+            >>> from PIL import Image
+            >>> ClipEF().embed_images(["cat.jpg", Image.open("rocket.jpg")]).shape
             (2, 512)
         """
         result = self.encode_images(images, on_error=on_error)
@@ -343,8 +345,8 @@ class ClipEF:
         """Embed images and say which inputs each row belongs to and which were skipped, and why.
 
         Example:
-            >>> result = ClipEF().encode_images(["cat.jpg", "missing.jpg"], on_error="skip")  # doctest: +SKIP
-            >>> result.indices, [s.reason for s in result.skipped]  # doctest: +SKIP
+            >>> result = ClipEF().encode_images(["cat.jpg", "missing.jpg"], on_error="skip")
+            >>> result.indices, [s.reason for s in result.skipped]
             ([0], ['file not found'])
         """
         on_error = check_on_error(on_error or self.on_error)
@@ -371,8 +373,9 @@ class ClipEF:
         """The image pipeline with this function's model, cache, limits and batching.
 
         Example:
-            >>> for batch in ClipEF().image_pipeline().batches(paths):  # doctest: +SKIP
-            ...     store_somewhere([r.vector for r in batch if r.ok])
+            >>> for batch in ClipEF().image_pipeline().batches(["cat.jpg", "missing.jpg"]):
+            ...     print([r.vector.shape if r.ok else r.reason for r in batch])
+            [(512,), 'file not found']
         """
         if self.server:  # the same reading and guards here; the server's model does the rest
             encoder = self._remote().encoder(self.loader_options, self._expected(), self.batch_size)
@@ -387,8 +390,8 @@ class ClipEF:
         """Embed a list of texts (``str``) and/or images (anything else), keeping the order.
 
         Example:
-            >>> rows = ClipEF()(["a cat", np.zeros((32, 32, 3), np.uint8)])  # doctest: +SKIP
-            >>> len(rows), rows[0].shape  # doctest: +SKIP
+            >>> rows = ClipEF()(["a cat", np.zeros((32, 32, 3), np.uint8)])
+            >>> len(rows), rows[0].shape
             (2, (512,))
         """
         text_at = [i for i, x in enumerate(input) if isinstance(x, str)]
