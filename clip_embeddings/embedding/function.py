@@ -33,7 +33,7 @@ from ..config import (
 from ..core.download import cache_dir
 from ..core.loading import check_model_reference, default_model
 from ..core.tokenizer import get_tokenizer, token_windows
-from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError
+from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError, ServerError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from .cache import CacheWarning, EmbeddingCache
 from .loaded import LoadedModel, shared_model
@@ -234,6 +234,19 @@ class ClipEF:
     def fingerprint(self) -> str:
         """Identifies the weights + preprocessing + normalisation behind these embeddings."""
         return self._remote().check(self._expected())["fingerprint"] if self.server else self._loaded().fingerprint
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned temperature multiplier (``logit_scale.exp()``, 100 for OpenAI's
+        checkpoints): zero-shot probabilities are the softmax of it times the cosines. With a
+        server, the server's model's (from its ``/health``), so nothing is loaded here."""
+        if self.server:
+            health = self._remote().check(self._expected())
+            if "logit_scale" not in health:
+                raise ServerError(f"the embedding server at {self.server} does not report its model's logit_scale "
+                                  "(an older clip-embeddings serve): upgrade it, or run without server=")
+            return float(health["logit_scale"])
+        return float(self._loaded().model.logit_scale.detach().float().exp().item())
 
     def _expected(self) -> tuple[str | None, int | None]:
         """The ``(fingerprint, dim)`` this function's collection was built with, or ``(None, None)``."""

@@ -86,6 +86,7 @@ async def health(request: Request) -> dict:
         collection = {"name": store.name, "kind": type(store).__name__, "count": await service.count()}
     return {
         "status": "ok", "model": model_label(service.ef.model_name), "fingerprint": lm.fingerprint, "dim": lm.dim,
+        "logit_scale": service.ef.logit_scale,
         "precision": lm.precision, "device": str(lm.device), "queue_depth": service.batcher.depth,
         "batching": dataclasses.asdict(service.batcher.stats) | {"max_batch": limits.max_batch,
                                                                  "max_wait_ms": limits.max_wait_ms},
