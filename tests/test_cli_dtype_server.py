@@ -56,7 +56,7 @@ def test_every_command_that_loads_a_model_takes_dtype(capsys):
             pass
         return capsys.readouterr().out
 
-    for command in ("index", "search", "classify", "eval", "serve"):
+    for command in ("index", "search", "classify", "eval", "serve", "score", "dedup", "map", "export", "delete"):
         assert "--dtype" in help_of(command), command
     for command in ("index", "search", "classify"):
         assert "CLIP_EMBEDDINGS_SERVER" in help_of(command), command
@@ -72,10 +72,19 @@ def test_commands_embed_on_the_server_without_loading_a_model(server, tmp_path, 
         (folder / p.name).write_bytes(p.read_bytes())
     db = ["--db", "chroma", "--location", str(tmp_path / "db"), "--collection", "photos"]
     monkeypatch.setenv("CLIP_EMBEDDINGS_SERVER", server)  # the environment variable stands for --server
+    before = set(loaded._registry)
     status, indexed = run_json(["index", str(folder), *db], capsys)
     assert status == 0 and indexed["collection_counts"]["images"] == 3, indexed
     status, found = run_json(["search", "a photo", *db, "-k", "2"], capsys)
     assert status == 0 and len(found["hits"]) == 2
+    assert set(loaded._registry) == before  # no model was loaded in this process for the CLI's calls
+    # The same search with the same weights loaded here ranks the same items, with the same scores.
+    monkeypatch.delenv("CLIP_EMBEDDINGS_SERVER")
+    status, here = run_json(["search", "a photo", *db, "-k", "2", "--model", str(tiny_model_path), "--dtype", "fp32"],
+                            capsys)
+    assert status == 0
+    assert [h["id"] for h in here["hits"]] == [h["id"] for h in found["hits"]]
+    assert [h["score"] for h in here["hits"]] == pytest.approx([h["score"] for h in found["hits"]], abs=1e-5)
     stored = open_store("chroma", str(tmp_path / "db"), "photos")._stored_config()
     assert stored["fingerprint"] == ce.ClipEF(tiny_model_path, device="cpu", cache=False).fingerprint
 
