@@ -30,7 +30,7 @@ from clip_embeddings.apps.server import ServeLimits, create_app  # noqa: E402
 
 FIELDS = {
     "/embed": ["texts", "text", "images", "image", "on_error"],
-    "/search": ["text", "images", "image", "item", "k", "modality", "where", "collection"],
+    "/search": ["text", "images", "image", "item", "k", "modality", "where", "min_score", "collection"],
     "/classify": ["labels", "templates", "images", "k", "on_error"],
     "/query": ["query", "terms", "more_like", "unlike", "images", "k", "modality", "where", "min_score", "collection"],
 }
