@@ -213,7 +213,7 @@ def combine(weights: Sequence[float], vectors: Sequence[Any]) -> np.ndarray:
     Raises ``ValueError`` when the terms cancel out (or a weight is not a finite number).
 
     Example:
-        >>> combine([2.0, -1.0], [np.array([1.0, 0.0]), np.array([0.0, 1.0])]).round(3).tolist()
+        >>> [round(float(x), 3) for x in combine([2.0, -1.0], [np.array([1.0, 0.0]), np.array([0.0, 1.0])])]
         [0.894, -0.447]
     """
     if not all(np.isfinite(w) for w in weights):
