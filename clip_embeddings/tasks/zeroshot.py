@@ -210,8 +210,9 @@ def clear_prototype_cache() -> None:
 def _cache_key(ef: ClipEF, labels: tuple[str, ...], templates: tuple[str, ...]) -> tuple:
     # Beyond (fingerprint, labels, templates): the dtype changes the vectors slightly and
     # long_text="chunk" changes them for prompts over 77 tokens, so both are part of the identity.
-    lm = ef.loaded_model()
-    return (lm.fingerprint, str(lm.dtype), ef.long_text, labels, templates)
+    # A server's vectors are keyed by its URL as well: it runs its own dtype, which only it knows.
+    precision = ("server", ef.server) if ef.server else str(ef.loaded_model().dtype)
+    return (ef.fingerprint, precision, ef.long_text, labels, templates)
 
 
 def _compute_prototypes(ef: ClipEF, labels: tuple[str, ...], templates: tuple[str, ...]) -> np.ndarray:
@@ -267,7 +268,7 @@ def best_columns(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _logit_scale(ef: ClipEF) -> float:
-    return float(ef.loaded_model().model.logit_scale.detach().float().exp().item())
+    return ef.logit_scale
 
 
 def _check_labels(labels: Sequence[str], what: str = "labels") -> tuple[str, ...]:
