@@ -6,11 +6,11 @@ arranges the import as soon as chromadb is imported).
 
 Example:
     >>> import chromadb, clip_embeddings as ce
-    >>> client = chromadb.PersistentClient("db")  # doctest: +SKIP
+    >>> client = chromadb.PersistentClient("db")
     >>> photos = client.create_collection("photos", embedding_function=ce.ClipEF(),
-    ...                                   data_loader=ce.adapters.chroma.ImageLoader())  # doctest: +SKIP
-    >>> photos.add(ids=["cat"], uris=["cat.jpg"])  # doctest: +SKIP
-    >>> photos.query(query_texts=["a sleeping cat"], n_results=1)["ids"]  # doctest: +SKIP
+    ...                                   data_loader=ce.adapters.chroma.ImageLoader())
+    >>> photos.add(ids=["cat"], uris=["cat.jpg"])
+    >>> photos.query(query_texts=["a sleeping cat"], n_results=1)["ids"]
     [['cat']]
 """
 
@@ -52,8 +52,14 @@ class ImageLoader:
     made with is the one its uris are fetched under.
 
     Example:
-        >>> ef = ce.ClipEF(loader_options=LoaderOptions(allow_urls=False))  # doctest: +SKIP
-        >>> client.create_collection("photos", embedding_function=ef, data_loader=ImageLoader.for_function(ef))  # doctest: +SKIP
+        >>> import chromadb, clip_embeddings as ce
+        >>> ef = ce.ClipEF(loader_options=LoaderOptions(allow_urls=False))
+        >>> photos = chromadb.PersistentClient("db").create_collection(
+        ...     "photos", embedding_function=ef, data_loader=ImageLoader.for_function(ef))
+        >>> photos.add(ids=["remote"], uris=["https://example.com/cat.jpg"])
+        Traceback (most recent call last):
+        ...
+        clip_embeddings.errors.ImageLoadError: ...
     """
 
     def __init__(self, options: LoaderOptions = DEFAULT_OPTIONS, num_workers: int = EmbeddingConfig.num_workers,
@@ -256,9 +262,10 @@ def index_folder(client: Any, name: str, folder: str, ef: ClipEF | None = None, 
     """Index a folder of images into a Chroma collection (created if needed); idempotent.
 
     Example:
-        >>> report = index_folder(chromadb.PersistentClient("db"), "photos", "my_photos/", ce.ClipEF())  # doctest: +SKIP
-        >>> report.stored, len(report.skipped)  # doctest: +SKIP
-        (1200, 2)
+        >>> import chromadb, clip_embeddings as ce
+        >>> report = index_folder(chromadb.PersistentClient("db"), "photos", "photos/", ce.ClipEF())
+        >>> report.new, len(report.skipped)
+        (7, 0)
     """
     return ChromaStore(client, name, ef).index_folder(folder, **options)
 
@@ -272,7 +279,11 @@ def upsert_uris(collection: Any, ids: Sequence[str], uris: Sequence[str],
     ``ClipEF`` (cache and parallel decode included) and upserts embeddings and uris together.
 
     Example:
-        >>> upsert_uris(photos, ids=["cat"], uris=["cat_v2.jpg"])  # doctest: +SKIP
+        >>> import chromadb, clip_embeddings as ce
+        >>> photos = chromadb.PersistentClient("db").create_collection("photos", embedding_function=ce.ClipEF())
+        >>> upsert_uris(photos, ids=["cat"], uris=["cat.jpg"])
+        >>> photos.get(ids=["cat"], include=["uris"])["uris"]
+        ['cat.jpg']
     """
     ef = collection._embedding_function
     if not isinstance(ef, ClipEF):
@@ -288,7 +299,9 @@ def chroma_client(location: str) -> Any:
     """The Chroma client for a location: in memory, a local folder, or an http(s) server URL.
 
     Example:
-        >>> client = chroma_client("http://localhost:8000")  # doctest: +SKIP
+        >>> client = chroma_client("db")  # or ":memory:", or a server: "http://localhost:8000"
+        >>> client.heartbeat() > 0
+        True
     """
     if location == ":memory:":
         return chromadb.EphemeralClient()
