@@ -137,8 +137,16 @@ def test_score_a_collections_captioned_items(tmp_path, tiny_model_path, sample_i
 
     with open(out, newline="") as f:
         kept = list(csv.DictReader(f))
-    want = {Path(p).resolve().as_posix(): s for p, s in zip(images, expected) if s >= bar}
+    want = {Path(p).resolve().as_posix(): s for p, s in zip(images, expected, strict=True) if s >= bar}
     assert {r["image"]: float(r["clip_score"]) for r in kept} == pytest.approx(want, abs=1e-3)
     assert document["kept"] == len(kept) == len(images) - 1
     assert cli.main(["score", str(out), *common(tmp_path, "photos")]) == 1  # a file or a collection, not both
     assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["dedup", "export", "map", "score"])
+def test_every_job_command_has_help_with_json(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and f" {command} [-h] [--json]" in out and "--json" in out
+    assert "--collection" in out and "--store" in out
