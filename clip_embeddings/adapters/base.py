@@ -30,6 +30,7 @@ from ..collection.export import ExportReport
 from ..collection.export import export as export_collection
 from ..collection.map import MapReport, render_map
 from ..collection.records import matches
+from ..collection.scores import CollectionScoreReport, score_collection
 from ..config import check_on_error
 from ..embedding.function import ClipEF
 from ..embedding.pipeline import ImageResult, OnError, SkippedItem
@@ -526,6 +527,20 @@ class Store(Querying, ABC):
         if delete:
             remove_duplicates(self, report.groups)
         return report
+
+    def clip_scores(self, output: str | os.PathLike | None = None, *, minimum: float | None = None, w: float = 2.5,
+                    progress: bool = False) -> CollectionScoreReport:
+        """CLIPScore ``w * max(cos, 0)`` of every captioned item's image and caption vectors, as stored;
+        with ``output`` (.csv or .jsonl) the pairs scoring at least ``minimum`` are written there.
+
+        See :mod:`clip_embeddings.collection.scores`.
+
+        Example:
+            >>> report = store.clip_scores("kept.jsonl", minimum=0.28, w=1)  # LAION's filter  # doctest: +SKIP
+            >>> report.kept_ids()[:2]  # doctest: +SKIP
+            ['cat', 'dog']
+        """
+        return score_collection(self, output, minimum=minimum, w=w, progress=progress)
 
     def map(self, path: str | os.PathLike, *, projection: str = "pca", clusters: int | None = None,
             vocabulary: Sequence[str] | None = None, thumb: int = 96, html: bool = False,

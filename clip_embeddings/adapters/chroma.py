@@ -170,11 +170,33 @@ class ChromaStore(Store):
 
     def _search_many(self, vectors: np.ndarray, k: int, modality: Modality,
                      where: dict[str, Any] | None) -> list[list[Hit]]:
-        condition = {"modality": modality} if not where else {"$and": [{"modality": modality}, *to_where(where)]}
-        result = self.collection.query(
-            query_embeddings=list(vectors), n_results=k, where=condition, include=["metadatas", "documents", "distances"]
-        )
-        return [[_hit(meta, doc, distance, modality) for meta, doc, distance in zip(*rows, strict=True)]
+        if where:
+            return self._query(vectors, k, modality, {"$and": [{"modality": modality}, *to_where(where)]})
+        # Why not filter on the modality: Chroma evaluates a metadata filter for every query of a
+        # batch over the whole collection, so a filtered query costs more the larger the collection
+        # (8 ms a query at 10k rows here, 1.5 ms unfiltered through HNSW): de-duplicating grew with
+        # the square of the size. Ask unfiltered for a few more than k and keep this modality's
+        # rows; only the queries left short (a text query among captions, for images) go again
+        # with the filter.
+        total = self.collection.count()
+        if total == 0:
+            return [[] for _ in vectors]
+        fetch = min(total, k + 8)
+        out = [[hit for hit in hits if hit.modality == modality][:k]
+               for hits in self._query(vectors, fetch, None, None)]
+        short = [i for i, hits in enumerate(out) if len(hits) < k and fetch < total]
+        if short:
+            again = self._query(np.asarray(vectors)[short], k, modality, {"modality": modality})
+            for i, hits in zip(short, again, strict=True):
+                out[i] = hits
+        return out
+
+    def _query(self, vectors: np.ndarray, k: int, modality: Modality | None,
+               condition: dict[str, Any] | None) -> list[list[Hit]]:
+        """One batched Chroma query; ``modality=None`` labels each hit with its row's own modality."""
+        result = self.collection.query(query_embeddings=list(vectors), n_results=k, where=condition,
+                                       include=["metadatas", "documents", "distances"])
+        return [[_hit(meta, doc, distance, modality or meta["modality"]) for meta, doc, distance in zip(*rows, strict=True)]
                 for rows in zip(result["metadatas"], result["documents"], result["distances"], strict=True)]
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
