@@ -345,3 +345,21 @@ def test_deleting_a_caption_keeps_its_image(kind, store_location, corpus):
     store._delete([(item, "text")])
     assert store.get_item(item) is not None and store.get_item(item, "text") is None
     assert (store.count("image"), store.count("text")) == (7, 6 + 3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_counting_rule_for_captions_and_texts_added_later(kind, store_location, corpus):
+    # count() counts items (distinct item ids): a caption stored after its image, or an image
+    # stored after a text under the same id, is still one item (LanceDB and Milvus counted 2:
+    # their rule was "an image row, or a text row without a source").
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
+    store.add_images(corpus.images[:2])
+    first = corpus.image_ids[0]
+    assert store.add_texts(["a caption added later"], ids=[first]).updated == 1
+    store.add_texts(["a text stored first"], ids=["later-image"])
+    store.add_images(corpus.images[2:3], ids=["later-image"])
+    store.add_images(corpus.images[1:2], captions=["a caption with its image, second time"])
+    assert (store.count(), store.count("image"), store.count("text")) == (3, 3, 3)
+    store.add_texts(["a text on its own"])
+    assert (store.count(), store.count("image"), store.count("text")) == (4, 3, 4)
+    assert store.get_item(first, "text").document == "a caption added later"

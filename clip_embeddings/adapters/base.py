@@ -304,7 +304,8 @@ class Store(Querying, ABC):
 
     def _store(self, records: dict[str, list[Record]], report: IngestReport) -> None:
         """Write what is not stored yet (or carries metadata to merge); count items new, updated, present."""
-        keys = [(r.id, r.modality) for rs in records.values() for r in rs]
+        # Both modalities of every item: a caption added to a stored image updates that item.
+        keys = [(item, modality) for item in records for modality in ("image", "text")]
         stored = self._stored(keys) if keys else {}
         writes: list[Record] = []
         for item, rs in records.items():
@@ -313,7 +314,7 @@ class Store(Querying, ABC):
             report.ids.append(item)
             if not changed:
                 report.present += 1
-            elif any((r.id, r.modality) in stored for r in rs):
+            elif (item, "image") in stored or (item, "text") in stored:
                 report.updated += 1
             else:
                 report.new += 1
