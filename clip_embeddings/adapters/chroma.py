@@ -164,12 +164,17 @@ class ChromaStore(Store):
 
     def _search_many(self, vectors: np.ndarray, k: int, modality: Modality,
                      where: dict[str, Any] | None) -> list[list[Hit]]:
-        condition = {"modality": modality} if not where else {"$and": [{"modality": modality}, *to_where(where)]}
-        result = self.collection.query(
-            query_embeddings=list(vectors), n_results=k, where=condition, include=["metadatas", "documents", "distances"]
-        )
-        return [[_hit(meta, doc, distance, modality) for meta, doc, distance in zip(*rows, strict=True)]
-                for rows in zip(result["metadatas"], result["documents"], result["distances"], strict=True)]
+        clauses = to_where(where) if where else []
+        include = ["metadatas", "documents", "distances", "uris"]
+        out: list[list[Hit]] = [[] for _ in vectors]
+        # Our rows, then the rows Chroma's own API wrote (no ``modality`` key; see _foreign).
+        for condition, document in (({"modality": modality}, None), _foreign(modality)):
+            result = self.collection.query(query_embeddings=list(vectors), n_results=k, include=include,
+                                           where=_all(condition, *clauses), where_document=document)
+            columns = (result["ids"], result["metadatas"], result["documents"], result["distances"], result["uris"])
+            for hits, rows in zip(out, zip(*columns, strict=True), strict=True):
+                hits += [_hit(*row, modality) for row in zip(*rows, strict=True)]
+        return [sorted(hits, key=lambda h: -h.score)[:k] for hits in out]
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
@@ -179,19 +184,21 @@ class ChromaStore(Store):
 
     def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
               with_vectors: bool = True) -> Iterator[list[Record]]:
-        include = ["metadatas", "documents"] + (["embeddings"] if with_vectors else [])
+        include = ["metadatas", "documents", "uris"] + (["embeddings"] if with_vectors else [])
         for kind in scan_modalities(modality):
-            offset = 0
-            while True:  # Chroma pages a get with limit/offset (in insertion order)
-                got = self.collection.get(where={"modality": kind}, limit=batch_size, offset=offset, include=include)
-                if not got["ids"]:
-                    break
-                vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
-                rows = zip(got["metadatas"], got["documents"], vectors, strict=True)
-                yield [_record(kind, meta, doc, vector) for meta, doc, vector in rows]
-                offset += len(got["ids"])
-                if len(got["ids"]) < batch_size:
-                    break
+            for where, document in (({"modality": kind}, None), _foreign(kind)):
+                offset = 0
+                while True:  # Chroma pages a get with limit/offset (in insertion order)
+                    got = self.collection.get(where=where, where_document=document, limit=batch_size,
+                                              offset=offset, include=include)
+                    if not got["ids"]:
+                        break
+                    vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
+                    rows = zip(got["ids"], got["metadatas"], got["documents"], got["uris"], vectors, strict=True)
+                    yield [_record(kind, *row) for row in rows]
+                    offset += len(got["ids"])
+                    if len(got["ids"]) < batch_size:
+                        break
 
     def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
@@ -204,7 +211,9 @@ class ChromaStore(Store):
 
     def count(self, modality: Modality | None = None) -> int:
         if modality is not None:
-            return len(self.collection.get(where={"modality": modality}, include=[])["ids"])
+            where, document = _foreign(modality)
+            foreign = self.collection.get(where=where, where_document=document, include=[])["ids"]
+            return len(self.collection.get(where={"modality": modality}, include=[])["ids"]) + len(foreign)
         # One row per modality: an item is an image row, or a text row with no image row beside it.
         ids = self.collection.get(include=[])["ids"]
         return len({i.removesuffix(":text") for i in ids})
@@ -224,17 +233,35 @@ def to_where(where: dict[str, Any]) -> list[dict[str, Any]]:
     return [{key: {"$in": list(value)} if isinstance(value, (list, tuple, set)) else value} for key, value in where.items()]
 
 
-def _hit(meta: dict[str, Any], document: str | None, distance: float, modality: Modality) -> Hit:
-    meta = dict(meta)
-    item = meta.pop("item_id")
-    for key in ("modality", "digest"):
-        meta.pop(key, None)
-    source = meta.pop("source", None)
-    return Hit(item, 1.0 - float(distance), modality, source, document or None, meta)
+# Rows written with Chroma's own API (``collection.add(ids, uris=...)`` or ``documents=...``, as
+# the README shows) carry no ``modality`` key. Such a row is a text if it holds a document and an
+# image otherwise (its uri, if any, is its source); its item id is its row id. Every row we write
+# has ``modality`` "image" or "text", and Chroma's ``$nin`` matches a row without the key, so
+# ``_FOREIGN`` finds exactly theirs (tests/test_chroma.py pins that Chroma behaviour).
+_FOREIGN: dict[str, Any] = {"modality": {"$nin": ["image", "text"]}}
+_ANY_TEXT = "[\\s\\S]"  # matches a document of at least one character
 
 
-def _record(modality: Modality, meta: dict[str, Any] | None, document: str | None, vector: Any) -> Record:
+def _foreign(modality: Modality) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``where`` and ``where_document`` for the rows of ``modality`` that Chroma's own API wrote."""
+    return _FOREIGN, {"$regex" if modality == "text" else "$not_regex": _ANY_TEXT}
+
+
+def _all(*clauses: dict[str, Any]) -> dict[str, Any]:
+    return clauses[0] if len(clauses) == 1 else {"$and": list(clauses)}
+
+
+def _hit(row: str, meta: dict[str, Any] | None, document: str | None, distance: float, uri: str | None,
+         modality: Modality) -> Hit:
+    record = _record(modality, row, meta, document, uri, None)
+    return Hit(record.id, 1.0 - float(distance), modality, record.source, record.document, record.metadata)
+
+
+def _record(modality: Modality, row: str, meta: dict[str, Any] | None, document: str | None, uri: str | None,
+            vector: Any) -> Record:
     meta = dict(meta or {})
+    if "item_id" not in meta:  # a row Chroma's own API wrote: its id is the item, its uri the source
+        meta.update(item_id=row, source=meta.get("source", uri))
     item, digest, source = meta.pop("item_id"), meta.pop("digest", None), meta.pop("source", None)
     meta.pop("modality", None)
     vector = None if vector is None else np.asarray(vector, dtype=np.float32)
