@@ -36,6 +36,7 @@ from ..embedding.pipeline import ImageResult, OnError, SkippedItem
 from ..errors import CollectionNotFoundError, ImageLoadError, IncompatibleCollectionError, ModelMismatchError
 from ..inputs.captions import caption_for, folder_captions
 from ..inputs.folders import IMAGE_EXTENSIONS
+from ..inputs.names import path_of
 from ..inputs.options import ImageLike
 from ..inputs.user_files import FolderFile, Refused, walk_folder
 from ..tasks.tags import Tagger, as_tagger
@@ -407,7 +408,7 @@ class Store(Querying, ABC):
         entries = (_Entry(FolderFile(f.path, real_root), caption=f.caption) for f in plan.to_ingest)
         ingested = IngestReport.collect(self._ingest(entries, on_error, progress, len(plan.to_ingest), tagger))
         # A file that could not be embedded now was planned as added or updated: count it as skipped.
-        failed = {s.source for s in ingested.skipped}
+        failed = {path_of(s.source) for s in ingested.skipped if s.source}
         report.new -= sum(f.path in failed for f in plan.add)
         report.updated -= sum(f.path in failed for _, f in plan.update + plan.recaption)
         report.skipped += ingested.skipped

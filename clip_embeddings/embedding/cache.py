@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import CacheWarning  # re-exported: its old import path
+from ..inputs.names import stored_name
 
 __all__ = ["CacheWarning", "DEFAULT_MAX_BYTES", "EmbeddingCache", "parse_size"]
 
@@ -226,7 +227,7 @@ class EmbeddingCache:
         """The digest recorded for this file if its size and mtime are unchanged since."""
         def read(db: sqlite3.Connection) -> str | None:
             row = db.execute("SELECT digest FROM file_digests WHERE path = ? AND size = ? AND mtime_ns = ?",
-                             (path, stat.st_size, stat.st_mtime_ns)).fetchone()
+                             (stored_name(path), stat.st_size, stat.st_mtime_ns)).fetchone()
             return row[0] if row else None
 
         return self._guard(read, None)
@@ -235,7 +236,7 @@ class EmbeddingCache:
         """Remember ``digest`` for the file at ``path`` with this size and mtime."""
         def write(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?)",
-                       (path, stat.st_size, stat.st_mtime_ns, digest))
+                       (stored_name(path), stat.st_size, stat.st_mtime_ns, digest))  # sqlite takes UTF-8 only
 
         self._guard(write, None)
 
