@@ -400,3 +400,16 @@ def test_a_file_name_that_is_not_utf8_is_stored_losslessly_and_costs_nothing(kin
     assert (again.new, again.present, again.removed, again.skipped) == (0, 4, 0, [])
     listed = store.add_images([os.fsdecode(odd), *corpus.images[:2]])  # the name as Python lists it
     assert (listed.present, listed.skipped) == (3, [])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_where_on_a_metadata_key_named_like_a_column_filters_the_users_key(kind, store_location, corpus):
+    # LanceDB and Milvus read where={"id": ...} as their own row-id column: the user's key never matched.
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
+    metadatas = [{"id": f"photo-{i}", "vector": i, "metadata": "m", "embedding": "e"} for i in range(3)]
+    store.add_images(corpus.images[:3], metadatas=metadatas)
+    for key, value, index in (("id", "photo-1", 1), ("vector", 2, 2), ("metadata", "m", None), ("embedding", "e", None)):
+        hits = store.query("x", k=5, where={key: value})
+        assert {h.id for h in hits} == ({corpus.image_ids[index]} if index is not None else set(corpus.image_ids[:3])), key
+    assert store.query("x", k=5, where={"id": corpus.image_ids[0]}) == []  # a row id is no metadata value
+    assert [h.id for h in store.query("x", k=5, where={"item_id": corpus.image_ids[0]})] == corpus.image_ids[:1]

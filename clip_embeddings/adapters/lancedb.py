@@ -50,7 +50,9 @@ from ..inputs.options import LoaderOptions
 from .base import Hit, Modality, Record, Store, row_id, scan_modalities
 
 CONFIG_KEY = b"clip_embeddings"  # schema metadata key holding ClipEF.get_config() for LanceDBStore tables
-COLUMNS = ("id", "item_id", "modality", "source", "document", "digest")
+# where-keys that name a column, not metadata: the table's own "id" (the row id) and "modality"
+# are not among them, so where={"id": ...} filters the user's own "id" key as on every store.
+COLUMNS = ("item_id", "source", "document", "digest")
 _DEFAULTS = EmbeddingConfig()
 
 
