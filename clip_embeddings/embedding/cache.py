@@ -108,7 +108,8 @@ def not_a_cache(path: str | os.PathLike) -> str | None:
             header = f.read(len(_HEADER))
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
-    if header != _HEADER:
+    if header != _HEADER and not (not header and os.path.isfile(f"{path}-wal")):
+        # (an open WAL database may not have written its first page to the main file yet)
         return "an empty file" if not header else "not a SQLite database"
     try:
         db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
