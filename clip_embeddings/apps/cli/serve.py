@@ -50,6 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        help="longest label, and longest template filled with a label (default: 1000)")
     group.add_argument("--max-urls", type=positive_int, default=16, metavar="N",
                        help="most image URLs in one request (default: 16)")
+    group.add_argument("--max-terms", type=positive_int, default=16, metavar="N",
+                       help="most terms in one /query compound query (default: 16)")
+    group.add_argument("--max-query-chars", type=positive_int, default=4000, metavar="N",
+                       help="longest /query query string (default: 4000)")
     group.add_argument("--threads", type=positive_int, default=None, metavar="N",
                        help="torch threads for the model (default: torch's, one per core); fewer leaves cores "
                             "for decoding uploads and for other processes")
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, request_timeout=args.timeout,
         max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_items=args.max_items,
         max_templates=args.max_templates, max_prompts=args.max_prompts, max_prompt_chars=args.max_prompt_chars,
-        max_urls=args.max_urls, token=token, allow_private_urls=args.allow_private_urls,
+        max_urls=args.max_urls, max_terms=args.max_terms, max_query_chars=args.max_query_chars, token=token,
+        allow_private_urls=args.allow_private_urls,
         allowed_hosts=tuple(args.allowed_hosts) if args.allowed_hosts else default_allowed_hosts(args.host),
     )
     where = f"{args.db} collection {args.collection!r} at {args.location}" if store is not None else "no collection"
