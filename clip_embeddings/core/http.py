@@ -218,39 +218,17 @@ class _Guarded:
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _HTTPConnection(_Guarded, HTTPConnection):
-    pass
+def _pool_classes(public_only: bool) -> dict[str, type[HTTPConnectionPool]]:
+    """urllib3's pool classes, per scheme, whose connections are guarded (public-only if asked)."""
+    classes: dict[str, type[HTTPConnectionPool]] = {}
+    for scheme, pool, connection in (("http", HTTPConnectionPool, HTTPConnection),
+                                     ("https", HTTPSConnectionPool, HTTPSConnection)):
+        guarded = type(f"Guarded{connection.__name__}", (_Guarded, connection), {"public_only": public_only})
+        classes[scheme] = type(f"Guarded{pool.__name__}", (pool,), {"ConnectionCls": guarded})
+    return classes
 
 
-class _HTTPSConnection(_Guarded, HTTPSConnection):
-    pass
-
-
-class _PublicHTTPConnection(_HTTPConnection):
-    public_only = True
-
-
-class _PublicHTTPSConnection(_HTTPSConnection):
-    public_only = True
-
-
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-class _PublicHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _PublicHTTPConnection
-
-
-class _PublicHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _PublicHTTPSConnection
-
-
-_POOLS = {False: {"http": _HTTPPool, "https": _HTTPSPool}, True: {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}}
+_POOLS = {public_only: _pool_classes(public_only) for public_only in (False, True)}
 
 
 @functools.cache
