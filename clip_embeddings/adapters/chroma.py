@@ -38,7 +38,7 @@ from ..embedding.function import ClipEF
 from ..embedding.pipeline import decode_many
 from ..errors import ImageLoadError, IncompatibleCollectionError
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
-from .base import Hit, Modality, Record, Store, row_id, scan_modalities
+from .base import Hit, Modality, Record, Store, row_id, scan_modalities, stored_hit, stored_record
 
 register_embedding_function(ClipEF)
 
@@ -168,7 +168,8 @@ class ChromaStore(Store):
         result = self.collection.query(
             query_embeddings=list(vectors), n_results=k, where=condition, include=["metadatas", "documents", "distances"]
         )
-        return [[_hit(meta, doc, distance, modality) for meta, doc, distance in zip(*rows, strict=True)]
+        return [[stored_hit(meta, modality, 1.0 - float(distance), document=doc)
+                 for meta, doc, distance in zip(*rows, strict=True)]
                 for rows in zip(result["metadatas"], result["documents"], result["distances"], strict=True)]
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
@@ -188,7 +189,7 @@ class ChromaStore(Store):
                     break
                 vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
                 rows = zip(got["metadatas"], got["documents"], vectors, strict=True)
-                yield [_record(kind, meta, doc, vector) for meta, doc, vector in rows]
+                yield [stored_record(meta, kind, vector, document=doc) for meta, doc, vector in rows]
                 offset += len(got["ids"])
                 if len(got["ids"]) < batch_size:
                     break
@@ -222,23 +223,6 @@ def to_where(where: dict[str, Any]) -> list[dict[str, Any]]:
     if any(key.startswith("$") for key in where) or any(isinstance(v, dict) for v in where.values()):
         return [where]
     return [{key: {"$in": list(value)} if isinstance(value, (list, tuple, set)) else value} for key, value in where.items()]
-
-
-def _hit(meta: dict[str, Any], document: str | None, distance: float, modality: Modality) -> Hit:
-    meta = dict(meta)
-    item = meta.pop("item_id")
-    for key in ("modality", "digest"):
-        meta.pop(key, None)
-    source = meta.pop("source", None)
-    return Hit(item, 1.0 - float(distance), modality, source, document or None, meta)
-
-
-def _record(modality: Modality, meta: dict[str, Any] | None, document: str | None, vector: Any) -> Record:
-    meta = dict(meta or {})
-    item, digest, source = meta.pop("item_id"), meta.pop("digest", None), meta.pop("source", None)
-    meta.pop("modality", None)
-    vector = None if vector is None else np.asarray(vector, dtype=np.float32)
-    return Record(item, modality, vector, digest, source=source, document=document or None, metadata=meta)
 
 
 def _metadata(record: Record) -> dict[str, Any]:
