@@ -33,7 +33,7 @@ from ..config import (
 from ..core.download import cache_dir
 from ..core.loading import check_model_reference, default_model
 from ..core.tokenizer import get_tokenizer, token_windows
-from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError
+from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError, ServerError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from .cache import CacheWarning, EmbeddingCache
 from .loaded import LoadedModel, shared_model
@@ -97,7 +97,8 @@ class ClipEF:
             default ``$CLIP_WEIGHTS`` when set, else ``"ViT-B/32"``. A name that is not known and
             a path that does not exist raise :class:`ModelLoadError` here, not at first use.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
-        batch_size: images or texts per forward pass.
+        batch_size: images per forward pass; for texts, the token budget of ``batch_size``
+            full 77-token rows (short captions run many more rows per pass in the same memory).
         dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (fp16 on CUDA, fp32 on CPU).
         long_text: ``"truncate"`` keeps the first 77 tokens; ``"chunk"`` averages 77-token windows
             (the first ``MAX_TEXT_WINDOWS`` = 64 of them, about 4,800 tokens; the rest is ignored).
@@ -112,10 +113,11 @@ class ClipEF:
 
     Example:
         >>> import clip_embeddings as ce
-        >>> ef = ce.ClipEF("ViT-B/32")  # doctest: +SKIP
-        >>> ef.embed_texts(["a photo of a cat"]).shape  # doctest: +SKIP
+        >>> ef = ce.ClipEF()  # ViT-B/32, or the weights $CLIP_WEIGHTS names
+        >>> ef.embed_texts(["a photo of a cat"]).shape
         (1, 512)
-        >>> collection = chroma_client.create_collection("photos", embedding_function=ef)  # doctest: +SKIP
+        >>> import chromadb
+        >>> collection = chromadb.EphemeralClient().create_collection("photos", embedding_function=ef)
     """
 
     def __init__(
@@ -220,8 +222,8 @@ class ClipEF:
         """The shared model behind this function (loaded on first use), checked against the collection's.
 
         Example:
-            >>> ClipEF().loaded_model().precision  # doctest: +SKIP
-            'fp32'
+            >>> ClipEF(dtype="fp32").loaded_model().precision  # and the rewrites this CPU runs, e.g. '+onednn'
+            'fp32...'
         """
         return self._loaded()
 
@@ -234,6 +236,19 @@ class ClipEF:
     def fingerprint(self) -> str:
         """Identifies the weights + preprocessing + normalisation behind these embeddings."""
         return self._remote().check(self._expected())["fingerprint"] if self.server else self._loaded().fingerprint
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned temperature multiplier (``logit_scale.exp()``, 100 for OpenAI's
+        checkpoints): zero-shot probabilities are the softmax of it times the cosines. With a
+        server, the server's model's (from its ``/health``), so nothing is loaded here."""
+        if self.server:
+            health = self._remote().check(self._expected())
+            if "logit_scale" not in health:
+                raise ServerError(f"the embedding server at {self.server} does not report its model's logit_scale "
+                                  "(an older clip-embeddings serve): upgrade it, or run without server=")
+            return float(health["logit_scale"])
+        return float(self._loaded().model.logit_scale.detach().float().exp().item())
 
     def _expected(self) -> tuple[str | None, int | None]:
         """The ``(fingerprint, dim)`` this function's collection was built with, or ``(None, None)``."""
@@ -251,8 +266,8 @@ class ClipEF:
         ``reason`` says why it chose what it did. Loads the model if it is not loaded yet.
 
         Example:
-            >>> ClipEF().runtime_info()["precision"]  # doctest: +SKIP
-            'bf16+onednn'
+            >>> ClipEF().runtime_info()["precision"]  # what dtype="auto" chose on this machine
+            '...'
         """
         return dict(self._loaded().runtime)
 
@@ -279,7 +294,7 @@ class ClipEF:
         text, so short captions cost a fraction of the full 77-token context.
 
         Example:
-            >>> ClipEF().embed_texts(["a dog", "a cat"]).shape  # doctest: +SKIP
+            >>> ClipEF().embed_texts(["a dog", "a cat"]).shape
             (2, 512)
         """
         for i, text in enumerate(texts):
@@ -309,8 +324,8 @@ class ClipEF:
         # By length, then by ids: texts from one prompt template land side by side and share a prefix.
         order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), sequences[i]))
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
+            for batch in token_budget_batches([len(sequences[i]) for i in order], order,
+                                              self.batch_size * lm.model.context_length):
                 width = max(len(sequences[i]) for i in batch)
                 tokens = torch.zeros(len(batch), width, dtype=torch.long)
                 for row, i in enumerate(batch):
@@ -330,7 +345,8 @@ class ClipEF:
         :meth:`encode_images` to know which rows are which.
 
         Example:
-            >>> ClipEF().embed_images(["cat.jpg", PIL.Image.open("dog.png")]).shape  # doctest: +SKIP
+            >>> from PIL import Image
+            >>> ClipEF().embed_images(["cat.jpg", Image.open("rocket.jpg")]).shape
             (2, 512)
         """
         result = self.encode_images(images, on_error=on_error)
@@ -343,8 +359,8 @@ class ClipEF:
         """Embed images and say which inputs each row belongs to and which were skipped, and why.
 
         Example:
-            >>> result = ClipEF().encode_images(["cat.jpg", "missing.jpg"], on_error="skip")  # doctest: +SKIP
-            >>> result.indices, [s.reason for s in result.skipped]  # doctest: +SKIP
+            >>> result = ClipEF().encode_images(["cat.jpg", "missing.jpg"], on_error="skip")
+            >>> result.indices, [s.reason for s in result.skipped]
             ([0], ['file not found'])
         """
         on_error = check_on_error(on_error or self.on_error)
@@ -371,8 +387,9 @@ class ClipEF:
         """The image pipeline with this function's model, cache, limits and batching.
 
         Example:
-            >>> for batch in ClipEF().image_pipeline().batches(paths):  # doctest: +SKIP
-            ...     store_somewhere([r.vector for r in batch if r.ok])
+            >>> for batch in ClipEF().image_pipeline().batches(["cat.jpg", "missing.jpg"]):
+            ...     print([r.vector.shape if r.ok else r.reason for r in batch])
+            [(512,), 'file not found']
         """
         if self.server:  # the same reading and guards here; the server's model does the rest
             encoder = self._remote().encoder(self.loader_options, self._expected(), self.batch_size)
@@ -387,8 +404,8 @@ class ClipEF:
         """Embed a list of texts (``str``) and/or images (anything else), keeping the order.
 
         Example:
-            >>> rows = ClipEF()(["a cat", np.zeros((32, 32, 3), np.uint8)])  # doctest: +SKIP
-            >>> len(rows), rows[0].shape  # doctest: +SKIP
+            >>> rows = ClipEF()(["a cat", np.zeros((32, 32, 3), np.uint8)])
+            >>> len(rows), rows[0].shape
             (2, (512,))
         """
         text_at = [i for i, x in enumerate(input) if isinstance(x, str)]
@@ -499,3 +516,27 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def token_budget_batches(lengths: Sequence[int], items: Sequence[Any], budget: int) -> Iterable[list[Any]]:
+    """Split ``items`` (sorted by ascending ``lengths``) into batches of at most ``budget`` tokens.
+
+    (A row longer than ``budget`` alone still makes a batch of its own.)
+
+    A batch's cost is its rows times its longest row. Counting tokens instead of texts keeps
+    every batch within the memory of ``batch_size`` full-length rows while short captions run
+    many rows per forward pass: on a CPU each transformer op has a fixed cost (a thread barrier,
+    a kernel launch), so fewer, larger ops are faster, most of all on a loaded machine.
+
+    Example:
+        >>> list(token_budget_batches([3, 3, 4, 9], ["a", "b", "c", "d"], budget=12))
+        [['a', 'b', 'c'], ['d']]
+    """
+    batch: list[Any] = []
+    for length, item in zip(lengths, items, strict=True):
+        if batch and (len(batch) + 1) * length > budget:
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch

@@ -137,6 +137,7 @@ class RawImage:
             palette and pixel bytes. The same content gives the same digest in any process.
 
     Example:
+        >>> from clip_embeddings.inputs.sources import read_image_source
         >>> raw = read_image_source(b"GIF89a...")
         >>> raw.source, len(raw.digest)
         ('<bytes: 9 B>', 64)

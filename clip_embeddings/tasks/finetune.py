@@ -6,10 +6,11 @@ it never scales logits by more than 100, AdamW with decoupled weight decay on th
 only, and a cosine learning-rate schedule after a linear warm-up.
 
 Example:
+    >>> from clip_embeddings import ClipEF
     >>> from clip_embeddings.tasks.finetune import finetune
-    >>> pairs = [("photos/1.jpg", "a red bicycle"), ("photos/2.jpg", "a harbour at dusk")]  # doctest: +SKIP
-    >>> result = finetune("ViT-B/32", pairs, epochs=3, output="tuned.pt")  # doctest: +SKIP
-    >>> ClipEF("tuned.pt").embed_texts(["a red bicycle"]).shape  # doctest: +SKIP
+    >>> pairs = [("photos/cat.jpg", "a cat on a sofa"), ("photos/rocket.jpg", "a rocket launch")]
+    >>> result = finetune(weights, pairs, epochs=3, output="tuned.pt")  # weights: e.g. "ViT-B/32"
+    >>> ClipEF("tuned.pt").embed_texts(["a rocket launch"]).shape
     (1, 512)
 """
 
@@ -101,8 +102,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     Frozen parameters (``requires_grad=False``) are left out.
 
     Example:
-        >>> groups = parameter_groups(model, 0.2)  # doctest: +SKIP
-        >>> [g["weight_decay"] for g in groups]  # doctest: +SKIP
+        >>> model, _ = load(weights)
+        >>> groups = parameter_groups(model, 0.2)
+        >>> [g["weight_decay"] for g in groups]
         [0.2, 0.0]
     """
     decay, no_decay = [], []
@@ -217,9 +219,10 @@ def finetune(
         num_workers: threads decoding images.
 
     Example:
-        >>> result = finetune("ViT-B/32", pairs, epochs=2, lr=1e-5, output="tuned.pt")  # doctest: +SKIP
-        >>> result.epoch_losses  # doctest: +SKIP
-        [2.71, 2.12]
+        >>> pairs = [("photos/cat.jpg", "a cat"), ("photos/rocket.jpg", "a rocket"), ("photos/coffee.jpg", "coffee")]
+        >>> result = finetune(weights, pairs, epochs=2, lr=1e-5, output="tuned.pt", progress=False)
+        >>> len(result.epoch_losses)  # one mean loss per epoch
+        2
     """
     pairs = _checked_pairs(pairs, epochs, batch_size, freeze_image, freeze_text, on_error)
     device = torch.device(device or default_device())
@@ -364,8 +367,9 @@ class LinearProbe:
         """The most probable label of each row.
 
         Example:
-            >>> probe.predict(ef.embed_images(["cat.jpg"]))  # doctest: +SKIP
-            array(['cat'], dtype='<U3')
+            >>> probe = linear_probe(ef.embed_images(["cat.jpg", "rocket.jpg"]), ["cat", "rocket"])
+            >>> probe.predict(ef.embed_images(["cat.jpg"]))
+            array(['cat'], dtype='<U6')
         """
         return self.classes[np.argmax(self.decision_function(features), axis=1)]
 
@@ -373,8 +377,10 @@ class LinearProbe:
         """Accuracy on ``(features, labels)``, in ``[0, 1]``.
 
         Example:
-            >>> probe.score(test_x, test_y)  # doctest: +SKIP
-            0.93
+            >>> train_x, test_x = ef.embed_images(["cat.jpg", "rocket.jpg"]), ef.embed_images(["cat.jpg"])
+            >>> probe = linear_probe(train_x, ["cat", "rocket"])
+            >>> probe.score(test_x, ["cat"])
+            1.0
         """
         return float(np.mean(self.predict(features) == np.asarray(labels)))
 
@@ -389,10 +395,11 @@ def linear_probe(train_features, train_labels, test_features=None, test_labels=N
     value of openai/CLIP's README linear-probe example. Computed in float64 with torch.
 
     Example:
-        >>> probe = linear_probe(ef.embed_images(train_paths), train_labels,  # doctest: +SKIP
-        ...                      ef.embed_images(test_paths), test_labels)
-        >>> probe.test_accuracy  # doctest: +SKIP
-        0.95
+        >>> train_paths, train_labels = ["cat.jpg", "rocket.jpg", "coffee.jpg"], ["cat", "rocket", "coffee"]
+        >>> probe = linear_probe(ef.embed_images(train_paths), train_labels,
+        ...                      ef.embed_images(["cat.jpg"]), ["cat"])
+        >>> probe.train_accuracy, probe.test_accuracy
+        (1.0, 1.0)
     """
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")

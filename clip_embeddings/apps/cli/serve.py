@@ -22,6 +22,8 @@ _LIMITS = (
     ("--max-prompts", positive_int, 512, "N", "most labels x templates in one /classify request"),
     ("--max-prompt-chars", positive_int, 1000, "N", "longest label, and longest template filled with a label"),
     ("--max-urls", positive_int, 16, "N", "most image URLs in one request"),
+    ("--max-terms", positive_int, 16, "N", "most terms in one /query compound query"),
+    ("--max-query-chars", positive_int, 4000, "N", "longest /query query string"),
 )
 
 
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, request_timeout=args.timeout,
         max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_items=args.max_items,
         max_templates=args.max_templates, max_prompts=args.max_prompts, max_prompt_chars=args.max_prompt_chars,
-        max_urls=args.max_urls, token=token, allow_private_urls=args.allow_private_urls,
+        max_urls=args.max_urls, max_terms=args.max_terms, max_query_chars=args.max_query_chars, token=token,
+        allow_private_urls=args.allow_private_urls,
         allowed_hosts=tuple(args.allowed_hosts) if args.allowed_hosts else default_allowed_hosts(args.host),
     )
     where = f"{args.db} collection {args.collection!r} at {args.location}" if store is not None else "no collection"
