@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -33,10 +34,13 @@ def child(args) -> None:
                                 copy_every=COPY_EVERY)
         filled = time.perf_counter() - start
         c.reset_peak_rss()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         report = store.duplicates(threshold=0.99)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        found = sum(len(g.members) - 1 for g in report.groups)
+        # CPU seconds beside wall seconds: on a shared, loaded machine the wall time mostly measures the others.
         print(json.dumps({"kind": args.kind, "n": args.n, "fill_seconds": filled, "seconds": seconds,
+                          "cpu_seconds": cpu, "load": os.getloadavg()[0], "pairs_found": found,
                           "us_per_image": 1e6 * seconds / args.n, "groups": len(report.groups),
                           "planted_pairs": cc.planted_pairs(args.n, COPY_EVERY), "peak_rss_mb": c.peak_rss_mb()}))
 
@@ -49,18 +53,21 @@ def run(args) -> dict | None:
     for kind in args.kinds:
         mine = [r for r in runs if r["kind"] == kind]
         small, large = mine[0], mine[-1]
-        growth[kind] = {"size_ratio": large["n"] / small["n"], "time_ratio": large["seconds"] / small["seconds"]}
+        growth[kind] = {"size_ratio": large["n"] / small["n"], "time_ratio": large["seconds"] / small["seconds"],
+                        "cpu_ratio": large["cpu_seconds"] / small["cpu_seconds"]}
     return {"environment": c.environment(), "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
             "growth": growth}
 
 
 def print_results(result: dict) -> None:
     cols = [("database", "kind", str), ("vectors", "n", str), ("seconds", "seconds", lambda v: f"{v:.1f}"),
-            ("us/image", "us_per_image", lambda v: f"{v:.0f}"), ("groups", "groups", str),
+            ("CPU seconds", "cpu_seconds", lambda v: f"{v:.1f}"), ("load", "load", lambda v: f"{v:.1f}"),
+            ("us/image", "us_per_image", lambda v: f"{v:.0f}"), ("groups", "groups", str), ("pairs found", "pairs_found", str),
             ("planted pairs", "planted_pairs", str), ("peak RSS MB", "peak_rss_mb", lambda v: f"{v:.0f}")]
     c.print_table("Duplicates run time (each size in a fresh process)", result["runs"], cols)
     for kind, g in result["growth"].items():
-        print(f"  {kind}: {g['size_ratio']:.0f}x the vectors took {g['time_ratio']:.1f}x the time")
+        print(f"  {kind}: {g['size_ratio']:.0f}x the vectors took {g['time_ratio']:.1f}x the time "
+              f"({g['cpu_ratio']:.1f}x the CPU time)")
 
 
 def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:

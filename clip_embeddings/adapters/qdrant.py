@@ -12,9 +12,10 @@ metadata under its own keys, so Qdrant's own filters and payload indexes work on
 
 Example:
     >>> from qdrant_client import QdrantClient
-    >>> store = QdrantStore(QdrantClient(path="qdrant-db"), "photos", ClipEF())  # doctest: +SKIP
-    >>> store.add_images(["cat.jpg"], captions=["a tabby cat"])  # doctest: +SKIP
-    >>> store.query("a sleeping cat", k=1)[0].document  # doctest: +SKIP
+    >>> store = QdrantStore(QdrantClient(path="qdrant-db"), "photos", ClipEF())
+    >>> store.add_images(["cat.jpg"], captions=["a tabby cat"]).new
+    1
+    >>> store.query("a sleeping cat", k=1)[0].document
     'a tabby cat'
 """
 
@@ -59,10 +60,11 @@ class QdrantStore(Store):
     as given.
 
     Example:
-        >>> store = QdrantStore(QdrantClient(":memory:"), "photos", ClipEF())  # doctest: +SKIP
-        >>> store.index_folder("examples/images")  # doctest: +SKIP
-        >>> [h.source for h in store.query("a rocket", k=1, where={"album": "space"})]  # doctest: +SKIP
-        ['/abs/path/rocket.jpg']
+        >>> store = QdrantStore(QdrantClient(":memory:"), "photos", ClipEF())
+        >>> store.add_images(["cat.jpg", "rocket.jpg"], metadatas=[{"album": "pets"}, {"album": "space"}]).new
+        2
+        >>> [h.source for h in store.query("a rocket", k=1, where={"album": "space"})]
+        ['.../rocket.jpg']
     """
 
     @classmethod

@@ -106,7 +106,7 @@ def read_pairs(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """The rows of a CSV (with a header) or JSONL file of pairs, one dict per row, streamed."""
     path = Path(path)
     with open(path, newline="", encoding="utf-8") as f:
-        if _is_jsonl(path):
+        if is_jsonl(path):
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
@@ -117,7 +117,8 @@ def read_pairs(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
             yield from csv.DictReader(f)
 
 
-def _is_jsonl(path: Path) -> bool:
+def is_jsonl(path: Path) -> bool:
+    """Whether ``path`` names a JSON-lines file (``.jsonl``, ``.ndjson``, ``.json``) rather than CSV."""
     return path.suffix.lower() in (".jsonl", ".ndjson", ".json")
 
 
@@ -165,7 +166,7 @@ def score_file(pairs: str | os.PathLike, output: str | os.PathLike | None = None
     """
     pairs, ef = Path(pairs), ef or ClipEF()
     report = FileScoreReport(minimum=minimum, w=w)
-    writer = _PairWriter(Path(output), _is_jsonl(Path(output))) if output is not None else None
+    writer = PairWriter(Path(output), is_jsonl(Path(output))) if output is not None else None
     try:
         for rows in _chunks(read_pairs(pairs), chunk):
             keys = (_key(rows[0], image_key, IMAGE_KEYS, "image", pairs),
@@ -205,8 +206,8 @@ def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield chunk
 
 
-class _PairWriter:
-    """Rows out in the input's format: JSON lines, or CSV with the first row's columns."""
+class PairWriter:
+    """Rows out to a file: JSON lines (``jsonl=True``), or CSV with the first row's columns."""
 
     def __init__(self, path: Path, jsonl: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
