@@ -53,6 +53,8 @@ from .rows import (  # noqa: F401 - re-exported: the adapters and users import t
     check_metadata,
     item_id,
     row_id,
+    stored_hit,
+    stored_record,
     text_digest,
 )
 

@@ -38,7 +38,7 @@ from ..embedding.function import ClipEF
 from ..embedding.pipeline import decode_many
 from ..errors import ImageLoadError, IncompatibleCollectionError
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
-from .base import Hit, Modality, Record, Store, row_id, scan_modalities
+from .base import Hit, Modality, Record, Store, row_id, scan_modalities, stored_record
 
 register_embedding_function(ClipEF)
 
@@ -296,11 +296,8 @@ def _record(modality: Modality, row: str, meta: dict[str, Any] | None, document:
             vector: Any) -> Record:
     meta = dict(meta or {})
     if "item_id" not in meta:  # a row Chroma's own API wrote: its id is the item, its uri the source
-        meta.update(item_id=row, source=meta.get("source", uri))
-    item, digest, source = meta.pop("item_id"), meta.pop("digest", None), meta.pop("source", None)
-    meta.pop("modality", None)
-    vector = None if vector is None else np.asarray(vector, dtype=np.float32)
-    return Record(item, modality, vector, digest, source=source, document=document or None, metadata=meta)
+        meta.setdefault("source", uri)
+    return stored_record(meta, modality, vector, item=row, document=document)
 
 
 def _metadata(record: Record) -> dict[str, Any]:
