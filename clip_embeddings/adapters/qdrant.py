@@ -40,7 +40,7 @@ from qdrant_client import models as qmodels  # noqa: E402
 
 from ..embedding.function import ClipEF
 from ..errors import IncompatibleCollectionError
-from .base import Hit, Modality, Record, Store, scan_modalities
+from .base import Hit, Modality, Record, Store, scan_modalities, stored_hit, stored_record
 
 CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()
 RESERVED = ("item_id", "source", "document", "digest")
@@ -169,7 +169,8 @@ class QdrantStore(Store):
                 points, offset = self.client.scroll(self.name, scroll_filter=has, limit=batch_size, offset=offset,
                                                     with_payload=True, with_vectors=[kind] if with_vectors else False)
                 if points:
-                    yield [_record(point, kind, with_vectors) for point in points]
+                    yield [stored_record(point.payload, kind, point.vector[kind] if with_vectors else None,
+                                         item=str(point.id)) for point in points]
                 if offset is None:
                     break
 
@@ -258,19 +259,7 @@ def _key_path(key: str) -> str:
 
 
 def _hit(point: Any, modality: Modality) -> Hit:
-    payload = dict(point.payload or {})
-    item = payload.pop("item_id", str(point.id))
-    source, document = payload.pop("source", None), payload.pop("document", None)
-    payload.pop("digest", None)
-    return Hit(item, float(point.score), modality, source, document, payload)
-
-
-def _record(point: Any, modality: Modality, with_vector: bool) -> Record:
-    payload = dict(point.payload or {})
-    item = payload.pop("item_id", str(point.id))
-    source, document, digest = payload.pop("source", None), payload.pop("document", None), payload.pop("digest", None)
-    vector = np.asarray(point.vector[modality], dtype=np.float32) if with_vector else None
-    return Record(item, modality, vector, digest, source=source, document=document, metadata=payload)
+    return stored_hit(point.payload, modality, float(point.score), item=str(point.id))
 
 
 def _payload(record: Record, keep_digest: bool) -> dict[str, Any]:
