@@ -179,8 +179,8 @@ def to_json(document: Any) -> str:
     become plain JSON values; anything else its ``str``.
 
     Example:
-        >>> to_json({"score": float("nan"), "name": "caf\\udce9.jpg", "raw": b"\\xff", "n": [1, float("inf")]})
-        '{"score": null, "name": "caf\\\\xe9.jpg", "raw": "\\\\xff", "n": [1, null]}'
+        >>> print(to_json({"score": float("nan"), "name": "caf\\udce9.jpg", "raw": b"\\xff", "n": [1, float("inf")]}))
+        {"score": null, "name": "caf\\\\xe9.jpg", "raw": "\\\\xff", "n": [1, null]}
     """
     return json.dumps(_plain(document), ensure_ascii=False, allow_nan=False)
 
