@@ -74,7 +74,7 @@ class ImageLoader:
         wanted = [i for i, uri in enumerate(uris) if uri is not None]
         out: list[np.ndarray | None] = [None] * len(uris)
         local = self.ef is not None and self.ef.fast_decode and not self.ef.server  # a server decodes its own
-        draft = self.ef.loaded_model().preprocess.resolution if local else None
+        draft = self.ef.loaded_model().preprocess.resolution if local and self.ef is not None else None
         images = decode_many([uris[i] for i in wanted], self.options, workers=self.num_workers, draft_resolution=draft)
         for i, image in zip(wanted, images, strict=True):
             if isinstance(image, ImageLoadError):

@@ -182,7 +182,7 @@ def _write_npy_shards(store: StoreLike, root: Path, modality: str, shard_size: i
     digits = int(math.log10(max(1, math.ceil(total / shard_size)))) + 1  # clip-retrieval's zero padding
     shard, writer, number = None, None, 0
     for batch in _split(store._scan(modality, batch_size=batch_size), shard_size):
-        if shard is None or shard.rows >= shard_size:
+        if shard is None or writer is None or shard.rows >= shard_size:  # (the two are set together)
             if shard is not None:
                 _close_shard(shard, writer, report)
             name = str(number).zfill(digits)

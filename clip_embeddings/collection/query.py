@@ -73,7 +73,7 @@ class QueryStore(Protocol):
 
     ef: Any
 
-    def _vectors(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]: ...
+    def _vectors(self, keys: list[tuple[str, Any]]) -> dict[tuple[str, Any], np.ndarray]: ...  # (id, modality)
 
 
 def is_compound(query: Any) -> bool:
@@ -195,7 +195,7 @@ def query_vector(store: QueryStore, terms: Sequence[Term]) -> np.ndarray:
             if found is None:
                 raise ValueError(f"item {item.id!r} is not stored" + (f" with a {item.modality} vector" if item.modality else ""))
             vectors[i] = found
-    total = sum(t.weight * np.asarray(v, np.float64) for t, v in zip(terms, vectors, strict=True))
+    total = np.asarray(sum(t.weight * np.asarray(v, np.float64) for t, v in zip(terms, vectors, strict=True)))
     norm = float(np.linalg.norm(total))
     if norm < 1e-6:
         raise ValueError("the query's terms cancel out (their weighted sum is zero); change a weight")

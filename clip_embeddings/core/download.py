@@ -38,7 +38,7 @@ from ..errors import DownloadError, ModelLoadError
 try:
     import fcntl
 except ImportError:  # Windows: no lock, but the atomic rename still prevents torn files.
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the module or None: every use checks
 
 _BASE = "https://openaipublic.azureedge.net/clip/models/"
 MODELS: dict[str, str] = {

@@ -140,7 +140,7 @@ class ClipBatchEmbedder:
         for i, x in enumerate(items):
             if not isinstance(x, str):
                 rows[i] = (None, describe(x), None, None, None, f"not a text ({type(x).__name__})")
-        vectors = self.ef.embed_texts([items[i] for i in good]) if good else []
+        vectors: np.ndarray | list[np.ndarray] = self.ef.embed_texts([items[i] for i in good]) if good else []
         for i, vector in zip(good, vectors, strict=True):
             digest = text_digest(items[i])
             rows[i] = (item_id("text", digest), None, digest, items[i], vector, None)
@@ -326,7 +326,7 @@ def sources_dataset(sources: Sequence[str | os.PathLike], *, rows_per_block: int
     Paths are made absolute here, on the driver, because actors resolve them elsewhere.
     """
     ray = import_ray()
-    absolute = [s if "://" in s[:16] or s.startswith("data:") else os.path.abspath(s) for s in map(os.fspath, sources)]
+    absolute = [s if "://" in s[:16] or s.startswith("data:") else os.path.abspath(s) for s in (os.fspath(p) for p in sources)]
     # from_items builds the blocks here; from_arrow would start a metadata task per block, and
     # the idle workers left behind can abort noisily when Ray reclaims their CPU for the actors.
     return ray.data.from_items([{"source": s} for s in absolute],
