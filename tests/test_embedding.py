@@ -37,6 +37,31 @@ def test_texts_match_reference(tiny_model_path):
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-6)
 
 
+def test_short_texts_share_forward_passes_within_the_token_budget(tiny_model_path):
+    # batch_size counts full-length rows: 4 x 77 tokens per pass. Six-token captions fit ~12 a
+    # pass, so 40 of them take 4 passes where 4 texts a pass took 10, with the same vectors.
+    texts = [f"a photo of item {i}" for i in range(40)]
+    ef = _ef(tiny_model_path, batch_size=4)
+    shapes: list[tuple[int, int]] = []
+    model = ef.loaded_model().model
+    hook = model.token_embedding.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    try:
+        got = ef.embed_texts(texts)
+    finally:
+        hook.remove()
+    assert sum(rows for rows, _ in shapes) == 40
+    assert all(rows * width <= 4 * model.context_length for rows, width in shapes)
+    assert 1 < len(shapes) <= 5
+    _, expected = reference_embeddings(tiny_model_path, texts=texts)
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_token_budget_batches_keep_order_and_budget():
+    lengths = [2, 3, 3, 5, 9, 9, 77]
+    batches = list(embedding.token_budget_batches(lengths, list("abcdefg"), budget=20))
+    assert batches == [["a", "b", "c", "d"], ["e", "f"], ["g"]]  # 4*5, 2*9, and one row alone over budget
+
+
 def test_images_match_reference_for_every_input_kind(tiny_model_path, sample_images):
     pil = [Image.open(p).convert("RGB") for p in sample_images[:3]]
     expected, _ = reference_embeddings(tiny_model_path, images=pil)

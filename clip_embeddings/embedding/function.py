@@ -102,7 +102,8 @@ class ClipEF:
             default ``$CLIP_WEIGHTS`` when set, else ``"ViT-B/32"``. A name that is not known and
             a path that does not exist raise :class:`ModelLoadError` here, not at first use.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
-        batch_size: images or texts per forward pass.
+        batch_size: images per forward pass; for texts, the token budget of ``batch_size``
+            full 77-token rows (short captions run many more rows per pass in the same memory).
         dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (fp16 on CUDA, fp32 on CPU).
         long_text: ``"truncate"`` keeps the first 77 tokens; ``"chunk"`` averages 77-token windows
             (the first ``MAX_TEXT_WINDOWS`` = 64 of them, about 4,800 tokens; the rest is ignored).
@@ -316,8 +317,8 @@ class ClipEF:
         # By length, then by ids: texts from one prompt template land side by side and share a prefix.
         order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), sequences[i]))
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
+            for batch in token_budget_batches([len(sequences[i]) for i in order], order,
+                                              self.batch_size * lm.model.context_length):
                 width = max(len(sequences[i]) for i in batch)
                 tokens = torch.zeros(len(batch), width, dtype=torch.long)
                 for row, i in enumerate(batch):
@@ -506,3 +507,27 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def token_budget_batches(lengths: Sequence[int], items: Sequence[Any], budget: int) -> Iterable[list[Any]]:
+    """Split ``items`` (sorted by ascending ``lengths``) into batches of at most ``budget`` tokens.
+
+    (A row longer than ``budget`` alone still makes a batch of its own.)
+
+    A batch's cost is its rows times its longest row. Counting tokens instead of texts keeps
+    every batch within the memory of ``batch_size`` full-length rows while short captions run
+    many rows per forward pass: on a CPU each transformer op has a fixed cost (a thread barrier,
+    a kernel launch), so fewer, larger ops are faster, most of all on a loaded machine.
+
+    Example:
+        >>> list(token_budget_batches([3, 3, 4, 9], ["a", "b", "c", "d"], budget=12))
+        [['a', 'b', 'c'], ['d']]
+    """
+    batch: list[Any] = []
+    for length, item in zip(lengths, items, strict=True):
+        if batch and (len(batch) + 1) * length > budget:
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
