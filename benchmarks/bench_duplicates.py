@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
+import os
 import sys
 import tempfile
 import time
@@ -28,55 +27,47 @@ COPY_EVERY = 10
 
 
 def child(args) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-dups-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-dups-", ignore_cleanup_errors=True) as scratch:
+        work = Path(scratch)
         start = time.perf_counter()
         store = cc.filled_store(args.kind, work / "db", args.n, args.data_dir, clusters=args.clusters,
                                 copy_every=COPY_EVERY)
         filled = time.perf_counter() - start
         c.reset_peak_rss()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         report = store.duplicates(threshold=0.99)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        found = sum(len(g.members) - 1 for g in report.groups)
+        # CPU seconds beside wall seconds: on a shared, loaded machine the wall time mostly measures the others.
         print(json.dumps({"kind": args.kind, "n": args.n, "fill_seconds": filled, "seconds": seconds,
+                          "cpu_seconds": cpu, "load": os.getloadavg()[0], "pairs_found": found,
                           "us_per_image": 1e6 * seconds / args.n, "groups": len(report.groups),
                           "planted_pairs": cc.planted_pairs(args.n, COPY_EVERY), "peak_rss_mb": c.peak_rss_mb()}))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args) -> dict | None:
-    if getattr(args, "child", False):
-        child(args)
+    runs = cc.run_children(__file__, child, "duplicates", args, "--clusters", str(args.clusters))
+    if runs is None:  # a child: it printed its result
         return None
-    cc.embedding_function(args.data_dir)
-    runs = []
-    for kind in args.kinds:
-        for n in args.sizes:
-            print(f"[duplicates] {kind}: {n} vectors in a fresh process", flush=True)
-            cmd = [sys.executable, __file__, "--child", "--n", str(n), "--kind", kind, "--clusters", str(args.clusters),
-                   "--data-dir", str(args.data_dir)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"child for {kind} n={n} failed:\n{done.stderr[-3000:]}")
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  {json.dumps(runs[-1])}", flush=True)  # each size as it finishes: the large one takes long
     growth = {}
     for kind in args.kinds:
         mine = [r for r in runs if r["kind"] == kind]
         small, large = mine[0], mine[-1]
-        growth[kind] = {"size_ratio": large["n"] / small["n"], "time_ratio": large["seconds"] / small["seconds"]}
+        growth[kind] = {"size_ratio": large["n"] / small["n"], "time_ratio": large["seconds"] / small["seconds"],
+                        "cpu_ratio": large["cpu_seconds"] / small["cpu_seconds"]}
     return {"environment": c.environment(), "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
             "growth": growth}
 
 
 def print_results(result: dict) -> None:
     cols = [("database", "kind", str), ("vectors", "n", str), ("seconds", "seconds", lambda v: f"{v:.1f}"),
-            ("us/image", "us_per_image", lambda v: f"{v:.0f}"), ("groups", "groups", str),
+            ("CPU seconds", "cpu_seconds", lambda v: f"{v:.1f}"), ("load", "load", lambda v: f"{v:.1f}"),
+            ("us/image", "us_per_image", lambda v: f"{v:.0f}"), ("groups", "groups", str), ("pairs found", "pairs_found", str),
             ("planted pairs", "planted_pairs", str), ("peak RSS MB", "peak_rss_mb", lambda v: f"{v:.0f}")]
     c.print_table("Duplicates run time (each size in a fresh process)", result["runs"], cols)
     for kind, g in result["growth"].items():
-        print(f"  {kind}: {g['size_ratio']:.0f}x the vectors took {g['time_ratio']:.1f}x the time")
+        print(f"  {kind}: {g['size_ratio']:.0f}x the vectors took {g['time_ratio']:.1f}x the time "
+              f"({g['cpu_ratio']:.1f}x the CPU time)")
 
 
 def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -91,14 +82,7 @@ def apply_quick(args) -> None:
 
 
 def main(argv=None) -> dict | None:
-    def extra_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--quick", action="store_true", help="1,000 vs 10,000 vectors")
-        parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA)
-        parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-        parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
-        parser.add_argument("--kind", help=argparse.SUPPRESS)
-
-    return c.run_script(sys.modules[__name__], "duplicates", argv, extra_arguments)
+    return c.run_script(sys.modules[__name__], "duplicates", argv, cc.child_arguments('1,000 vs 10,000 vectors'))
 
 
 if __name__ == "__main__":

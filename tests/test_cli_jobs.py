@@ -87,7 +87,7 @@ def test_score_filters_a_pair_file(tmp_path, tiny_model_path, sample_images, cap
     assert document["kept"] == len(kept) == sum(s >= bar for s in api.scores)
 
 
-@pytest.mark.parametrize("command", [["dedup", "--threshold", "0.9"], ["export", "out"], ["map", "m.png"]])
+@pytest.mark.parametrize("command", [["dedup", "--threshold", "0.9"], ["export", "out"], ["map", "m.png"], ["score"]])
 def test_missing_and_empty_collections_are_clear_errors(command, tmp_path, tiny_model_path, capsys):
     assert cli.main([*command, *common(tmp_path, "nothing")]) == 1
     assert "no lancedb collection 'nothing'" in capsys.readouterr().err
@@ -95,3 +95,58 @@ def test_missing_and_empty_collections_are_clear_errors(command, tmp_path, tiny_
     capsys.readouterr()
     assert cli.main([*command, *common(tmp_path, "empty")]) == 1
     assert "holds no" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["chroma", "qdrant", "lancedb"])
+def test_dedup_delete_keeps_each_keeper_and_removes_the_extras(kind, tmp_path, tiny_planted, capsys):
+    from tests.test_stores_parametrised import close
+
+    close(tiny_planted.store(kind, tmp_path / "db"))  # a local Qdrant folder takes one client at a time
+    location = ["--db", kind, "--location", str(tmp_path / "db"), "--collection", "planted"]
+    document = run_json(capsys, "dedup", "--threshold", "0.99", "--delete", *location)
+    groups = {frozenset(m["id"] for m in g["members"]) for g in document["groups"]}
+    assert groups == tiny_planted.groups
+    extras = {m["id"] for g in document["groups"] for m in g["members"][1:]}
+    keepers = {g["keeper"] for g in document["groups"]}
+    assert document["deleted"] == len(extras) > 0 and keepers <= tiny_planted.originals
+    store = open_store(kind, str(tmp_path / "db"), "planted", None)
+    survivors = {r.id for r in store.records("image", with_vectors=False)}
+    close(store)
+    # The planted set's originals are exactly what is left: every keeper kept, every extra gone.
+    assert survivors == set(tiny_planted.ids) - extras == tiny_planted.originals
+
+
+def test_score_a_collections_captioned_items(tmp_path, tiny_model_path, sample_images, capsys):
+    from PIL import Image
+
+    from tests.reference import reference_embeddings
+
+    captions = ["a photo of a cat", "a rocket on a launch pad", "a bowl of soup"][:len(sample_images)]
+    images = [str(p) for p in sample_images[:len(captions)]]
+    store = open_store("lancedb", str(tmp_path / "db"), "photos", ce.ClipEF(str(tiny_model_path), cache=False,
+                                                                          fast_decode=False))
+    store.add_images(images, captions=captions)
+    store.add_images([str(sample_images[-1])], ids=["no-caption"])  # an image alone is no pair
+    ims, txs = reference_embeddings(tiny_model_path, [Image.open(p).convert("RGB") for p in images], captions)
+    expected = 100 * np.maximum(np.einsum("ij,ij->i", ims.astype(np.float64), txs.astype(np.float64)), 0)
+    bar = float(np.sort(expected)[0] + np.sort(expected)[1]) / 2  # between the two lowest: all but one kept
+    out = tmp_path / "kept.csv"
+    document = run_json(capsys, "score", "--w", "100", "--min", str(bar), "-o", str(out), *common(tmp_path, "photos"))
+    assert (document["read"], document["scored"], document["uncaptioned"]) == (len(images), len(images), 1)
+    import csv
+
+    with open(out, newline="") as f:
+        kept = list(csv.DictReader(f))
+    want = {Path(p).resolve().as_posix(): s for p, s in zip(images, expected, strict=True) if s >= bar}
+    assert {r["image"]: float(r["clip_score"]) for r in kept} == pytest.approx(want, abs=1e-3)
+    assert document["kept"] == len(kept) == len(images) - 1
+    assert cli.main(["score", str(out), *common(tmp_path, "photos")]) == 1  # a file or a collection, not both
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["dedup", "export", "map", "score"])
+def test_every_job_command_has_help_with_json(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and f" {command} [-h] [--json]" in out and "--json" in out
+    assert "--collection" in out and "--store" in out

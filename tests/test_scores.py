@@ -94,3 +94,32 @@ def test_min_filter_keeps_exactly_the_pairs_over_the_bar(suffix, pairs, expected
     assert [float(r["clip_score"]) for r in kept] == pytest.approx([s for s in expected if s >= bar], abs=1e-4)
     assert (report.read, report.scored, report.kept) == (len(rows), len(expected), len(kept))
     assert [s.index for s in report.skipped] == [len(rows) - 1]
+
+
+@pytest.mark.parametrize("kind", ["chroma", "qdrant", "lancedb"])
+def test_a_collections_captioned_items_score_as_the_reference(kind, pairs, expected_cosines, tiny_model_path, tmp_path):
+    from clip_embeddings.adapters import open_store
+    from tests.test_stores_parametrised import close
+
+    images, texts = pairs
+    n = len(images) // 2  # the right captions: one pair per picture
+    store = open_store(kind, str(tmp_path / kind), "photos", ce.ClipEF(str(tiny_model_path), cache=False,
+                                                                       fast_decode=False))
+    try:
+        report = store.add_images(images[:n], captions=texts[:n])
+        store.add_images([images[0]], ids=["alone"])  # an image without a caption is no pair
+        by_id = dict(zip(report.ids, range(n), strict=True))
+        hundred = store.clip_scores(w=100)
+        assert (hundred.read, hundred.scored, hundred.uncaptioned) == (n, n, 1)
+        expected = {i: 100 * max(expected_cosines[j], 0.0) for i, j in by_id.items()}
+        assert hundred.scores == pytest.approx(expected, abs=1e-3)
+        ranked = sorted(expected.values())
+        bar = (ranked[n // 2] + ranked[n // 2 - 1]) / 2  # between two scores
+        kept = store.clip_scores(tmp_path / "kept.jsonl", minimum=bar / 40)  # w = 2.5: the same bar
+        rows = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
+        assert sorted(r["id"] for r in rows) == sorted(kept.kept_ids()) == sorted(i for i, s in expected.items()
+                                                                                   if s / 40 >= bar / 40)
+        assert all(r["caption"] == texts[by_id[r["id"]]] and r["image"] == str(Path(images[by_id[r["id"]]]).resolve())
+                   for r in rows)
+    finally:
+        close(store)

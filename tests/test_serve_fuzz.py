@@ -30,8 +30,9 @@ from clip_embeddings.apps.server import ServeLimits, create_app  # noqa: E402
 
 FIELDS = {
     "/embed": ["texts", "text", "images", "image", "on_error"],
-    "/search": ["text", "images", "image", "item", "k", "modality", "where", "collection"],
+    "/search": ["text", "images", "image", "item", "k", "modality", "where", "min_score", "collection"],
     "/classify": ["labels", "templates", "images", "k", "on_error"],
+    "/query": ["query", "terms", "more_like", "unlike", "images", "k", "modality", "where", "min_score", "collection"],
 }
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -71,6 +72,22 @@ b64 = st.builds(lambda b: base64.b64encode(b).decode(), image_bytes) | st.text(m
     | st.builds(lambda b: "data:image/png;base64," + base64.b64encode(b).decode(), image_bytes)
 images = st.one_of(st.builds(lambda u: {"url": u}, urls), st.builds(lambda s: {"base64": s}, b64), json_values)
 templates = st.text(alphabet="{}:>!r0._a x", max_size=10)
+item_ids = st.sampled_from(["IDS0", "nope", "", "../etc", "a" * 300]) | st.text(max_size=12)
+paths = st.sampled_from(["/etc/passwd", "./x.jpg", "~/.ssh/id_rsa", "../photos", "file:///etc/hosts", "0", "1", "99",
+                         "x.png", "http://127.0.0.1/a.jpg"])
+weights = st.integers(-2000, 2000) | st.floats(allow_nan=False, allow_infinity=False) | st.booleans() | st.text(max_size=3)
+terms = st.one_of(
+    st.fixed_dictionaries({"text": st.text(max_size=40)}, optional={"weight": weights}),
+    st.fixed_dictionaries({"image": paths | st.integers(-3, 5)}, optional={"weight": weights}),
+    st.fixed_dictionaries({"url": urls}, optional={"weight": weights}),
+    st.fixed_dictionaries({"item": item_ids | json_values}, optional={"weight": weights}),
+    json_values)
+query_words = st.sampled_from(["beach", "2:beach", "-1e999:x", '"a + b"', "img:", "img:0", "id:IDS0", "id:../x", "text:",
+                               "./a.jpg", "/etc/passwd", "img:http://10.0.0.1/x", "~/x", "0.5:id:nope", "''"]) \
+    | st.text(max_size=15)
+query_strings = st.builds(lambda first, rest: first + "".join(f" {sign} {word}" for sign, word in rest),
+                          query_words, st.lists(st.tuples(st.sampled_from("+-"), query_words), max_size=20)) \
+    | st.text(max_size=60)
 where = st.dictionaries(st.sampled_from(["album", "n", "source", "digest", "$and", ""]) | st.text(max_size=6),
                         json_scalars, max_size=3) | st.text(max_size=20) | json_values
 
@@ -82,11 +99,14 @@ def field_value(name: str) -> st.SearchStrategy:
         "templates": st.lists(templates, max_size=6), "k": st.integers(-5, 300) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
         "on_error": st.sampled_from(["raise", "skip", "ignore"]), "modality": st.sampled_from(["image", "text", "both"]),
         "where": where, "item": st.text(max_size=60), "collection": st.sampled_from(["photos", "other", ""]),
+        "query": query_strings, "terms": st.lists(terms, max_size=8), "more_like": item_ids | st.lists(item_ids, max_size=4),
+        "unlike": st.lists(item_ids, max_size=3), "min_score": st.floats(-3, 3) | st.text(max_size=5),
     }[name]
     return specific | json_values
 
 
 def json_body(path: str) -> st.SearchStrategy:
+    # (IDS0 in a body becomes a real stored id in the tests that send it.)
     known = st.fixed_dictionaries({}, optional={name: field_value(name) for name in FIELDS[path]})
     return st.builds(lambda a, b: {**b, **a}, known, st.dictionaries(st.text(max_size=8), json_values, max_size=2))
 
@@ -98,7 +118,8 @@ raw_bodies = st.one_of(
     st.builds(lambda d: json.dumps(d, allow_nan=True).encode(), st.dictionaries(st.text(max_size=8), st.floats(), max_size=3)),
 )
 form_fields = st.lists(st.tuples(st.sampled_from(["texts", "text", "labels", "templates", "k", "where", "url", "image",
-                                                  "images", "modality", "item", "on_error"]) | st.text(max_size=6),
+                                                  "images", "modality", "item", "on_error", "query", "terms",
+                                                  "more_like", "unlike", "min_score"]) | st.text(max_size=6),
                                  st.text(max_size=30)), max_size=6)
 form_files = st.lists(st.tuples(st.sampled_from(["image", "images", "file", ""]), st.text(max_size=12), image_bytes),
                       max_size=3)
@@ -117,8 +138,9 @@ def check(client, response, secrets) -> None:
 @FUZZ
 @given(data=st.data())
 def test_json_bodies(served, path, data):
-    client, _, secrets = served
-    check(client, client.post(path, json=data.draw(json_body(path))), secrets)
+    client, ids, secrets = served
+    body = json.loads(json.dumps(data.draw(json_body(path))).replace("IDS0", ids[0]))
+    check(client, client.post(path, json=body), secrets)
 
 
 @pytest.mark.parametrize("path", list(FIELDS))

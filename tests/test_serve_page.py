@@ -92,3 +92,29 @@ def test_dropping_an_image_shows_its_nearest_images_and_clicking_searches_by_it(
     results = shown(page)
     assert results[0]["name"] == second.name
     assert [r["id"] for r in results] == [h.id for h in store.query(image=str(second), k=len(results))]
+
+
+def test_a_compound_query_and_more_like_this_from_the_page(page, page_url, sample_images):
+    from clip_embeddings.collection.query import parse_query
+
+    store = page_url[1]
+    photo = sample_images[2]
+    page.set_input_files("#file", str(photo))  # the chosen image is the compound query's img:<name>
+    shown(page)
+    query = f'2:a photo of a cat + img:{photo.name} - "a dog"'
+    page.fill("#terms", query)
+    page.press("#terms", "Enter")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('result(s) for 2:a photo')")
+    results = shown(page)
+    terms = parse_query(query.replace(f"img:{photo.name}", f"img:{photo}"))
+    expected = store.query(terms, k=len(results))
+    assert [r["id"] for r in results] == [h.id for h in expected]
+    assert [r["score"] for r in results] == [round(h.score, 3) for h in expected]
+
+    first = results[0]
+    page.fill("#min-score", "-0.5")
+    page.click(f"#results figure[data-id='{first['id']}'] .more")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('result(s) for more like')")
+    results = shown(page)
+    assert first["id"] not in [r["id"] for r in results]
+    assert [r["id"] for r in results] == [h.id for h in store.more_like(first["id"], k=24, min_score=-0.5)]

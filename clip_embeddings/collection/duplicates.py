@@ -182,9 +182,13 @@ def find_duplicates(store: StoreLike, threshold: float | None = None, *, gap: fl
     per image. See the module docstring for the method.
 
     Example:
-        >>> report = find_duplicates(store, threshold=0.97)  # doctest: +SKIP
-        >>> [m.source for m in report.groups[0].members]  # doctest: +SKIP
-        ['/photos/beach.jpg', '/photos/beach (1).jpg']
+        >>> from PIL import Image
+        >>> Image.open("photos/cat.jpg").save("photos/cat.png")  # the same picture, other bytes
+        >>> store.index_folder("photos").new
+        1
+        >>> report = find_duplicates(store, threshold=0.999)
+        >>> [m.source for m in report.groups[0].members]
+        ['.../photos/cat.jpg', '.../photos/cat.png']
     """
     threshold = default_threshold(store.ef.model_name) if threshold is None else float(threshold)
     if not 0 < threshold <= 1:
@@ -291,8 +295,12 @@ def remove_duplicates(store: Any, groups: Iterable[DuplicateGroup]) -> int:
     Uses ``store.delete(ids=...)`` where the store has it, else the ``_delete`` primitive.
 
     Example:
-        >>> remove_duplicates(store, find_duplicates(store, 0.97).groups)  # doctest: +SKIP
-        12
+        >>> from PIL import Image
+        >>> Image.open("photos/cat.jpg").save("photos/cat.png")
+        >>> store.index_folder("photos").new, store.count("image")
+        (1, 8)
+        >>> remove_duplicates(store, find_duplicates(store, 0.999).groups), store.count("image")
+        (1, 7)
     """
     ids = [m.id for g in groups for m in g.extras]
     if not ids:

@@ -114,11 +114,12 @@ def grid_cells(points: np.ndarray, columns: int, rows: int) -> list[tuple[int, i
     """Each point's (column, row): the free cell nearest its position scaled to the grid.
 
     Points are placed in order of distance from the layout's centre, each in the nearest cell
-    not yet taken (searched ring by ring), so no two share a cell.
+    not yet taken (searched ring by ring), so no two share a cell; of equally near cells, the
+    smaller (column, row) wins.
 
     Example:
         >>> grid_cells(np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]), 2, 2)
-        [(0, 0), (1, 0), (1, 1)]
+        [(0, 0), (0, 1), (1, 1)]
     """
     if len(points) > columns * rows:
         raise ValueError(f"{len(points)} images do not fit a {columns} x {rows} grid")
@@ -175,9 +176,11 @@ def render_map(store: StoreLike, path: str | os.PathLike, *, projection: str = "
     class names. Raises :class:`~clip_embeddings.errors.EmptyCollectionError` with no images.
 
     Example:
-        >>> report = render_map(store, "map.png", clusters=4)  # doctest: +SKIP
-        >>> report.clusters[0]["words"]  # doctest: +SKIP
-        ['tabby cat', 'Egyptian Mau']
+        >>> report = render_map(store, "map.png", clusters=3, vocabulary=["cat", "rocket", "coffee", "galaxy"])
+        >>> len(report.clusters), len(report.placements), Image.open("map.png").format
+        (3, 7, 'PNG')
+        >>> report.clusters[0]["words"]  # the vocabulary entries nearest the cluster's centre
+        ['...', ...]
     """
     require_records(store, "image", "map")
     ids: list[str] = []

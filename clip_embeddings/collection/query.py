@@ -73,7 +73,7 @@ class QueryStore(Protocol):
 
     ef: Any
 
-    def _vectors(self, keys: list[tuple[str, Any]]) -> dict[tuple[str, Any], np.ndarray]: ...  # (id, modality)
+    def _vectors(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]: ...
 
 
 def is_compound(query: Any) -> bool:
@@ -186,17 +186,42 @@ def query_vector(store: QueryStore, terms: Sequence[Term]) -> np.ndarray:
         for i, v in zip(images, store.ef.encode_images(values, on_error="raise").embeddings, strict=True):
             vectors[i] = v
     if items:
-        keys = [(terms[i].value.id, m) for i in items for m in ("image", "text")]
-        stored = store._vectors(keys)
-        for i in items:
-            item = terms[i].value
-            order = (item.modality,) if item.modality else ("image", "text")
-            found = next((stored[(item.id, m)] for m in order if (item.id, m) in stored), None)
-            if found is None:
-                raise ValueError(f"item {item.id!r} is not stored" + (f" with a {item.modality} vector" if item.modality else ""))
-            vectors[i] = found
-    total = np.asarray(sum(t.weight * np.asarray(v, np.float64) for t, v in zip(terms, vectors, strict=True)))
+        for i, v in zip(items, item_vectors(store, [terms[i].value for i in items]), strict=True):
+            vectors[i] = v
+    return combine([t.weight for t in terms], vectors)
+
+
+def item_vectors(store: QueryStore, items: Sequence[Item]) -> list[np.ndarray]:
+    """The stored vector of each item (its image vector, else its text one, unless it names a modality).
+
+    Raises ``ValueError`` naming the first item that is not stored.
+    """
+    stored = store._vectors([(item.id, m) for item in items for m in ("image", "text")])
+    out = []
+    for item in items:
+        order = (item.modality,) if item.modality else ("image", "text")
+        found = next((stored[(item.id, m)] for m in order if (item.id, m) in stored), None)
+        if found is None:
+            raise ValueError(f"item {item.id!r} is not stored" + (f" with a {item.modality} vector" if item.modality else ""))
+        out.append(found)
+    return out
+
+
+def combine(weights: Sequence[float], vectors: Sequence[Any]) -> np.ndarray:
+    """``normalize(sum w_i e_i)``: the query vector of terms whose unit vectors are known.
+
+    Raises ``ValueError`` when the terms cancel out (or a weight is not a finite number).
+
+    Example:
+        >>> [round(float(x), 3) for x in combine([2.0, -1.0], [np.array([1.0, 0.0]), np.array([0.0, 1.0])])]
+        [0.894, -0.447]
+    """
+    if not all(np.isfinite(w) for w in weights):
+        raise ValueError("every weight must be a finite number")
+    total = np.asarray(sum(w * np.asarray(v, np.float64) for w, v in zip(weights, vectors, strict=True)))
     norm = float(np.linalg.norm(total))
+    if not np.isfinite(norm):
+        raise ValueError("the query's weighted sum overflows; use smaller weights")
     if norm < 1e-6:
         raise ValueError("the query's terms cancel out (their weighted sum is zero); change a weight")
     return (total / norm).astype(np.float32)

@@ -45,9 +45,14 @@ class FolderWatcher:
     ``backend`` is ``"watchdog"``, ``"poll"`` or ``None`` (watchdog when installed, else poll).
 
     Example:
-        >>> watcher = FolderWatcher("photos", backend="poll")  # doctest: +SKIP
-        >>> for _ in watcher.changes(stop=lambda: False):  # doctest: +SKIP
-        ...     store.index_folder("photos", sync=True)
+        >>> from PIL import Image
+        >>> changes = FolderWatcher("photos", debounce=0.2).changes(stop=lambda: False, initial=True)
+        >>> next(changes)  # watching now
+        >>> Image.open("cat.jpg").save("photos/cat.png")
+        >>> next(changes)  # the folder changed, then stayed quiet for 0.2 s
+        >>> store.index_folder("photos", sync=True).new
+        1
+        >>> changes.close()
     """
 
     def __init__(self, folder: str | os.PathLike, *, debounce: float = 1.0, poll_seconds: float = 2.0,

@@ -33,7 +33,7 @@ from ..config import (
 from ..core.download import cache_dir
 from ..core.loading import check_model_reference, default_model
 from ..core.tokenizer import get_tokenizer, token_windows
-from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError
+from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError, ServerError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from .cache import CacheWarning, EmbeddingCache
 from .loaded import LoadedModel, shared_model
@@ -118,10 +118,11 @@ class ClipEF:
 
     Example:
         >>> import clip_embeddings as ce
-        >>> ef = ce.ClipEF("ViT-B/32")  # doctest: +SKIP
-        >>> ef.embed_texts(["a photo of a cat"]).shape  # doctest: +SKIP
+        >>> ef = ce.ClipEF()  # ViT-B/32, or the weights $CLIP_WEIGHTS names
+        >>> ef.embed_texts(["a photo of a cat"]).shape
         (1, 512)
-        >>> collection = chroma_client.create_collection("photos", embedding_function=ef)  # doctest: +SKIP
+        >>> import chromadb
+        >>> collection = chromadb.EphemeralClient().create_collection("photos", embedding_function=ef)
     """
 
     def __init__(
@@ -228,8 +229,8 @@ class ClipEF:
         """The shared model behind this function (loaded on first use), checked against the collection's.
 
         Example:
-            >>> ClipEF().loaded_model().precision  # doctest: +SKIP
-            'fp32'
+            >>> ClipEF(dtype="fp32").loaded_model().precision  # and the rewrites this CPU runs, e.g. '+onednn'
+            'fp32...'
         """
         return self._loaded()
 
@@ -242,6 +243,19 @@ class ClipEF:
     def fingerprint(self) -> str:
         """Identifies the weights + preprocessing + normalisation behind these embeddings."""
         return self._remote().check(self._expected())["fingerprint"] if self.server else self._loaded().fingerprint
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned temperature multiplier (``logit_scale.exp()``, 100 for OpenAI's
+        checkpoints): zero-shot probabilities are the softmax of it times the cosines. With a
+        server, the server's model's (from its ``/health``), so nothing is loaded here."""
+        if self.server:
+            health = self._remote().check(self._expected())
+            if "logit_scale" not in health:
+                raise ServerError(f"the embedding server at {self.server} does not report its model's logit_scale "
+                                  "(an older clip-embeddings serve): upgrade it, or run without server=")
+            return float(health["logit_scale"])
+        return float(self._loaded().model.logit_scale.detach().float().exp().item())
 
     def _expected(self) -> tuple[str | None, int | None]:
         """The ``(fingerprint, dim)`` this function's collection was built with, or ``(None, None)``."""
@@ -259,8 +273,8 @@ class ClipEF:
         ``reason`` says why it chose what it did. Loads the model if it is not loaded yet.
 
         Example:
-            >>> ClipEF().runtime_info()["precision"]  # doctest: +SKIP
-            'bf16+onednn'
+            >>> ClipEF().runtime_info()["precision"]  # what dtype="auto" chose on this machine
+            '...'
         """
         return dict(self._loaded().runtime)
 
@@ -287,7 +301,7 @@ class ClipEF:
         text, so short captions cost a fraction of the full 77-token context.
 
         Example:
-            >>> ClipEF().embed_texts(["a dog", "a cat"]).shape  # doctest: +SKIP
+            >>> ClipEF().embed_texts(["a dog", "a cat"]).shape
             (2, 512)
         """
         for i, text in enumerate(texts):
@@ -338,7 +352,8 @@ class ClipEF:
         :meth:`encode_images` to know which rows are which.
 
         Example:
-            >>> ClipEF().embed_images(["cat.jpg", PIL.Image.open("dog.png")]).shape  # doctest: +SKIP
+            >>> from PIL import Image
+            >>> ClipEF().embed_images(["cat.jpg", Image.open("rocket.jpg")]).shape
             (2, 512)
         """
         result = self.encode_images(images, on_error=on_error)
@@ -351,8 +366,8 @@ class ClipEF:
         """Embed images and say which inputs each row belongs to and which were skipped, and why.
 
         Example:
-            >>> result = ClipEF().encode_images(["cat.jpg", "missing.jpg"], on_error="skip")  # doctest: +SKIP
-            >>> result.indices, [s.reason for s in result.skipped]  # doctest: +SKIP
+            >>> result = ClipEF().encode_images(["cat.jpg", "missing.jpg"], on_error="skip")
+            >>> result.indices, [s.reason for s in result.skipped]
             ([0], ['file not found'])
         """
         on_error = check_on_error(on_error or self.on_error)
@@ -379,8 +394,9 @@ class ClipEF:
         """The image pipeline with this function's model, cache, limits and batching.
 
         Example:
-            >>> for batch in ClipEF().image_pipeline().batches(paths):  # doctest: +SKIP
-            ...     store_somewhere([r.vector for r in batch if r.ok])
+            >>> for batch in ClipEF().image_pipeline().batches(["cat.jpg", "missing.jpg"]):
+            ...     print([r.vector.shape if r.ok else r.reason for r in batch])
+            [(512,), 'file not found']
         """
         if self.server:  # the same reading and guards here; the server's model does the rest
             encoder = self._remote().encoder(self.loader_options, self._expected(), self.batch_size)
@@ -395,8 +411,8 @@ class ClipEF:
         """Embed a list of texts (``str``) and/or images (anything else), keeping the order.
 
         Example:
-            >>> rows = ClipEF()(["a cat", np.zeros((32, 32, 3), np.uint8)])  # doctest: +SKIP
-            >>> len(rows), rows[0].shape  # doctest: +SKIP
+            >>> rows = ClipEF()(["a cat", np.zeros((32, 32, 3), np.uint8)])
+            >>> len(rows), rows[0].shape
             (2, (512,))
         """
         text_at = [i for i, x in enumerate(input) if isinstance(x, str)]

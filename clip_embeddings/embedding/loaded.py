@@ -109,8 +109,8 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
     says what was chosen.
 
     Example:
-        >>> lm = shared_model("ViT-B/32")  # doctest: +SKIP
-        >>> lm is shared_model("ViT-B/32")  # doctest: +SKIP
+        >>> lm = shared_model(weights)  # weights: a model name or a checkpoint path, e.g. "ViT-B/32"
+        >>> lm is shared_model(weights)
         True
     """
     global _load_count

@@ -293,8 +293,8 @@ class ImagePipeline:
         fast_decode: decode large JPEGs at a reduced scale (Pillow draft mode).
 
     Example:
-        >>> pipeline = ImagePipeline(ef.loaded_model(), batch_size=32)  # doctest: +SKIP
-        >>> for batch in pipeline.batches(["cat.jpg", "missing.jpg"]):  # doctest: +SKIP
+        >>> pipeline = ImagePipeline(ef.loaded_model(), batch_size=32)
+        >>> for batch in pipeline.batches(["cat.jpg", "missing.jpg"]):
         ...     print([(r.index, r.ok, r.reason) for r in batch])
         [(0, True, None), (1, False, 'file not found')]
     """

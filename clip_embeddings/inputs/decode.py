@@ -238,6 +238,7 @@ def decode_image(raw: RawImage, options: LoaderOptions = DEFAULT_OPTIONS, *,
     ignore it. In-memory images (PIL, numpy) are only converted to RGB: no EXIF rotation, current frame.
 
     Example:
+        >>> from clip_embeddings.inputs.sources import read_image_source
         >>> raw = read_image_source(np.full((2, 2), 0.5))
         >>> decode_image(raw).getpixel((0, 0))
         (128, 128, 128)

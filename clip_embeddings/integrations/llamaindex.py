@@ -128,7 +128,7 @@ def folder_documents(folder: str | os.PathLike, *, captions: bool = True, recurs
     ``llama-index-readers-file``: LlamaIndex's ``SimpleDirectoryReader`` reads images only with it.
 
     Example:
-        >>> docs = folder_documents("examples/images")
+        >>> docs = folder_documents("photos")
         >>> sorted({type(d).__name__ for d in docs})
         ['Document', 'ImageDocument']
     """

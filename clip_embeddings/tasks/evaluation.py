@@ -2,9 +2,9 @@
 
 Example:
     >>> from clip_embeddings.tasks.evaluation import evaluate
-    >>> result = evaluate("data/val")  # doctest: +SKIP
-    >>> f"top-1 {result.top1:.1%}, top-5 {result.top5:.1%} on {result.n} images"  # doctest: +SKIP
-    'top-1 63.2%, top-5 88.9% on 5000 images'
+    >>> result = evaluate("data/val", progress=False)  # data/val/cat/*.jpg, data/val/coffee/*.jpg, ...
+    >>> f"top-1 {result.top1:.1%}, top-5 {result.top5:.1%} on {result.n} images"
+    'top-1 ...%, top-5 100.0% on 3 images'
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def read_labels(path: str | os.PathLike, folders: Sequence[str]) -> list[str]:
     lines starting with ``#`` are skipped.
 
     Example:
-        >>> read_labels("labels.tsv", ["n01440764", "n01443537"])  # doctest: +SKIP
+        >>> _ = Path("labels.tsv").write_text("n01440764\\ttench\\nn01443537\\tgoldfish\\n")
+        >>> read_labels("labels.tsv", ["n01440764", "n01443537"])
         ['tench', 'goldfish']
     """
     lines = [line.rstrip("\r\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
@@ -125,8 +126,10 @@ def evaluate(dataset_dir: str | os.PathLike, labels=None, *, ef: ClipEF | None =
         progress: show a progress bar.
 
     Example:
-        >>> evaluate("pets/", {"cat": "cat", "dog": "dog"}, ef=ClipEF("ViT-B/16")).top1  # doctest: +SKIP
-        0.94
+        >>> labels = {"cat": "cat", "coffee": "cup of coffee", "rocket": "rocket"}
+        >>> result = evaluate("data/val", labels, ef=ClipEF(batch_size=8), progress=False)
+        >>> result.n, result.top5
+        (3, 1.0)
     """
     root = Path(dataset_dir)
     folders = _class_folders(root)

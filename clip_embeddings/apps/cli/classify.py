@@ -25,7 +25,7 @@ from .common import (
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``classify`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("classify", parents=[common_options(), model_options(), templates_option()],
+    p = sub.add_parser("classify", parents=[common_options(), model_options(remote=True), templates_option()],
                        help="zero-shot classify images",
                        description="Zero-shot classify images (or folders of images) over a set of labels.")
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")

@@ -1,4 +1,4 @@
-"""The server's routes: ``/embed``, ``/search``, ``/classify``, ``/health``, thumbnails and the page.
+"""The server's routes: ``/embed``, ``/search``, ``/query``, ``/classify``, ``/health``, thumbnails and the page.
 
 Every route that needs the model goes through one :class:`~.batcher.Batcher`, so concurrent
 requests share forward passes and the model is only ever touched by its worker thread. Reading
@@ -24,9 +24,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ...embedding.function import ClipEF
 from ...tasks.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+from . import compound
 from .budget import check_images, check_prompts
 from .guard import Guard, bearer_matches
-from .inputs import BadRequest, Body, ImageInput, choice, integer, read_body, where_filter
+from .inputs import BadRequest, Body, ImageInput, choice, integer, number, read_body, where_filter
 from .limits import ServeLimits
 from .service import Service
 
@@ -52,7 +53,7 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/health", health, methods=["GET"])
-    for path, route in (("/embed", embed), ("/search", search), ("/classify", classify)):
+    for path, route in (("/embed", embed), ("/search", search), ("/query", query), ("/classify", classify)):
         app.add_api_route(path, route, methods=["POST"])
     app.add_api_route("/thumbnail/{item}", thumbnail, methods=["GET"])
     return app
@@ -86,6 +87,7 @@ async def health(request: Request) -> dict:
         collection = {"name": store.name, "kind": type(store).__name__, "count": await service.count()}
     return {
         "status": "ok", "model": model_label(service.ef.model_name), "fingerprint": lm.fingerprint, "dim": lm.dim,
+        "logit_scale": service.ef.logit_scale,
         "precision": lm.precision, "device": str(lm.device), "queue_depth": service.batcher.depth,
         "batching": dataclasses.asdict(service.batcher.stats) | {"max_batch": limits.max_batch,
                                                                  "max_wait_ms": limits.max_wait_ms},
@@ -125,13 +127,37 @@ async def search(request: Request) -> dict:
     k = integer(body, "k", 12, 1, 200)
     modality = choice(body, "modality", "image", ("image", "text"))
     where = where_filter(body)
+    min_score = number(body, "min_score", -1.0, 1.0)
     vector = await _query_vector(service, body, request)
-    try:
-        hits = await run_in_threadpool(lambda: store.search(vector, k=k, modality=modality, where=where))
-    except (ValueError, TypeError) as e:
-        raise BadRequest(f"the query was refused: {e}") from None
+    hits = await _search(store, vector, k, modality, where, min_score)
     root = request.scope.get("root_path", "")
     return {"collection": store.name, "modality": modality, "hits": [_hit(h, root) for h in hits]}
+
+
+async def query(request: Request) -> dict:
+    """A compound query or more-like-this (see :mod:`.compound`): the budget is checked first."""
+    service = _service(request)
+    body = await read_body(request, service.limits.max_items)
+    store = service.require_store(body)
+    k = integer(body, "k", 12, 1, 200)
+    modality = choice(body, "modality", "image", ("image", "text"))
+    where = where_filter(body)
+    min_score = number(body, "min_score", -1.0, 1.0)
+    terms, fields, exclude = compound.read_terms(body, service.limits)
+    vector = await compound.query_vector(service, store, terms, fields, request)
+    hits = await _search(store, vector, k + len(exclude), modality, where, min_score)
+    root = request.scope.get("root_path", "")
+    return {"collection": store.name, "modality": modality,
+            "terms": [compound.describe(t, f) for t, f in zip(terms, fields, strict=True)],
+            "hits": [_hit(h, root) for h in hits if h.id not in exclude][:k]}
+
+
+async def _search(store: Any, vector: Any, k: int, modality: str, where: Any, min_score: float | None) -> list:
+    try:
+        return await run_in_threadpool(lambda: store.search(vector, k=k, modality=modality, where=where,
+                                                            min_score=min_score))
+    except (ValueError, TypeError) as e:
+        raise BadRequest(f"the query was refused: {e}") from None
 
 
 async def _query_vector(service: Service, body: Body, request: Request) -> Any:

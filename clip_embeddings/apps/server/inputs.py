@@ -29,6 +29,7 @@ class ImageInput:
     label: str
     data: bytes | None = None
     url: str | None = None
+    name: str | None = None  # an uploaded file's name, by which a compound query's img: term may name it
 
     @property
     def item(self) -> bytes | str:
@@ -168,7 +169,8 @@ async def _read_form(request: Request, max_items: int) -> Body:
         if isinstance(value, UploadFile):
             if name not in ("image", "images"):
                 raise BadRequest(f"file field {name!r}: upload images under the field name 'image'")
-            body.images.append(ImageInput(f"upload {value.filename or len(body.images)}", data=await value.read()))
+            body.images.append(ImageInput(f"upload {value.filename or len(body.images)}", data=await value.read(),
+                                          name=value.filename or None))
         elif name in ("image", "images", "url"):
             body.images.append(url_image(f"{name} field", value))
         elif name in _LIST_FIELDS:
@@ -233,3 +235,22 @@ def where_filter(body: Body) -> dict[str, Any] | None:
 def _short(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else type(value).__name__
     return text if len(text) <= 60 else text[:59] + "…"
+
+
+def number(body: Body, name: str, low: float, high: float) -> float | None:
+    """An optional number field (JSON number or form string) within ``[low, high]``; ``None`` when absent.
+
+    Example:
+        >>> number(Body({"min_score": "0.25"}), "min_score", -1.0, 1.0)
+        0.25
+    """
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float, str)) else None
+    except (ValueError, OverflowError):
+        number = None
+    if number is None or not math.isfinite(number) or not low <= number <= high:
+        raise BadRequest(f"{name} must be a number from {low:g} to {high:g}, got {_short(value)}")
+    return number

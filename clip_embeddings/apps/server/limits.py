@@ -44,6 +44,9 @@ class ServeLimits:
         max_prompts: most labels x templates in one ``/classify`` request: the texts it encodes (413).
         max_prompt_chars: the longest label, and the longest label written into a template (413).
         max_urls: most image URLs in one request, each fetched for up to ``url_timeout`` (413).
+        max_terms: most terms in one ``/query`` compound query (texts, images and item ids; 413).
+        max_query_chars: the longest ``/query`` query string (413); each text term also stays
+            within ``max_prompt_chars``.
         allowed_hosts: the ``Host`` names served (400 for others; ``"*"`` for any): DNS rebinding
             cannot reach a loopback server under a web page's own name.
         token: when set, every API route needs ``Authorization: Bearer <token>`` (401 otherwise).
@@ -66,6 +69,8 @@ class ServeLimits:
     max_prompts: int = 512
     max_prompt_chars: int = 1_000
     max_urls: int = 16
+    max_terms: int = 16
+    max_query_chars: int = 4_000
     allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
     token: str | None = None
     allow_private_urls: bool = False

@@ -28,7 +28,7 @@ from .batcher import Batcher, QueueFull
 from .inputs import BadRequest, Body, ImageInput
 from .limits import ServeLimits
 
-_ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")  # what a request may call an item
 THUMBNAIL_DECODES = 2  # at most this many thumbnails decode at once: each may be max_pixels large
 _THUMBNAIL_CACHE = 512
 _COUNT_TTL = 10.0  # seconds /health reuses a collection's count: counting may scan the collection
@@ -112,7 +112,7 @@ class Service:
 
     async def lookup(self, item: Any) -> Any:
         """The collection's image record with this id, or a 404: ids are all a request can name."""
-        if not isinstance(item, str) or not _ITEM_ID.match(item):
+        if not isinstance(item, str) or not ITEM_ID.match(item):
             raise BadRequest(f"item must be an item id from a search result, got {_shown(item)}")
         store = self.require_store(Body())
         hit = await run_in_threadpool(store.get_item, item)

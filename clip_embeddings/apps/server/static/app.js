@@ -31,13 +31,25 @@ function status(text, isError = false) {
   $("status").className = isError ? "error" : "";
 }
 
-async function search(body, what) {
+let lastFile = null;  // the image last dropped or chosen: a compound query's img:0 (or img:<its name>)
+
+function minScore() {
+  const value = $("min-score").value.trim();
+  return value === "" ? null : Number(value);
+}
+
+async function search(body, what, route = "search") {
   status("searching " + what + "…");
+  const floor = minScore();
+  if (floor !== null) {
+    if (body instanceof FormData) body.append("min_score", String(floor));
+    else body.min_score = floor;
+  }
   try {
     const init = body instanceof FormData
       ? { method: "POST", body }
       : { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } };
-    const result = await (await call("search", init)).json();
+    const result = await (await call(route, init)).json();
     show(result.hits);
     status(result.hits.length + " result(s) for " + what);
   } catch (e) {
@@ -61,7 +73,16 @@ function show(hits) {
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = hit.name || "";
-    caption.append(score, name);
+    const more = document.createElement("button");
+    more.className = "more";
+    more.type = "button";
+    more.textContent = "≈";
+    more.title = "more like this (never this one itself)";
+    more.addEventListener("click", (event) => {
+      event.stopPropagation();
+      search({ more_like: hit.id, k: K }, "more like " + (hit.name || hit.id), "query");
+    });
+    caption.append(score, name, more);
     figure.append(img, caption);
     figure.addEventListener("click", () => search({ item: hit.id, k: K }, "image " + (hit.name || hit.id)));
     grid.append(figure);
@@ -81,6 +102,7 @@ async function thumbnail(img, url) {
 }
 
 function searchFile(file) {
+  lastFile = file;
   const form = new FormData();
   form.append("image", file, file.name);
   form.append("k", String(K));
@@ -91,6 +113,17 @@ $("query").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("text").value.trim();
   if (text) search({ text, k: K }, JSON.stringify(text));
+});
+
+$("compound").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const query = $("terms").value.trim();
+  if (!query) return;
+  const form = new FormData();
+  form.append("query", query);
+  form.append("k", String(K));
+  if (lastFile && /\bimg:|\bimage:/.test(query)) form.append("image", lastFile, lastFile.name);
+  search(form, query, "query");
 });
 
 const drop = $("drop");
