@@ -73,7 +73,7 @@ class QueryStore(Protocol):
 
     ef: Any
 
-    def _vectors(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]: ...
+    def _vectors(self, keys: list[tuple[str, Any]]) -> dict[tuple[str, Any], np.ndarray]: ...  # (id, modality)
 
 
 def is_compound(query: Any) -> bool:
