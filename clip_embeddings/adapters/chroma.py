@@ -225,11 +225,20 @@ class ChromaStore(Store):
             self.collection.delete(ids=[row_id(item, modality) for item, modality in keys])
 
     def count(self, modality: Modality | None = None) -> int:
-        if modality is not None:
-            return len(self.collection.get(where={"modality": modality}, include=[])["ids"])
-        # One row per modality: an item is an image row, or a text row with no image row beside it.
-        ids = self.collection.get(include=[])["ids"]
-        return len({i.removesuffix(":text") for i in ids})
+        if modality is None:
+            # One row per modality: an item is an image row, or a text row with no image row beside it.
+            ids = self.collection.get(include=[])["ids"]
+            return len({i.removesuffix(":text") for i in ids})
+        # The text rows counted page by page, the images as the rest: one get of every id of a
+        # modality held them all at once in Chroma and here (0.65 KB a row: 65 MB at 100k, which
+        # an export's peak memory grew by).
+        text, offset, page = 0, 0, 5000
+        while True:
+            got = self.collection.get(where={"modality": "text"}, limit=page, offset=offset, include=[])["ids"]
+            text, offset = text + len(got), offset + len(got)
+            if len(got) < page:
+                break
+        return text if modality == "text" else self.collection.count() - text
 
 
 def to_where(where: dict[str, Any]) -> list[dict[str, Any]]:
