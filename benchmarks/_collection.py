@@ -9,8 +9,12 @@ pass.
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import _common as c  # noqa: I001
@@ -62,3 +66,38 @@ def filled_store(kind: str, location: Path, n: int, data_dir: Path, clusters: in
     for records in clustered_batches(n, store.ef.dim, clusters, seed=seed, copy_every=copy_every):
         store._write(records)
     return store
+
+
+def child_arguments(quick_help: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The flags of a collection benchmark beyond its settings, for ``c.run_script``: ``--quick``
+    and ``--data-dir``, and the hidden ones its child processes take (``--child --n --kind``)."""
+    def extra(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--quick", action="store_true", help=quick_help)
+        parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA)
+        parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+        parser.add_argument("--kind", help=argparse.SUPPRESS)
+    return extra
+
+
+def run_children(script: str, child: Callable[[argparse.Namespace], None], label: str, args: argparse.Namespace,
+                 *flags: str) -> list[dict] | None:
+    """Each database and size of ``args`` measured in a fresh process (``script --child ...
+    flags``), which prints its result as JSON on its last line; the results, in order. In that
+    child process (``--child``), runs ``child(args)`` instead and returns None."""
+    if getattr(args, "child", False):
+        child(args)
+        return None
+    embedding_function(args.data_dir)  # weights made once, outside the measurement
+    runs = []
+    for kind in args.kinds:
+        for n in args.sizes:
+            print(f"[{label}] {kind}: {n} vectors in a fresh process", flush=True)
+            cmd = [sys.executable, script, "--child", "--n", str(n), "--kind", kind, "--data-dir", str(args.data_dir),
+                   *flags]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"child for {kind} n={n} failed:\n{done.stderr[-3000:]}")
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  {json.dumps(runs[-1])}", flush=True)  # each size as it finishes: the large one takes long
+    return runs

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +27,8 @@ COPY_EVERY = 10
 
 
 def child(args) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-dups-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-dups-", ignore_cleanup_errors=True) as scratch:
+        work = Path(scratch)
         start = time.perf_counter()
         store = cc.filled_store(args.kind, work / "db", args.n, args.data_dir, clusters=args.clusters,
                                 copy_every=COPY_EVERY)
@@ -45,26 +43,12 @@ def child(args) -> None:
                           "cpu_seconds": cpu, "load": os.getloadavg()[0], "pairs_found": found,
                           "us_per_image": 1e6 * seconds / args.n, "groups": len(report.groups),
                           "planted_pairs": cc.planted_pairs(args.n, COPY_EVERY), "peak_rss_mb": c.peak_rss_mb()}))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args) -> dict | None:
-    if getattr(args, "child", False):
-        child(args)
+    runs = cc.run_children(__file__, child, "duplicates", args, "--clusters", str(args.clusters))
+    if runs is None:  # a child: it printed its result
         return None
-    cc.embedding_function(args.data_dir)
-    runs = []
-    for kind in args.kinds:
-        for n in args.sizes:
-            print(f"[duplicates] {kind}: {n} vectors in a fresh process", flush=True)
-            cmd = [sys.executable, __file__, "--child", "--n", str(n), "--kind", kind, "--clusters", str(args.clusters),
-                   "--data-dir", str(args.data_dir)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"child for {kind} n={n} failed:\n{done.stderr[-3000:]}")
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  {json.dumps(runs[-1])}", flush=True)  # each size as it finishes: the large one takes long
     growth = {}
     for kind in args.kinds:
         mine = [r for r in runs if r["kind"] == kind]
@@ -98,14 +82,7 @@ def apply_quick(args) -> None:
 
 
 def main(argv=None) -> dict | None:
-    def extra_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--quick", action="store_true", help="1,000 vs 10,000 vectors")
-        parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA)
-        parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-        parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
-        parser.add_argument("--kind", help=argparse.SUPPRESS)
-
-    return c.run_script(sys.modules[__name__], "duplicates", argv, extra_arguments)
+    return c.run_script(sys.modules[__name__], "duplicates", argv, cc.child_arguments('1,000 vs 10,000 vectors'))
 
 
 if __name__ == "__main__":

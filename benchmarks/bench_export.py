@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +22,8 @@ import _common as c  # noqa: I001
 
 
 def child(args) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-export-", ignore_cleanup_errors=True) as scratch:
+        work = Path(scratch)
         store = cc.filled_store(args.kind, work / "db", args.n, args.data_dir, clusters=100)
         out = {"kind": args.kind, "n": args.n, "stored": store.count("image")}
         for fmt in ("npy", "parquet"):
@@ -38,25 +36,12 @@ def child(args) -> None:
             out[fmt] = {"seconds": time.perf_counter() - start, "rss_before_mb": before, "peak_rss_mb": peak,
                         "export_mb": peak - before}
         print(json.dumps(out))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args) -> dict | None:
-    if getattr(args, "child", False):
-        child(args)
+    runs = cc.run_children(__file__, child, "export", args, "--shard", str(args.shard))
+    if runs is None:  # a child: it printed its result
         return None
-    cc.embedding_function(args.data_dir)  # weights made once, outside the measurement
-    runs = []
-    for kind in args.kinds:
-        for n in args.sizes:
-            print(f"[export] {kind}: {n} vectors in a fresh process", flush=True)
-            cmd = [sys.executable, __file__, "--child", "--n", str(n), "--kind", kind, "--shard", str(args.shard),
-                   "--data-dir", str(args.data_dir)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"child for {kind} n={n} failed:\n{done.stderr[-3000:]}")
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     growth = {}
     for kind in args.kinds:
         small, large = [r for r in runs if r["kind"] == kind][0], [r for r in runs if r["kind"] == kind][-1]
@@ -90,14 +75,7 @@ def apply_quick(args) -> None:
 
 
 def main(argv=None) -> dict | None:
-    def extra_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--quick", action="store_true", help="1,000 vs 10,000 vectors, LanceDB only")
-        parser.add_argument("--data-dir", type=Path, default=c.DEFAULT_DATA)
-        parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-        parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
-        parser.add_argument("--kind", help=argparse.SUPPRESS)
-
-    return c.run_script(sys.modules[__name__], "export", argv, extra_arguments)
+    return c.run_script(sys.modules[__name__], "export", argv, cc.child_arguments('1,000 vs 10,000 vectors, LanceDB only'))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What the example scripts share: the ``--model`` argument and the sample photos with captions."""
+"""What the example scripts share: the ``--model`` argument, the sample photos with captions, and the
+store quickstarts' arguments and searches."""
 
 from __future__ import annotations
 
@@ -58,3 +59,28 @@ def photos_with_captions(folder: str | os.PathLike = IMAGES) -> tuple[list[Path]
     captions_file = folder / "captions.json"
     captions = json.loads(captions_file.read_text()) if captions_file.exists() else {}
     return files, [captions.get(p.name) for p in files]
+
+
+def quickstart_args(doc: str, location_default: str | None, location_help: str) -> argparse.Namespace:
+    """The arguments of a store quickstart: --model, --images, --location, --query, -k."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    add_model_argument(parser)
+    parser.add_argument("--images", default=str(IMAGES), help="folder of images to index")
+    parser.add_argument("--location", default=location_default, help=location_help)
+    parser.add_argument("--query", default="a rocket on the launch pad at night", help="text to search for")
+    parser.add_argument("-k", type=int, default=3, help="results per query")
+    return parser.parse_args()
+
+
+def show_searches(store, query: str, probe: Path, k: int, *, image_to_text: bool = True) -> None:
+    """Search ``store`` text -> image, image -> image (and image -> text), one hit a line."""
+    print(f"\ntext -> image: {query!r}")
+    for hit in store.query(query, k=k):
+        print(f"  {hit.score:.3f}  {Path(hit.source).name}  ({hit.document or 'no caption'})")
+    print(f"\nimage -> image: {probe.name}")
+    for hit in store.query(image=probe, k=k):
+        print(f"  {hit.score:.3f}  {Path(hit.source).name}")
+    if image_to_text:
+        print(f"\nimage -> text: {probe.name}")
+        for hit in store.query(image=probe, k=k, modality="text"):
+            print(f"  {hit.score:.3f}  {hit.document}")

@@ -10,25 +10,14 @@ Without ``--model`` or ``CLIP_WEIGHTS`` it uses ``ViT-B/32``, downloaded on firs
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from _photos import IMAGES, add_model_argument, photos_with_captions, run
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_argument(parser)
-    parser.add_argument("--images", default=str(IMAGES), help="folder of images to index")
-    parser.add_argument("--location", default=":memory:",
-                        help="':memory:', a folder for a persistent local collection, or a Qdrant server URL")
-    parser.add_argument("--query", default="a rocket on the launch pad at night", help="text to search for")
-    parser.add_argument("-k", type=int, default=3, help="results per query")
-    return parser.parse_args()
+from _photos import photos_with_captions, quickstart_args, run, show_searches
 
 
 def main() -> None:
-    args = parse_args()
+    args = quickstart_args(__doc__, ":memory:",
+                           "':memory:', a folder for a persistent local collection, or a Qdrant server URL")
     # Imported after argument parsing so --help answers at once.
     import clip_embeddings as ce
     from clip_embeddings.adapters import open_store
@@ -41,19 +30,7 @@ def main() -> None:
     print(report)
     print(f"points in the collection: {store.count()}")
 
-    print(f"\ntext -> image: {args.query!r}")
-    for hit in store.query(args.query, k=args.k):
-        print(f"  {hit.score:.3f}  {Path(hit.source).name}  ({hit.document or 'no caption'})")
-
-    probe = files[0]
-    print(f"\nimage -> image: {probe.name}")
-    for hit in store.query(image=probe, k=args.k):
-        print(f"  {hit.score:.3f}  {Path(hit.source).name}")
-
-    print(f"\nimage -> text: {probe.name}")
-    for hit in store.query(image=probe, k=args.k, modality="text"):
-        print(f"  {hit.score:.3f}  {hit.document}")
-
+    show_searches(store, args.query, files[0], args.k)
 
 if __name__ == "__main__":
     run(main)

@@ -60,9 +60,13 @@ def open_store(kind: Kind, location: str | os.PathLike | None = None, name: str 
     A store that cannot be created (weights that do not load, say) leaves no folder behind.
 
     Example:
-        >>> store = open_store("qdrant:///data/qdrant-db#photos", ClipEF())  # doctest: +SKIP
-        >>> store = open_store("chroma", "http://localhost:8000", "photos")  # doctest: +SKIP
-        >>> store.query("a cat", k=3)  # doctest: +SKIP
+        >>> from clip_embeddings import ClipEF
+        >>> store = open_store("qdrant", "qdrant-db", "photos", ClipEF())  # "qdrant:///abs/path/qdrant-db#photos"
+        >>> store.index_folder("photos").new
+        7
+        >>> len(store.query("a cat", k=3))
+        3
+        >>> store = open_store("chroma", "http://localhost:8000", "photos")  # a server's  # doctest: +SKIP
     """
     if name is None and (location is None or not isinstance(location, (str, os.PathLike))):
         ef = location if ef is None else ef  # type: ignore[assignment]  # open_store(address, ef)

@@ -37,6 +37,7 @@ from ..embedding.pipeline import ImageResult, OnError, SkippedItem
 from ..errors import CollectionNotFoundError, ImageLoadError, IncompatibleCollectionError, ModelMismatchError
 from ..inputs.captions import caption_for, folder_captions
 from ..inputs.folders import IMAGE_EXTENSIONS
+from ..inputs.names import path_of
 from ..inputs.options import ImageLike
 from ..inputs.user_files import FolderFile, Refused, walk_folder
 from ..tasks.tags import Tagger, as_tagger
@@ -52,6 +53,8 @@ from .rows import (  # noqa: F401 - re-exported: the adapters and users import t
     check_metadata,
     item_id,
     row_id,
+    stored_hit,
+    stored_record,
     text_digest,
 )
 
@@ -77,10 +80,12 @@ class Store(Querying, ABC):
     """A collection of CLIP embeddings in some database, queried across modalities.
 
     Example:
-        >>> store = ChromaStore(client, "photos", ClipEF())  # doctest: +SKIP
-        >>> store.add_images(["cat.jpg", "dog.jpg"], captions=["a cat", "a dog"])  # doctest: +SKIP
-        >>> [h.source for h in store.query("a sleeping cat", k=1)]  # doctest: +SKIP
-        ['cat.jpg']
+        >>> from clip_embeddings import open_store
+        >>> store = open_store("chroma", "db", "photos", ClipEF())
+        >>> store.add_images(["cat.jpg", "rocket.jpg"], captions=["a cat", "a rocket"]).new
+        2
+        >>> [h.source for h in store.query("a sleeping cat", k=1)]
+        ['.../....jpg']
     """
 
     ef: ClipEF
@@ -187,8 +192,8 @@ class Store(Querying, ABC):
         ``"raise"`` the ingest stops at the first bad image, after storing every image before it.
 
         Example:
-            >>> report = store.add_images(["cat.jpg", "cat.jpg", "missing.jpg"], on_error="skip")  # doctest: +SKIP
-            >>> report.new, report.duplicates, [s.reason for s in report.skipped]  # doctest: +SKIP
+            >>> report = store.add_images(["cat.jpg", "cat.jpg", "missing.jpg"], on_error="skip")
+            >>> report.present, report.duplicates, [s.reason for s in report.skipped]  # cat.jpg: in photos/ too
             (1, 1, ['file not found'])
 
         ``tags`` (a :class:`~clip_embeddings.tasks.tags.Tagger`, a list of labels or a vocabulary
@@ -212,8 +217,9 @@ class Store(Querying, ABC):
         """:meth:`add_images` one written batch at a time: yields each batch's report after its write.
 
         Example:
-            >>> for batch in store.stream_images(paths):  # doctest: +SKIP
-            ...     print(f"{batch.new} more stored")
+            >>> for batch in store.stream_images(["cat.jpg", "rocket.jpg"]):
+            ...     print(f"{batch.new} more stored, {batch.present} already there")
+            0 more stored, 2 already there
         """
         if isinstance(images, Sized):
             _check_lengths(len(images), ids=ids, captions=captions, metadatas=metadatas)
@@ -276,7 +282,7 @@ class Store(Querying, ABC):
         """Embed and store texts; ids default to content-derived ones; a repeated text is stored once.
 
         Example:
-            >>> store.add_texts(["a cat", "a cat", "a dog"]).duplicates  # doctest: +SKIP
+            >>> store.add_texts(["a cat", "a cat", "a dog"]).duplicates
             1
         """
         texts = list(texts)
@@ -305,7 +311,8 @@ class Store(Querying, ABC):
 
     def _store(self, records: dict[str, list[Record]], report: IngestReport) -> None:
         """Write what is not stored yet (or carries metadata to merge); count items new, updated, present."""
-        keys = [(r.id, r.modality) for rs in records.values() for r in rs]
+        # Both modalities of every item: a caption added to a stored image updates that item.
+        keys = [(item, modality) for item in records for modality in ("image", "text")]
         stored = self._stored(keys) if keys else {}
         writes: list[Record] = []
         for item, rs in records.items():
@@ -314,7 +321,7 @@ class Store(Querying, ABC):
             report.ids.append(item)
             if not changed:
                 report.present += 1
-            elif any((r.id, r.modality) in stored for r in rs):
+            elif (item, "image") in stored or (item, "text") in stored:
                 report.updated += 1
             else:
                 report.new += 1
@@ -327,8 +334,11 @@ class Store(Querying, ABC):
         yet is written, and the report counts items new, updated, present and duplicated.
 
         Example:
-            >>> store.write_records(records_from_batch(batch)).new  # doctest: +SKIP
-            64
+            >>> from clip_embeddings import open_store
+            >>> records = list(store.records())  # e.g. copied from another store
+            >>> copy = open_store("chroma", "copy.db", "photos", store.ef)
+            >>> copy.write_records(records).new, copy.write_records(records).present
+            (7, 7)
         """
         grouped: dict[str, list[Record]] = {}
         report = IngestReport()
@@ -366,11 +376,14 @@ class Store(Querying, ABC):
         this folder are never touched. ``dry_run=True`` only reports what a sync would do.
 
         Example:
-            >>> report = store.index_folder("photos/")  # doctest: +SKIP
-            >>> print(report)  # doctest: +SKIP
-            new 1200, updated 0, already present 0, duplicates 3, skipped 2 (cache hits 0)
-            >>> print(store.index_folder("photos/", sync=True))  # doctest: +SKIP
-            added 2, updated 1, renamed 1, removed 3; unchanged 1196, duplicates 3, skipped 2
+            >>> from clip_embeddings import open_store
+            >>> store = open_store("chroma", "db", "photos", ClipEF())
+            >>> report = store.index_folder("photos/")
+            >>> print(report)
+            new 7, updated 0, already present 0, duplicates 0, skipped 0 (cache hits ...)
+            >>> os.remove("photos/rocket.jpg")
+            >>> print(store.index_folder("photos/", sync=True))
+            added 0, updated 0, renamed 0, removed 1; unchanged 6, duplicates 0, skipped 0
         """
         if sync or dry_run:
             return self._sync_folder(Path(folder), extensions, recursive, on_error, progress, captions, dry_run,
@@ -407,7 +420,7 @@ class Store(Querying, ABC):
         entries = (_Entry(FolderFile(f.path, real_root), caption=f.caption) for f in plan.to_ingest)
         ingested = IngestReport.collect(self._ingest(entries, on_error, progress, len(plan.to_ingest), tagger))
         # A file that could not be embedded now was planned as added or updated: count it as skipped.
-        failed = {s.source for s in ingested.skipped}
+        failed = {path_of(s.source) for s in ingested.skipped if s.source}
         report.new -= sum(f.path in failed for f in plan.add)
         report.updated -= sum(f.path in failed for _, f in plan.update + plan.recaption)
         report.skipped += ingested.skipped
@@ -449,10 +462,11 @@ class Store(Querying, ABC):
         were removed; ids that are not stored are ignored.
 
         Example:
-            >>> store.delete([report.ids[0]])  # doctest: +SKIP
+            >>> report = store.add_images(["cat.jpg", "rocket.jpg"], metadatas=[{"album": "pets"}, {"album": "space"}])
+            >>> store.delete([report.ids[0]])
             1
-            >>> store.delete(where={"album": "space"})  # doctest: +SKIP
-            3
+            >>> store.delete(where={"album": "space"})
+            1
         """
         if (ids is None) == (where is None):
             raise ValueError("delete takes ids or where=..., exactly one of them")
@@ -471,8 +485,8 @@ class Store(Querying, ABC):
         """Every stored record (of ``modality``), read ``batch_size`` at a time: memory stays bounded.
 
         Example:
-            >>> sorted({r.source for r in store.records(with_vectors=False)})  # doctest: +SKIP
-            ['/photos/cat.jpg', '/photos/dog.jpg']
+            >>> sorted({Path(r.source).name for r in store.records(with_vectors=False)})
+            ['astronaut.jpg', 'cameraman.jpg', 'cat.jpg', 'coffee.jpg', 'galaxies.jpg', 'retina.jpg', 'rocket.jpg']
         """
         if modality not in (None, "image", "text"):
             raise ValueError(f"modality must be 'image', 'text' or None, not {modality!r}")
@@ -489,8 +503,8 @@ class Store(Querying, ABC):
         See :mod:`clip_embeddings.collection.export` for the layout.
 
         Example:
-            >>> store.export("exported/", format="npy").counts  # doctest: +SKIP
-            {'image': 1200, 'text': 1200}
+            >>> store.export("exported/", format="npy").counts
+            {'image': 7, 'text': 7}
         """
         return export_collection(self, path, format=format, modality=modality, shard_size=shard_size,
                                  progress=progress)
@@ -505,9 +519,13 @@ class Store(Querying, ABC):
         :mod:`clip_embeddings.collection.duplicates` for the method and the keeper rule.
 
         Example:
-            >>> report = store.duplicates(threshold=0.97)  # doctest: +SKIP
-            >>> report.groups[0].keeper.source  # doctest: +SKIP
-            '/photos/beach.jpg'
+            >>> from PIL import Image
+            >>> Image.open("photos/cat.jpg").save("photos/cat.png")  # the same picture, other bytes
+            >>> store.index_folder("photos").new
+            1
+            >>> report = store.duplicates(threshold=0.999)
+            >>> report.groups[0].keeper.source
+            '.../photos/cat.jpg'
         """
         report = find_duplicates(self, threshold, gap=gap, k=k, progress=progress)
         if delete:
@@ -537,8 +555,8 @@ class Store(Querying, ABC):
         See :mod:`clip_embeddings.collection.map`.
 
         Example:
-            >>> store.map("map.png", clusters=6).clusters[0]["words"]  # doctest: +SKIP
-            ['seashore', 'sandbar']
+            >>> store.map("map.png", clusters=2, vocabulary=["cat", "rocket", "space"]).clusters[0]["words"]
+            ['...', ...]
         """
         return render_map(self, path, projection=projection, clusters=clusters, vocabulary=vocabulary, thumb=thumb,
                           html_page=html, progress=progress)

@@ -8,14 +8,15 @@ Example:
     >>> import lancedb, clip_embeddings
     >>> from lancedb.embeddings import get_registry
     >>> from lancedb.pydantic import LanceModel, Vector
-    >>> clip = get_registry().get("clip-embeddings").create(model="ViT-B/32")  # doctest: +SKIP
-    >>> class Photo(LanceModel):  # doctest: +SKIP
+    >>> clip = get_registry().get("clip-embeddings").create(model=weights)  # weights: e.g. "ViT-B/32"
+    >>> class Photo(LanceModel):
     ...     image_uri: str = clip.SourceField()
     ...     vector: Vector(clip.ndims()) = clip.VectorField()
-    >>> table = lancedb.connect("lance-db").create_table("photos", schema=Photo)  # doctest: +SKIP
-    >>> table.add([{"image_uri": "cat.jpg"}, {"image_uri": "dog.jpg"}])  # doctest: +SKIP
-    >>> table.search("a sleeping cat").limit(1).to_pydantic(Photo)[0].image_uri  # doctest: +SKIP
-    'cat.jpg'
+    >>> table = lancedb.connect("lance-db").create_table("photos", schema=Photo)
+    >>> table.add([{"image_uri": "cat.jpg"}, {"image_uri": "rocket.jpg"}])
+    AddResult(version=2)
+    >>> table.search("a sleeping cat").limit(1).to_pydantic(Photo)[0].image_uri
+    '....jpg'
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ from ..inputs.options import LoaderOptions
 from .base import Hit, Modality, Record, Store, row_id, scan_modalities
 
 CONFIG_KEY = b"clip_embeddings"  # schema metadata key holding ClipEF.get_config() for LanceDBStore tables
-COLUMNS = ("id", "item_id", "modality", "source", "document", "digest")
+# where-keys that name a column, not metadata: the table's own "id" (the row id) and "modality"
+# are not among them, so where={"id": ...} filters the user's own "id" key as on every store.
+COLUMNS = ("item_id", "source", "document", "digest")
 _DEFAULTS = EmbeddingConfig()
 
 
@@ -81,9 +84,10 @@ class ClipLanceEmbeddings(EmbeddingFunction):
     so LanceDB's backoff-and-retry (7 tries by default) would only delay the error.
 
     Example:
-        >>> clip = get_registry().get("clip-embeddings").create(model="/weights/ViT-B-32.pt")  # doctest: +SKIP
-        >>> table.search("a dog").limit(3).to_list()  # doctest: +SKIP
-        >>> table.search(PIL.Image.open("dog.jpg")).limit(3).to_list()  # doctest: +SKIP
+        >>> from lancedb.embeddings import get_registry
+        >>> clip = get_registry().get("clip-embeddings").create(model=weights)  # or "/weights/ViT-B-32.pt"
+        >>> clip.ndims(), clip.compute_query_embeddings("a dog")[0].shape
+        (512, (512,))
     """
 
     # The defaults are EmbeddingConfig's (the model is named: the schema must say which one).
@@ -205,9 +209,11 @@ class LanceDBStore(Store):
     ``digest``, ``item_id``), all of which must hold; a ``str`` is used as a LanceDB SQL filter.
 
     Example:
-        >>> store = LanceDBStore(lancedb.connect("lance-db"), "photos", ClipEF())  # doctest: +SKIP
-        >>> store.index_folder("examples/images")  # doctest: +SKIP
-        >>> store.query(image="cat.jpg", k=1, modality="text")[0].document  # doctest: +SKIP
+        >>> store = LanceDBStore(lancedb.connect("lance-db"), "photos", ClipEF())
+        >>> store.index_folder("photos").new
+        7
+        >>> store.query(image="cat.jpg", k=1, modality="text")[0].document  # the nearest caption
+        '...'
     """
 
     @classmethod
@@ -320,8 +326,15 @@ class LanceDBStore(Store):
     def count(self, modality: Modality | None = None) -> int:
         if modality is not None:
             return self.table.count_rows(f"modality = {_sql(modality)}")
-        # A caption row carries its image's source; a text added on its own has none.
-        return self.table.count_rows("modality = 'image' OR source IS NULL")
+        # One rule on every store: an item is an image row, or a text row with no image row beside
+        # it (a caption may be stored before or after its image, with or without a source).
+        alone = 0
+        texts = self.table.search().where("modality = 'text'").select(["item_id"])
+        for batch in texts.to_batches(batch_size=1000):
+            ids = ", ".join(_sql(i) for i in batch.column("item_id").to_pylist())
+            if ids:
+                alone += batch.num_rows - self.table.count_rows(f"modality = 'image' AND id IN ({ids})")
+        return self.table.count_rows("modality = 'image'") + alone
 
 
 def _records(batch: pa.RecordBatch, modality: Modality, with_vectors: bool) -> list[Record]:

@@ -12,9 +12,10 @@ metadata under its own keys, so Qdrant's own filters and payload indexes work on
 
 Example:
     >>> from qdrant_client import QdrantClient
-    >>> store = QdrantStore(QdrantClient(path="qdrant-db"), "photos", ClipEF())  # doctest: +SKIP
-    >>> store.add_images(["cat.jpg"], captions=["a tabby cat"])  # doctest: +SKIP
-    >>> store.query("a sleeping cat", k=1)[0].document  # doctest: +SKIP
+    >>> store = QdrantStore(QdrantClient(path="qdrant-db"), "photos", ClipEF())
+    >>> store.add_images(["cat.jpg"], captions=["a tabby cat"]).new
+    1
+    >>> store.query("a sleeping cat", k=1)[0].document
     'a tabby cat'
 """
 
@@ -39,7 +40,7 @@ from qdrant_client import models as qmodels  # noqa: E402
 
 from ..embedding.function import ClipEF
 from ..errors import IncompatibleCollectionError
-from .base import Hit, Modality, Record, Store, scan_modalities
+from .base import Hit, Modality, Record, Store, scan_modalities, stored_hit, stored_record
 
 CONFIG_KEY = "clip_embeddings"  # collection metadata key holding ClipEF.get_config()
 RESERVED = ("item_id", "source", "document", "digest")
@@ -59,10 +60,11 @@ class QdrantStore(Store):
     as given.
 
     Example:
-        >>> store = QdrantStore(QdrantClient(":memory:"), "photos", ClipEF())  # doctest: +SKIP
-        >>> store.index_folder("examples/images")  # doctest: +SKIP
-        >>> [h.source for h in store.query("a rocket", k=1, where={"album": "space"})]  # doctest: +SKIP
-        ['/abs/path/rocket.jpg']
+        >>> store = QdrantStore(QdrantClient(":memory:"), "photos", ClipEF())
+        >>> store.add_images(["cat.jpg", "rocket.jpg"], metadatas=[{"album": "pets"}, {"album": "space"}]).new
+        2
+        >>> [h.source for h in store.query("a rocket", k=1, where={"album": "space"})]
+        ['.../rocket.jpg']
     """
 
     @classmethod
@@ -167,7 +169,8 @@ class QdrantStore(Store):
                 points, offset = self.client.scroll(self.name, scroll_filter=has, limit=batch_size, offset=offset,
                                                     with_payload=True, with_vectors=[kind] if with_vectors else False)
                 if points:
-                    yield [_record(point, kind, with_vectors) for point in points]
+                    yield [stored_record(point.payload, kind, point.vector[kind] if with_vectors else None,
+                                         item=str(point.id)) for point in points]
                 if offset is None:
                     break
 
@@ -256,19 +259,7 @@ def _key_path(key: str) -> str:
 
 
 def _hit(point: Any, modality: Modality) -> Hit:
-    payload = dict(point.payload or {})
-    item = payload.pop("item_id", str(point.id))
-    source, document = payload.pop("source", None), payload.pop("document", None)
-    payload.pop("digest", None)
-    return Hit(item, float(point.score), modality, source, document, payload)
-
-
-def _record(point: Any, modality: Modality, with_vector: bool) -> Record:
-    payload = dict(point.payload or {})
-    item = payload.pop("item_id", str(point.id))
-    source, document, digest = payload.pop("source", None), payload.pop("document", None), payload.pop("digest", None)
-    vector = np.asarray(point.vector[modality], dtype=np.float32) if with_vector else None
-    return Record(item, modality, vector, digest, source=source, document=document, metadata=payload)
+    return stored_hit(point.payload, modality, float(point.score), item=str(point.id))
 
 
 def _payload(record: Record, keep_digest: bool) -> dict[str, Any]:

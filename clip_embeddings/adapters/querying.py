@@ -37,7 +37,10 @@ class Querying:
         below ``min_score`` (cosine similarity) are dropped.
 
         Example:
-            >>> store.query(["a beach", ("people", -1.0), Path("sunset.jpg")], k=3)  # doctest: +SKIP
+            >>> from pathlib import Path
+            >>> hits = store.query(["a rocket", ("people", -1.0), Path("photos/galaxies.jpg")], k=3)
+            >>> len(hits), hits[0].modality
+            (3, 'image')
         """
         if (text is None) == (image is None):
             raise ValueError("query takes a text or image=..., exactly one of them")
@@ -58,7 +61,9 @@ class Querying:
         query of :class:`Item` terms with weights +1 and -1 (Qdrant's recommend, by id).
 
         Example:
-            >>> [h.id for h in store.more_like(report.ids[0], k=3)]  # doctest: +SKIP
+            >>> report = store.add_images(["cat.jpg"])
+            >>> [h.source for h in store.more_like(report.ids[0], k=3)]  # not the cat itself
+            ['...', '...', '...']
         """
         items = [items] if isinstance(items, str) else list(items)
         terms = [compound.Term(Item(i), 1.0, "item") for i in items]
@@ -76,7 +81,9 @@ class Querying:
         :mod:`clip_embeddings.collection.records`.
 
         Example:
-            >>> store.search(ef.embed_texts(["a cat"])[0], k=3, min_score=0.2)  # doctest: +SKIP
+            >>> hits = store.search(store.ef.embed_texts(["a cat"])[0], k=3, min_score=0.2)
+            >>> len(hits) <= 3 and all(h.score >= 0.2 for h in hits)
+            True
         """
         if modality not in ("image", "text"):
             raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
@@ -92,8 +99,9 @@ class Querying:
         """The stored record of item id ``item`` (source, caption, metadata), or ``None``.
 
         Example:
-            >>> store.get_item(report.ids[0]).source  # doctest: +SKIP
-            '/photos/cat.jpg'
+            >>> report = store.add_images(["cat.jpg"])
+            >>> store.get_item(report.ids[0]).source
+            '.../photos/cat.jpg'
         """
         probe = np.zeros(self.ef.dim, np.float32)
         probe[0] = 1.0  # any unit vector: the filter on the id does the finding

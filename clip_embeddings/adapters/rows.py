@@ -86,3 +86,28 @@ class Hit:
     source: str | None
     document: str | None
     metadata: dict[str, Any]
+
+
+def stored_record(stored: Mapping[str, Any] | None, modality: Modality, vector: Any = None, *,
+                  item: str | None = None, document: str | None = None) -> Record:
+    """The record a database gave back: the keys the library wrote beside the vector
+    (``RESERVED_METADATA``) split from the user's own metadata. ``item`` is the id where none was
+    stored; ``document`` one the database keeps apart from the metadata (Chroma's documents).
+
+    Example:
+        >>> r = stored_record({"item_id": "cat", "digest": "ab", "modality": "image", "colour": "red"}, "image")
+        >>> r.id, r.digest, r.vector, r.metadata
+        ('cat', 'ab', None, {'colour': 'red'})
+    """
+    user = dict(stored or {})
+    ours = {key: user.pop(key, None) for key in RESERVED_METADATA}
+    return Record(ours["item_id"] if ours["item_id"] is not None else item, modality,
+                  None if vector is None else np.asarray(vector, dtype=np.float32), ours["digest"],
+                  source=ours["source"], document=document or ours["document"] or None, metadata=user)
+
+
+def stored_hit(stored: Mapping[str, Any] | None, modality: Modality, score: float, *, item: str | None = None,
+               document: str | None = None) -> Hit:
+    """A search result from what a database gave back (see :func:`stored_record`)."""
+    record = stored_record(stored, modality, item=item, document=document)
+    return Hit(record.id, score, modality, record.source, record.document, record.metadata)

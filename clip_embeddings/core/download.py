@@ -20,20 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
-import http.client
 import os
 import pathlib
 import re
 import tempfile
-import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Iterator
 
 from tqdm import tqdm
 
 from ..errors import DownloadError, ModelLoadError
+from .http import FetchError, HTTPClient, iter_body, release
 
 try:
     import fcntl
@@ -175,50 +176,68 @@ def download(url: str, root: str | os.PathLike | None = None, sha256: str | None
     return target
 
 
+# Checkpoints come from the URLs in MODELS or one a user names (a mirror, maybe on the private
+# network): any address is allowed, and the CDN's redirects are followed.
+_CLIENT = HTTPClient(max_redirects=10)
+
+
+@contextlib.contextmanager
+def _body(url: str, timeout: float, hint: str) -> Iterator[tuple[int | None, Iterator[bytes]]]:
+    """``(length or None, chunks)`` of ``url``: an http(s) response, or a local ``file:`` URL."""
+    if urllib.parse.urlsplit(url).scheme.lower() == "file":
+        path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as e:
+            raise DownloadError(f"Could not read {url} ({e.strerror}). {hint}") from e
+        with fh:
+            yield os.fstat(fh.fileno()).st_size, iter(functools.partial(fh.read, _CHUNK), b"")
+        return
+    try:
+        response = _CLIENT.open("GET", url, timeout=timeout)
+    except FetchError as e:
+        raise DownloadError(f"Could not reach {url} ({e.reason}). {hint}") from e
+    try:
+        if response.status != 200:
+            raise DownloadError(f"Could not download {url}: the server answered HTTP {response.status} "
+                                f"{response.reason}. {hint}")
+        length = response.headers.get("Content-Length")
+        yield (int(length) if length and length.isdigit() else None), iter_body(response, chunk=_CHUNK)
+    finally:
+        release(response)
+
+
 def _fetch(url: str, target: pathlib.Path, expected: str | None, progress: bool,
            timeout: float) -> None:
     hint = (f"To work offline, download {url} elsewhere and pass its path, as in "
             f"clip_embeddings.load('/path/to/{target.name}'), or set CLIP_CACHE_DIR to a folder "
             f"that holds {target.name}.")
-    try:
-        response = urllib.request.urlopen(url, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        raise DownloadError(f"Could not download {url}: the server answered HTTP {e.code} "
-                            f"{e.reason}. {hint}") from e
-    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, refusals
-        raise DownloadError(f"Could not reach {url} ({getattr(e, 'reason', e)}). {hint}") from e
-    # Not a `with` here: the `with response, tmp` below closes it, and the except removes the partial file.
-    tmp = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix="." + target.name,  # noqa: SIM115
-                                      suffix=".part")
-    try:
-        with response, tmp:
-            length = int(response.headers.get("Content-Length") or 0) or None
-            digest, done = hashlib.sha256(), 0
-            with tqdm(total=length, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=target.name, disable=not progress) as bar:
-                while chunk := response.read(_CHUNK):
+    with _body(url, timeout, hint) as (length, chunks):
+        # Not a `with` here: the `with tmp` below closes it, and the except removes the partial file.
+        tmp = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix="." + target.name,  # noqa: SIM115
+                                          suffix=".part")
+        try:
+            with tmp, tqdm(total=length, unit="B", unit_scale=True, unit_divisor=1024,
+                           desc=target.name, disable=not progress) as bar:
+                digest = hashlib.sha256()
+                for chunk in chunks:
                     tmp.write(chunk)
                     digest.update(chunk)
-                    done += len(chunk)
                     bar.update(len(chunk))
-        # http.client returns a short body without raising when the peer closes early.
-        if length is not None and done < length:
-            raise DownloadError(f"Download of {url} was interrupted after {done} of {length} "
-                                f"bytes; try again. {hint}")
-        actual = digest.hexdigest()
-        if expected is not None and actual != expected:
-            raise DownloadError(f"SHA-256 mismatch for {url}: expected {expected}, got {actual}. "
-                                f"The file was discarded. {hint}")
-        # NamedTemporaryFile makes the file 0600; other users may share the cache.
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        if isinstance(e, DownloadError) or not isinstance(e, Exception):  # KeyboardInterrupt too
-            raise
-        raise DownloadError(f"Download of {url} was interrupted ({type(e).__name__}: {e}). "
-                            f"{hint}") from e
+            actual = digest.hexdigest()
+            if expected is not None and actual != expected:
+                raise DownloadError(f"SHA-256 mismatch for {url}: expected {expected}, got {actual}. "
+                                    f"The file was discarded. {hint}")
+            # NamedTemporaryFile makes the file 0600; other users may share the cache.
+            os.chmod(tmp.name, 0o644)
+            os.replace(tmp.name, target)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp.name)
+            if isinstance(e, DownloadError) or not isinstance(e, Exception):  # KeyboardInterrupt too
+                raise
+            reason = e.reason if isinstance(e, FetchError) else f"{type(e).__name__}: {e}"
+            raise DownloadError(f"Download of {url} was interrupted ({reason}); try again. {hint}") from e
     if expected is not None:
         with contextlib.suppress(OSError):
             target.with_name(target.name + ".sha256").write_text(_remember(target, expected) + "\n")

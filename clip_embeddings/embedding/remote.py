@@ -6,10 +6,15 @@ digests computed from the same bytes), sends the encoded bytes, and gets unit ve
 same vectors, ids and errors as embedding locally on the same weights. The server's fingerprint
 is checked against the one a collection stored, as for local weights.
 
-Only the standard library is used here: a client needs neither FastAPI nor torch's model weights.
+The client needs neither FastAPI nor the model's weights: it talks through the library's one
+HTTP client (:mod:`clip_embeddings.core.http`), keeping connections to the server alive between
+calls. A server that answers 429 or 503 ("busy, retry later") is asked again, at most
+``retries`` times, after the ``Retry-After`` it names (capped at ``max_wait`` seconds) or a short
+backoff: those answers mean it did none of the work, so even ``POST /embed`` is safe to resend; a
+request lost after it was sent is not resent as a POST (see :func:`~clip_embeddings.core.http.server_retry`).
+
 A bearer token, if the server wants one, comes from ``$CLIP_EMBEDDINGS_TOKEN`` (never persisted)
-and goes to that server only: a redirect to another scheme, host or port is refused, since
-urllib would otherwise send the ``Authorization`` header on to wherever it points.
+and goes to that server only: a redirect to another scheme, host or port is refused.
 """
 
 from __future__ import annotations
@@ -19,49 +24,18 @@ import io
 import json
 import os
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..core.http import FetchError, HTTPClient, read_body, release, server_retry
 from ..errors import ImageLoadError, ModelMismatchError, ServerError
 from ..inputs.decode import decode_image
 from ..inputs.options import LoaderOptions, RawImage
 
 TOKEN_ENV = "CLIP_EMBEDDINGS_TOKEN"
-
-
-def origin(url: str) -> tuple[str, str, int]:
-    """A URL's (scheme, host, port): where a bearer token may go.
-
-    Example:
-        >>> origin("HTTP://Example.com/a"), origin("https://example.com:8443/")
-        (('http', 'example.com', 80), ('https', 'example.com', 8443))
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
-
-
-class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only within the server's origin: the token must not travel elsewhere."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
-        newurl = urllib.parse.urljoin(req.full_url, newurl)
-        if origin(newurl) != origin(req.full_url):
-            scheme, host, port = origin(newurl)
-            raise ServerError(f"the embedding server at {req.full_url} redirected to {scheme}://{host}:{port}, another "
-                              "origin; refused, so the bearer token is not sent there (point server= at the address "
-                              "that answers)")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_opener = urllib.request.build_opener(_SameOriginRedirects)
 
 
 class RemoteModel:
@@ -73,10 +47,12 @@ class RemoteModel:
         '3f1c0a9e5b7d2c44'
     """
 
-    def __init__(self, url: str, timeout: float = 120.0):
+    def __init__(self, url: str, timeout: float = 120.0, *, retries: int = 3, max_wait: float = 10.0):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"server must be an http:// or https:// URL, not {url!r}")
         self.url, self.timeout = url.rstrip("/"), timeout
+        self._http = HTTPClient(same_origin=True, max_redirects=10, pool_size=8,
+                                retries=server_retry(retries, max_wait))
         self._health: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
@@ -86,22 +62,25 @@ class RemoteModel:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if os.environ.get(TOKEN_ENV):
             headers["Authorization"] = f"Bearer {os.environ[TOKEN_ENV]}"
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with _opener.open(req, timeout=self.timeout) as response:
-                return json.loads(response.read())
-        except ServerError:
-            raise
-        except urllib.error.HTTPError as e:
+            response = self._http.open(method, self.url + path, body=data, headers=headers, timeout=self.timeout)
             try:
-                reason = json.loads(e.read()).get("detail", e.reason)
-            except ValueError:
-                reason = e.reason
-            raise ServerError(f"the embedding server at {self.url} answered {e.code} to {path}: {reason}") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ServerError(f"cannot reach the embedding server at {self.url}: {reason}; "
+                body = read_body(response)
+            finally:
+                release(response)
+        except FetchError as e:
+            if e.kind in ("origin", "redirect", "too_many_redirects"):
+                raise ServerError(f"the embedding server at {self.url} {e.reason} (point server= at the address "
+                                  "that answers)") from None
+            raise ServerError(f"cannot reach the embedding server at {self.url}: {e.reason}; "
                               "is `clip-embeddings serve` running there?") from None
+        if response.status >= 400:
+            try:
+                reason = json.loads(body).get("detail", response.reason)
+            except (ValueError, AttributeError):
+                reason = response.reason
+            raise ServerError(f"the embedding server at {self.url} answered {response.status} to {path}: {reason}")
+        return json.loads(body)
 
     def health(self) -> dict[str, Any]:
         """The server's ``/health``, fetched once (model, fingerprint and dim never change)."""

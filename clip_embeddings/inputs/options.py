@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..core.http import redact_url
 from ..errors import ConfigError
 
 ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
@@ -162,19 +163,6 @@ def is_url(text: str) -> bool:
 
 
 SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")  # 2+ letters: "C://x" is a Windows path
-
-
-def redact_url(url: str) -> str:
-    """The URL without a password in its user-info part."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
 def data_uri_parts(uri: str) -> tuple[str, str, bool]:

@@ -224,6 +224,27 @@ def finetune(
         >>> len(result.epoch_losses)  # one mean loss per epoch
         2
     """
+    pairs = _checked_pairs(pairs, epochs, batch_size, freeze_image, freeze_text, on_error)
+    device = torch.device(device or default_device())
+    model = _resolve_model(model_or_path, device)
+    _freeze(model, freeze_image, freeze_text)
+    steps_per_epoch = sum(1 for start in range(0, len(pairs), batch_size) if len(pairs) - start >= 2)
+    step = _Step(model, device, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                 total_steps=epochs * steps_per_epoch)
+    data = _Pairs(pairs, Preprocess(model.visual.input_resolution), on_error, num_workers)
+    try:
+        losses, epoch_losses = _train(step, data, epochs=epochs, batch_size=batch_size, seed=seed,
+                                      progress=progress)
+    finally:
+        data.close()
+    saved = _hand_back(model, output)
+    skipped = [data.skipped[i] for i in sorted(data.skipped)]
+    return FinetuneResult(losses, model, epoch_losses, float(model.logit_scale.detach().exp()), skipped, saved)
+
+
+def _checked_pairs(pairs: Sequence[tuple[ImageLike, str]], epochs: int, batch_size: int, freeze_image: bool,
+                   freeze_text: bool, on_error: OnError) -> list[tuple[ImageLike, str]]:
+    """The pairs as a list, after checking them and the settings: every refusal before any work."""
     if epochs < 1 or batch_size < 2:
         raise ValueError("epochs must be at least 1 and batch_size at least 2 (a batch needs negatives)")
     if freeze_image and freeze_text:
@@ -235,65 +256,83 @@ def finetune(
             raise TypeError(f"pair {i}: expected (image, caption str), got {type(pair).__name__}")
     if len(pairs) < 2:
         raise ValueError("fine-tuning needs at least 2 pairs")
+    return pairs
 
-    device = torch.device(device or default_device())
-    model = _resolve_model(model_or_path, device)
+
+def _freeze(model: CLIP, freeze_image: bool, freeze_text: bool) -> None:
     for name, param in model.named_parameters():
         frozen = (freeze_image and name.startswith("visual.")) or (freeze_text and _text_parameter(name))
         param.requires_grad_(not frozen)
-    model.eval()  # see the docstring: BatchNorm statistics stay frozen; nothing else depends on mode
+    model.eval()  # see finetune's docstring: BatchNorm statistics stay frozen; nothing else depends on mode
 
-    steps_per_epoch = sum(1 for start in range(0, len(pairs), batch_size) if len(pairs) - start >= 2)
-    total_steps = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(warmup_steps, total_steps))
-    generator = torch.Generator().manual_seed(seed)
-    data = _Pairs(pairs, Preprocess(model.visual.input_resolution), on_error, num_workers)
 
+class _Step:
+    """One optimisation step of the paper's recipe: AdamW, the warm-up + cosine schedule, the clamp."""
+
+    def __init__(self, model: CLIP, device: torch.device, *, lr: float, weight_decay: float, warmup_steps: int,
+                 total_steps: int):
+        self.model, self.device, self.total_steps = model, device, total_steps
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                          _cosine_with_warmup(warmup_steps, total_steps))
+
+    def __call__(self, images: torch.Tensor, captions: list[str]) -> float | None:
+        """Learn from one batch; the loss, or None (the schedule still advances) when skipped images
+        left fewer than 2 pairs: no negatives, nothing to learn."""
+        if len(captions) < 2:
+            self.schedule.step()
+            return None
+        model = self.model
+        tokens = tokenize(captions, context_length=model.context_length, truncate=True).to(self.device)
+        loss = contrastive_loss(model.encode_image(images.to(self.device)), model.encode_text(tokens),
+                                model.logit_scale.exp())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+        return float(loss.detach())
+
+
+def _train(step: _Step, data: _Pairs, *, epochs: int, batch_size: int, seed: int,
+           progress: bool) -> tuple[list[float], list[float]]:
+    """Every step's loss and each epoch's mean, over ``epochs`` shuffled passes (a last batch of
+    fewer than 2 pairs is dropped)."""
     from tqdm import tqdm
 
-    losses, epoch_losses = [], []
-    bar = tqdm(total=total_steps, disable=not progress, unit="step", desc="fine-tuning")
-    try:
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+    with tqdm(total=step.total_steps, disable=not progress, unit="step", desc="fine-tuning") as bar:
         for _ in range(epochs):
-            order = torch.randperm(len(pairs), generator=generator).tolist()
+            order = torch.randperm(len(data.pairs), generator=generator).tolist()
             epoch = []
             for start in range(0, len(order), batch_size):
                 indices = order[start : start + batch_size]
                 if len(indices) < 2:
                     continue
-                images, captions = data.batch(indices)
+                loss = step(*data.batch(indices))
                 bar.update(1)
-                if len(captions) < 2:  # skipped images left no negatives: nothing to learn here
-                    schedule.step()
-                    continue
-                tokens = tokenize(captions, context_length=model.context_length, truncate=True).to(device)
-                loss = contrastive_loss(model.encode_image(images.to(device)), model.encode_text(tokens),
-                                        model.logit_scale.exp())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-                losses.append(float(loss.detach()))
-                epoch.append(losses[-1])
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if loss is not None:
+                    losses.append(loss)
+                    epoch.append(loss)
+                    bar.set_postfix(loss=f"{loss:.4f}")
             epoch_losses.append(float(np.mean(epoch)) if epoch else float("nan"))
-    finally:
-        bar.close()
-        data.close()
+    return losses, epoch_losses
 
+
+def _hand_back(model: CLIP, output: str | os.PathLike | None) -> Path | None:
+    """An ordinary model again (freezing was a training choice), saved to ``output`` if given."""
     for param in model.parameters():
-        param.requires_grad_(True)  # hand back an ordinary model; freezing was a training choice
+        param.requires_grad_(True)
     model.eval()
-    saved = None
-    if output is not None:
-        saved = Path(output)
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}, saved)
-    skipped = [data.skipped[i] for i in sorted(data.skipped)]
-    return FinetuneResult(losses, model, epoch_losses, float(model.logit_scale.detach().exp()), skipped, saved)
+    if output is None:
+        return None
+    saved = Path(output)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}, saved)
+    return saved
 
 
 # --- linear probes ----------------------------------------------------------------------------

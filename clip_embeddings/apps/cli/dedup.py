@@ -7,18 +7,18 @@ from pathlib import Path
 
 from ...collection.duplicates import THRESHOLD_SOURCE, find_duplicates, remove_duplicates
 from ..console import UsageError, emit, format_table
-from .common import common_options, loaded, model_options, positive_int, store_options
-from .jobs import open_collection
+from .common import loaded, positive_int
+from .jobs import job_document, job_parser, open_collection
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``dedup`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("dedup", parents=[common_options(), store_options(), model_options(for_search=True)],
-                       help="find exact and near-duplicate images",
-                       description="Group duplicate images: the same content, or CLIP cosine >= --threshold with a "
-                                   "clear gap to every other neighbour (see docs/collection-jobs.md). Each group "
-                                   "lists its suggested keeper first (largest, then oldest). Nothing is deleted "
-                                   "without --delete.")
+    p = job_parser(sub, "dedup",
+                   help="find exact and near-duplicate images",
+                   description="Group duplicate images: the same content, or CLIP cosine >= --threshold with a "
+                               "clear gap to every other neighbour (see docs/collection-jobs.md). Each group "
+                               "lists its suggested keeper first (largest, then oldest). Nothing is deleted "
+                               "without --delete.")
     p.add_argument("--threshold", type=float, metavar="COS",
                    help=f"cosine similarity cut-off (default for OpenAI's weights: 0.99, {THRESHOLD_SOURCE})")
     p.add_argument("--gap", type=float, default=1.5,
@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     deleted = remove_duplicates(store, report.groups) if args.delete else 0
     sheets = write_sheets(report, Path(args.sheets)) if args.sheets else []
-    document = {"command": "dedup", "db": args.db, "location": args.location, "collection": args.collection,
-                **report.to_dict(), "deleted": deleted, "sheets": sheets}
+    document = job_document(args) | {**report.to_dict(), "deleted": deleted, "sheets": sheets}
     text = [str(report).splitlines()[0]]
     rows = [[n, g.kind, "keep" if i == 0 else "", f"{m.similarity:.4f}", m.source or m.id]
             for n, g in enumerate(report.groups, 1) for i, m in enumerate(g.members)]

@@ -6,15 +6,16 @@ import argparse
 import json
 
 from ..console import UsageError, emit
-from .common import common_options, model_options, open_search_store, store_options
+from .common import open_search_store
+from .jobs import job_document, job_parser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``delete`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("delete", parents=[common_options(), store_options(), model_options(for_search=True)],
-                       help="remove items from a collection",
-                       description="Remove items (an image and its caption go together) by id, or every item "
-                                   "matching --where / --tag. Prints how many were removed.")
+    p = job_parser(sub, "delete",
+                   help="remove items from a collection",
+                   description="Remove items (an image and its caption go together) by id, or every item "
+                               "matching --where / --tag. Prints how many were removed.")
     p.add_argument("ids", nargs="*", metavar="ID", help="item ids (from search results)")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="remove items whose metadata KEY (or source, document, item_id) equals VALUE; "
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("delete takes item IDs or --where/--tag filters, one of the two")
     store = open_search_store(args)
     removed = store.delete(args.ids) if args.ids else store.delete(where=where)
-    emit(args, {"command": "delete", "db": args.db, "location": args.location, "collection": args.collection,
-                "removed": removed, "ids": args.ids, "where": where, "collection_items": store.count()},
+    emit(args, job_document(args) | {"removed": removed, "ids": args.ids, "where": where,
+                                     "collection_items": store.count()},
          [f"removed {removed} item(s) from {args.db} collection {args.collection!r}; {store.count()} left"])
     return 0

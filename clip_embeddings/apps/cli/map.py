@@ -6,17 +6,17 @@ import argparse
 
 from ...collection.map import PROJECTIONS, render_map
 from ..console import emit
-from .common import common_options, loaded, model_options, positive_int, store_options
-from .jobs import open_collection
+from .common import loaded, positive_int
+from .jobs import job_document, job_parser, open_collection
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``map`` sub-parser; :func:`run` carries it out."""
-    p = sub.add_parser("map", parents=[common_options(), store_options(), model_options(for_search=True)],
-                       help="draw the collection as thumbnails on a 2-D map, with named clusters",
-                       description="Project the image vectors to 2-D (PCA; t-SNE; UMAP if umap-learn is "
-                                   "installed), lay the thumbnails out without overlaps, frame them by k-means "
-                                   "cluster and name each cluster by its nearest words (zero-shot).")
+    p = job_parser(sub, "map",
+                   help="draw the collection as thumbnails on a 2-D map, with named clusters",
+                   description="Project the image vectors to 2-D (PCA; t-SNE; UMAP if umap-learn is "
+                               "installed), lay the thumbnails out without overlaps, frame them by k-means "
+                               "cluster and name each cluster by its nearest words (zero-shot).")
     p.add_argument("output", metavar="OUTPUT.png", help="the PNG to write")
     p.add_argument("--projection", choices=PROJECTIONS, default="pca", help="pca (default), tsne or umap")
     p.add_argument("--clusters", type=positive_int, help="k-means clusters (default: about sqrt(n/2), at most 12)")
@@ -37,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
             vocabulary = [line.strip() for line in f if line.strip()]
     report = render_map(store, args.output, projection=args.projection, clusters=args.clusters,
                         vocabulary=vocabulary, thumb=args.thumb, limit=args.limit, html_page=args.html, progress=True)
-    document = {"command": "map", "db": args.db, "location": args.location, "collection": args.collection,
-                **report.to_dict()}
+    document = job_document(args) | {**report.to_dict()}
     text = [f"wrote {report.path} ({report.size[0]} x {report.size[1]}, {len(report.placements)} images, "
             f"{args.projection})" + (f" and {report.html}" if report.html else "")]
     text += [f"  cluster {c['cluster'] + 1} ({c['size']} images): {', '.join(c['words'])}" for c in report.clusters]

@@ -9,6 +9,23 @@ import sys
 from ..console import UsageError
 from .common import add_store_arguments, common_options, make_ef, model_options, open_search_store, positive_int
 
+# The server's limits, one option each: (flag, type, default, metavar, what it bounds).
+_LIMITS = (
+    ("--max-upload-mb", float, 32, "MB", "largest request body"),
+    ("--max-pixels", positive_int, 50_000_000, "N", "largest image width*height"),
+    ("--timeout", float, 30, "S", "seconds a request may take to arrive and to be embedded"),
+    ("--max-queue", positive_int, 256, "N", "requests waiting for the model before new ones get 429"),
+    ("--max-batch", positive_int, 64, "N", "most texts+images in one shared forward pass"),
+    ("--max-wait-ms", float, 5, "MS", "how long a request waits for others to share its pass"),
+    ("--max-items", positive_int, 64, "N", "most texts, images or labels in one request"),
+    ("--max-templates", positive_int, 32, "N", "most prompt templates in one /classify request"),
+    ("--max-prompts", positive_int, 512, "N", "most labels x templates in one /classify request"),
+    ("--max-prompt-chars", positive_int, 1000, "N", "longest label, and longest template filled with a label"),
+    ("--max-urls", positive_int, 16, "N", "most image URLs in one request"),
+    ("--max-terms", positive_int, 16, "N", "most terms in one /query compound query"),
+    ("--max-query-chars", positive_int, 4000, "N", "longest /query query string"),
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``serve`` sub-parser; :func:`run` carries it out."""
@@ -29,31 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     group.add_argument("--token", default=None,
                        help="require Authorization: Bearer TOKEN on API calls (default: $CLIP_EMBEDDINGS_TOKEN, else none)")
     group = p.add_argument_group("limits")
-    group.add_argument("--max-upload-mb", type=float, default=32, metavar="MB", help="largest request body (default: 32)")
-    group.add_argument("--max-pixels", type=positive_int, default=50_000_000, metavar="N",
-                       help="largest image width*height (default: 50000000)")
-    group.add_argument("--timeout", type=float, default=30, metavar="S",
-                       help="seconds a request may take to arrive and to be embedded (default: 30)")
-    group.add_argument("--max-queue", type=positive_int, default=256, metavar="N",
-                       help="requests waiting for the model before new ones get 429 (default: 256)")
-    group.add_argument("--max-batch", type=positive_int, default=64, metavar="N",
-                       help="most texts+images in one shared forward pass (default: 64)")
-    group.add_argument("--max-wait-ms", type=float, default=5, metavar="MS",
-                       help="how long a request waits for others to share its pass (default: 5)")
-    group.add_argument("--max-items", type=positive_int, default=64, metavar="N",
-                       help="most texts, images or labels in one request (default: 64)")
-    group.add_argument("--max-templates", type=positive_int, default=32, metavar="N",
-                       help="most prompt templates in one /classify request (default: 32)")
-    group.add_argument("--max-prompts", type=positive_int, default=512, metavar="N",
-                       help="most labels x templates in one /classify request (default: 512)")
-    group.add_argument("--max-prompt-chars", type=positive_int, default=1000, metavar="N",
-                       help="longest label, and longest template filled with a label (default: 1000)")
-    group.add_argument("--max-urls", type=positive_int, default=16, metavar="N",
-                       help="most image URLs in one request (default: 16)")
-    group.add_argument("--max-terms", type=positive_int, default=16, metavar="N",
-                       help="most terms in one /query compound query (default: 16)")
-    group.add_argument("--max-query-chars", type=positive_int, default=4000, metavar="N",
-                       help="longest /query query string (default: 4000)")
+    for flag, kind, default, metavar, text in _LIMITS:
+        group.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{text} (default: {default})")
     group.add_argument("--threads", type=positive_int, default=None, metavar="N",
                        help="torch threads for the model (default: torch's, one per core); fewer leaves cores "
                             "for decoding uploads and for other processes")
