@@ -540,9 +540,9 @@ class Store(Querying, ABC):
         See :mod:`clip_embeddings.collection.scores`.
 
         Example:
-            >>> report = store.clip_scores("kept.jsonl", minimum=0.28, w=1)  # LAION's filter  # doctest: +SKIP
-            >>> report.kept_ids()[:2]  # doctest: +SKIP
-            ['cat', 'dog']
+            >>> report = store.clip_scores("kept.jsonl", minimum=0.28, w=1)  # LAION's filter
+            >>> len(report.kept_ids()) == report.kept  # the ids of the pairs scoring >= 0.28
+            True
         """
         return score_collection(self, output, minimum=minimum, w=w, progress=progress)
 

@@ -96,8 +96,10 @@ class ChromaStore(Store):
     existing one; with ``ef=None`` the function is rebuilt from what the collection stored.
 
     Example:
-        >>> store = ChromaStore(chromadb.PersistentClient("db"), "photos", ce.ClipEF())  # doctest: +SKIP
-        >>> store.index_folder("examples/images")  # doctest: +SKIP
+        >>> import chromadb, clip_embeddings as ce
+        >>> store = ChromaStore(chromadb.PersistentClient("db"), "photos", ce.ClipEF())
+        >>> store.index_folder("photos").new
+        7
     """
 
     @classmethod

@@ -367,10 +367,10 @@ def build_model(state_dict: dict[str, torch.Tensor], *, quick_gelu: bool = True)
     casting to half precision is the caller's choice.
 
     Example:
-        >>> from clip_embeddings.weights import read_state_dict  # doctest: +SKIP
-        >>> model = build_model(read_state_dict("ViT-B-32.pt"))  # doctest: +SKIP
-        >>> model.visual.input_resolution  # doctest: +SKIP
-        224
+        >>> from clip_embeddings.core.checkpoint import read_checkpoint
+        >>> model = build_model(read_checkpoint(weights).state_dict)  # weights: e.g. "ViT-B-32.pt"
+        >>> model.visual.input_resolution  # ViT-B/32's is 224; the tiny test model's 32
+        32
     """
     missing = [k for k in _REQUIRED if k not in state_dict]
     vit = "visual.proj" in state_dict
