@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import warnings
@@ -228,3 +229,62 @@ def test_cache_command_stats_prune_clear(tiny_model_path, tmp_path, capsys):
     assert len(EmbeddingCache(path)) == 0
     assert main(["cache", "clear", "--path", str(tmp_path / "none.sqlite3")]) == 1
     assert "no embedding cache at" in capsys.readouterr().err
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("action", ["stats", "prune", "clear"])
+def test_cache_command_refuses_a_file_that_is_not_a_cache_untouched(tmp_path, action, capsys):
+    # `cache stats --path FILE` used to move a plain file aside and write a database in its place,
+    # and to add tables to another program's sqlite database and switch its journal mode for good.
+    from clip_embeddings.apps import cli
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "hosts").write_bytes(b"127.0.0.1 localhost\n")
+    (plain / "empty").write_bytes(b"")
+    other = tmp_path / "other"
+    other.mkdir()
+    db = sqlite3.connect(other / "app.db")
+    db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    db.execute("INSERT INTO notes (text) VALUES ('keep me')")
+    db.commit()
+    db.close()
+    before = {folder: _snapshot(folder) for folder in (plain, other)}
+    for target, reason in ((plain / "hosts", "not a SQLite database"), (plain / "empty", "an empty file"),
+                           (other / "app.db", "another program \\(its tables: notes\\)")):
+        assert cli.main(["cache", action, "--path", str(target)]) == 1
+        assert re.search(f"is not an embedding cache \\(.*{reason}.*left untouched", capsys.readouterr().err)
+    assert {folder: _snapshot(folder) for folder in (plain, other)} == before  # same files, same bytes
+    mode = sqlite3.connect(other / "app.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "delete"
+
+
+def test_cache_on_another_programs_database_is_turned_off_without_changing_it(tmp_path):
+    other = tmp_path / "app.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE notes (text TEXT)")
+    db.commit()
+    db.close()
+    before = other.read_bytes()
+    with pytest.warns(CacheWarning, match="another program"):
+        cache = EmbeddingCache(other)
+    cache.put("fp", {"d": np.ones(4, np.float32)})
+    assert cache.get("fp", ["d"]) == {} and cache.disabled
+    cache.close()
+    assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_cache_command_still_works_on_a_real_cache(tmp_path, capsys):
+    from clip_embeddings.apps import cli
+
+    path = tmp_path / "embeddings.sqlite3"
+    cache = EmbeddingCache(path)
+    cache.put("fp", {"a": np.ones(4, np.float32), "b": np.zeros(4, np.float32)})
+    cache.close()
+    assert cli.main(["cache", "stats", "--path", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["entries"] == 2
+    assert cli.main(["cache", "clear", "--path", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["entries"] == 0

@@ -227,3 +227,51 @@ def test_huggingface_weights_with_bad_shapes_are_a_model_load_error(tmp_path):
 def test_the_real_tiny_checkpoint_still_loads(tiny_model_path):
     model, _ = ce.load(tiny_model_path, device="cpu")
     assert model.embed_dim == 64
+
+
+# --- values the shapes cannot tell: vocabulary, dtypes, logit_scale (issue 24) -----------------
+
+@pytest.mark.parametrize("case", ["vocabulary 1000", "vocabulary 50000", "int8 weights", "uint8 proj",
+                                  "logit_scale 1e4", "logit_scale -3", "logit_scale inf is NaN-checked"])
+def test_checkpoint_values_that_cannot_embed_are_refused_naming_the_problem(tmp_path, case):
+    # Each used to load and then fail with a bare IndexError, embed zero vectors, or give NaN.
+    state = _tiny_state_dict()
+    if case == "vocabulary 1000":
+        state["token_embedding.weight"] = state["token_embedding.weight"][:1000].clone()
+        expected = "token_embedding.weight has 1000 rows but the tokenizer has 49408 ids"
+    elif case == "vocabulary 50000":
+        state["token_embedding.weight"] = torch.cat([state["token_embedding.weight"], torch.zeros(592, 64)])
+        expected = "has 50000 rows"
+    elif case == "int8 weights":
+        state = {k: (v * 100).to(torch.int8) if v.dim() == 2 else v for k, v in state.items()}
+        expected = "weights of a type that cannot embed"
+    elif case == "uint8 proj":
+        state["visual.proj"] = state["visual.proj"].to(torch.uint8)
+        expected = "visual.proj (uint8)"
+    elif case == "logit_scale 1e4":
+        state["logit_scale"] = torch.tensor(1e4)
+        expected = "logit_scale is 10000, outside [0, 4.6152]"
+    elif case == "logit_scale -3":
+        state["logit_scale"] = torch.tensor(-3.0)
+        expected = "logit_scale is -3"
+    else:
+        state["logit_scale"] = torch.tensor(float("inf"))
+        expected = "NaN or infinite values (first in logit_scale)"
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    _refusal(path, expected)
+
+
+def test_checkpoint_value_bounds_admit_clips_own_values(tmp_path):
+    from clip_embeddings.core.model import VOCAB_SIZE
+    from clip_embeddings.core.tokenizer import Tokenizer
+
+    assert Tokenizer().vocab_size == VOCAB_SIZE
+    for scale, dtype in ((4.6052, torch.float16), (0.0, torch.float32), (2.6593, torch.bfloat16)):
+        # OpenAI's trained ViT-B/32 value (exp = 100, stored in fp16), the lower bound, CLIP's initial value
+        state = {k: v.to(dtype) for k, v in _tiny_state_dict().items()}
+        state["logit_scale"] = torch.tensor(scale, dtype=dtype)
+        path = tmp_path / f"ok-{scale}.pt"
+        torch.save(state, path)
+        model, _ = ce.load(path, device="cpu")
+        assert model.logit_scale.item() == pytest.approx(scale, abs=0.01)

@@ -208,3 +208,57 @@ def test_index_folder_rejects_a_missing_folder(tmp_path, tiny_model_path):
     store = ChromaStore(chromadb.PersistentClient(str(tmp_path / "db")), "photos", ce.ClipEF(str(tiny_model_path)))
     with pytest.raises(ce.ImageLoadError, match="not a folder"):
         store.index_folder(tmp_path / "nope")
+
+
+def test_rows_written_by_chromas_own_api_are_found_by_the_store(tmp_path, tiny_model_path, sample_images,
+                                                                  monkeypatch, capsys):
+    # The README's own-API flow writes rows without a ``modality`` key: they were invisible to
+    # ChromaStore (count("image") 0, search "holds no image records"). An image by what it holds
+    # (no document), a text by its document; its row id is its item id, its uri its source.
+    from clip_embeddings.apps import cli
+
+    client = chromadb.PersistentClient(str(tmp_path / "db"))
+    ef = ce.ClipEF(str(tiny_model_path), cache=False)
+    photos = client.get_or_create_collection("photos", embedding_function=ef, data_loader=ImageLoader.for_function(ef))
+    cat, rocket = (str(p) for p in sample_images if p.stem in ("cat", "rocket"))
+    photos.add(ids=["cat", "rocket"], uris=[cat, rocket], metadatas=[{"kind": "image"}] * 2)
+    photos.add(ids=["cat-caption"], documents=["a tabby cat"], metadatas=[{"kind": "caption"}])
+    plain = client.get_or_create_collection("plain", embedding_function=ef, data_loader=ImageLoader.for_function(ef))
+    plain.add(ids=["bare"], uris=[cat])  # no metadata at all
+
+    store = ChromaStore(client, "photos")
+    assert (store.count(), store.count("image"), store.count("text")) == (3, 2, 1)
+    top = store.query(image=cat, k=2)
+    assert top[0].id == "cat" and top[0].source == cat and top[0].metadata == {"kind": "image"}
+    assert top[0].score == pytest.approx(1.0, abs=1e-4) and {h.id for h in top} == {"cat", "rocket"}
+    text = store.query(image=cat, k=5, modality="text")
+    assert [(h.id, h.document, h.metadata) for h in text] == [("cat-caption", "a tabby cat", {"kind": "caption"})]
+    # where filters hold on both kinds of rows, and mix with rows the store writes itself
+    assert [h.id for h in store.query("x", k=5, where={"kind": "caption"}, modality="text")] == ["cat-caption"]
+    assert store.query("x", k=5, where={"kind": "caption"}) == []
+    assert store.query("x", k=5, where={"kind": "nothing"}, modality="text") == []
+    ours = store.add_images([str(p) for p in sample_images if p.stem == "galaxies"], captions=["far away"])
+    assert (store.count(), store.count("image"), store.count("text")) == (4, 3, 2)
+    assert {h.id for h in store.query("x", k=10)} == {"cat", "rocket", *ours.ids}
+    assert [h.id for h in store.query("x", k=10, where={"kind": "image"})] != []
+    assert {h.id for h in store.query("x", k=10, where={"kind": "image"})} == {"cat", "rocket"}
+    assert sorted(r.id for r in store.records("image", batch_size=1)) == sorted(["cat", "rocket", *ours.ids])
+    assert sorted(r.document for r in store.records("text", with_vectors=False)) == ["a tabby cat", "far away"]
+    assert ChromaStore(client, "plain").count("image") == 1
+
+    monkeypatch.setenv("CLIP_WEIGHTS", str(tiny_model_path))
+    capsys.readouterr()
+    args = ["search", "a cat", "--location", str(tmp_path / "db"), "--collection", "plain", "--json"]
+    assert cli.main(args) == 0
+    assert [h["id"] for h in json.loads(capsys.readouterr().out)["hits"]] == ["bare"]
+
+
+def test_chroma_nin_matches_a_row_without_the_key(tmp_path):
+    # The store finds rows Chroma's own API wrote with {"modality": {"$nin": [...]}}: this pins
+    # the Chroma behaviour it relies on (a missing key satisfies $nin and $ne, never $eq).
+    client = chromadb.PersistentClient(str(tmp_path / "db"))
+    rows = client.create_collection("pin", embedding_function=None)
+    rows.add(ids=["ours", "theirs"], embeddings=[[1.0, 0.0], [0.0, 1.0]], metadatas=[{"modality": "image"}, None])
+    assert rows.get(where={"modality": {"$nin": ["image", "text"]}}, include=[])["ids"] == ["theirs"]
+    assert rows.get(where={"modality": {"$ne": "text"}}, include=[])["ids"] == ["ours", "theirs"]
+    assert rows.get(where={"modality": "image"}, include=[])["ids"] == ["ours"]

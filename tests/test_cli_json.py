@@ -9,12 +9,19 @@ stdout in a real run of the console script.
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import clip_embeddings as ce
 from clip_embeddings.apps import cli
+from clip_embeddings.apps.console import to_json
 from clip_embeddings.adapters import open_store
 from clip_embeddings.core.download import MODELS
 from tests.test_cli import _image_folder, run_cli, tiny_env  # noqa: F401  (a fixture)
@@ -134,3 +141,62 @@ def test_errors_stay_on_stderr_with_json(tmp_path, capsys):
     assert cli.main(["search", "x", "--location", str(tmp_path / "nope"), "--collection", "c", "--json"]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: ")
+
+
+# --- the one --json writer (console.to_json): valid UTF-8, strict JSON, whatever a value holds ---
+
+def _strict(text: str):
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _unescape(text: str) -> bytes:
+    return re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), text.encode("utf-8"))
+
+
+_ESCAPED = st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF, exclude_categories=())  # PEP 383 bytes
+_PLAIN = st.characters(exclude_categories=("Cs",), exclude_characters="\\")
+_HOSTILE_TEXT = st.text(st.one_of(_PLAIN, _ESCAPED, st.characters(exclude_categories=())), max_size=12)
+_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), _HOSTILE_TEXT,
+    st.binary(max_size=8), st.builds(np.float32, st.floats(width=32, allow_nan=True, allow_infinity=True)),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=3).map(np.array),
+)
+_VALUES = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+                       | st.dictionaries(_HOSTILE_TEXT | st.integers(), inner, max_size=4), max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_VALUES)
+def test_to_json_is_strict_utf8_json_for_any_value(value):
+    out = to_json({"value": value})
+    assert "\n" not in out
+    assert out.encode("utf-8").decode("utf-8") == out  # encodes strictly: no lone surrogate left
+    _strict(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.one_of(_PLAIN, _ESCAPED), max_size=20), st.binary(max_size=20).map(lambda b: b.replace(b"\\", b"")),
+       st.floats(allow_nan=True, allow_infinity=True))
+def test_to_json_keeps_every_byte_and_nulls_what_json_cannot_hold(name, raw, number):
+    got = _strict(to_json({"name": name, "raw": raw, "number": number}))
+    assert _unescape(got["name"]) == name.encode("utf-8", "surrogateescape")  # the file name's own bytes
+    assert _unescape(got["raw"]) == raw
+    assert got["number"] == (number if math.isfinite(number) else None)
+
+
+def test_index_json_is_valid_utf8_with_a_file_name_that_is_not(tmp_path, tiny_env, sample_images):
+    # A skipped file whose name is not UTF-8 and a stored one: stdout used to carry raw bytes.
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(sample_images[0].read_bytes())
+    with open(os.path.join(os.fsencode(folder), b"bad-\xff.jpg"), "wb") as f:
+        f.write(b"\xff\xd8 not a jpeg")
+    with open(os.path.join(os.fsencode(folder), b"good-\xfe.jpg"), "wb") as f:
+        f.write(sample_images[1].read_bytes())
+    done = run_cli("index", str(folder), "--location", str(tmp_path / "db"), "--collection", "photos", "--json",
+                   model=tiny_env)
+    document = _strict(done.stdout)  # run_cli decodes stdout as UTF-8 (strict): raw bytes would fail here
+    assert (document["new"], len(document["skipped"])) == (2, 1)
+    assert _unescape(document["skipped"][0]["source"]).endswith(b"bad-\xff.jpg")

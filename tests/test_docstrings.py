@@ -93,13 +93,13 @@ def test_docstring_examples(name, doc_weights, tmp_path, monkeypatch):
     module = importlib.import_module(name)
     tests = _examples(module)
     assert tests, f"{name} has '>>>' in its source but no example doctest finds"
-    monkeypatch.setenv("CLIP_WEIGHTS", str(doc_weights))
-    monkeypatch.setenv("CLIP_AUTO_PROBE", "0")  # the table's decision; no background probe threads
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     failures = []
     for n, test in enumerate(tests):
         # Each docstring starts afresh: its own folder and store, as a reader trying it would.
         monkeypatch.chdir(_working_folder(tmp_path / str(n)))
+        monkeypatch.setenv("CLIP_WEIGHTS", str(doc_weights))  # again: an example may change it
+        monkeypatch.setenv("CLIP_AUTO_PROBE", "0")  # the table's decision; no background probe threads
         source = "\n".join(e.source for e in test.examples if not e.options.get(doctest.SKIP))
         test.globs.update({k: make() for k, make in NAMESPACE.items() if k not in test.globs
                            and re.search(rf"\b{k}\b", source) and not re.search(rf"^{k} = ", source, re.M)})

@@ -8,6 +8,7 @@ scores closer than ``TIE`` (which any database may order either way).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import pytest
 import clip_embeddings as ce
 from clip_embeddings.adapters import open_store
 from clip_embeddings.adapters.base import Store, item_id, text_digest
+from clip_embeddings.inputs.names import path_of
 
 KINDS = ["chroma", "qdrant", "lancedb", "pgvector", "milvus"]
 TEXTS = ["a dog", "a red car", "the moon"]
@@ -345,3 +347,69 @@ def test_deleting_a_caption_keeps_its_image(kind, store_location, corpus):
     store._delete([(item, "text")])
     assert store.get_item(item) is not None and store.get_item(item, "text") is None
     assert (store.count("image"), store.count("text")) == (7, 6 + 3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_counting_rule_for_captions_and_texts_added_later(kind, store_location, corpus):
+    # count() counts items (distinct item ids): a caption stored after its image, or an image
+    # stored after a text under the same id, is still one item (LanceDB and Milvus counted 2:
+    # their rule was "an image row, or a text row without a source").
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
+    store.add_images(corpus.images[:2])
+    first = corpus.image_ids[0]
+    assert store.add_texts(["a caption added later"], ids=[first]).updated == 1
+    store.add_texts(["a text stored first"], ids=["later-image"])
+    store.add_images(corpus.images[2:3], ids=["later-image"])
+    store.add_images(corpus.images[1:2], captions=["a caption with its image, second time"])
+    assert (store.count(), store.count("image"), store.count("text")) == (3, 3, 3)
+    store.add_texts(["a text on its own"])
+    assert (store.count(), store.count("image"), store.count("text")) == (4, 3, 4)
+    assert store.get_item(first, "text").document == "a caption added later"
+
+
+@pytest.fixture
+def odd_name_folder(tmp_path, corpus) -> tuple[Path, bytes]:
+    """Three sample photos and a fourth under a file name that is not UTF-8 (b'\\xff\\xfe')."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for image in corpus.images[:3]:
+        (folder / Path(image).name).write_bytes(Path(image).read_bytes())
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9-\xff\xfe.jpg")  # Latin-1 bytes: no UTF-8 decoding
+    with open(odd, "wb") as f:
+        f.write(Path(corpus.images[3]).read_bytes())
+    return folder, odd
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_file_name_that_is_not_utf8_is_stored_losslessly_and_costs_nothing(kind, cache, store_location, corpus,
+                                                                            odd_name_folder):
+    # It used to cost the whole write batch on Chroma and LanceDB (0 of 4 stored) with the cache
+    # off, and the file itself with the cache on. Now stored as a file:// URI of its exact bytes.
+    folder, odd = odd_name_folder
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=cache))
+    report = store.index_folder(folder, progress=False)
+    assert (report.new, report.skipped) == (4, [])
+    assert (store.count(), store.count("image")) == (4, 4)
+    sources = {r.id: r.source for r in store.records("image", with_vectors=False)}
+    assert all(s.encode("utf-8") for s in sources.values())  # valid UTF-8, whatever the file names
+    odd_source = sources[corpus.image_ids[3]]
+    assert odd_source.startswith("file://") and os.fsencode(path_of(odd_source)) == odd
+    assert store.query(image=odd_source, k=1)[0].id == corpus.image_ids[3]  # the stored source reads back
+    again = store.index_folder(folder, progress=False)  # a sync of the unchanged folder: nothing to do
+    assert (again.new, again.present, again.removed, again.skipped) == (0, 4, 0, [])
+    listed = store.add_images([os.fsdecode(odd), *corpus.images[:2]])  # the name as Python lists it
+    assert (listed.present, listed.skipped) == (3, [])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_where_on_a_metadata_key_named_like_a_column_filters_the_users_key(kind, store_location, corpus):
+    # LanceDB and Milvus read where={"id": ...} as their own row-id column: the user's key never matched.
+    store = open_store(kind, store_location(kind), "photos", ce.ClipEF(corpus.model, cache=False))
+    metadatas = [{"id": f"photo-{i}", "vector": i, "metadata": "m", "embedding": "e"} for i in range(3)]
+    store.add_images(corpus.images[:3], metadatas=metadatas)
+    for key, value, index in (("id", "photo-1", 1), ("vector", 2, 2), ("metadata", "m", None), ("embedding", "e", None)):
+        hits = store.query("x", k=5, where={key: value})
+        assert {h.id for h in hits} == ({corpus.image_ids[index]} if index is not None else set(corpus.image_ids[:3])), key
+    assert store.query("x", k=5, where={"id": corpus.image_ids[0]}) == []  # a row id is no metadata value
+    assert [h.id for h in store.query("x", k=5, where={"item_id": corpus.image_ids[0]})] == corpus.image_ids[:1]

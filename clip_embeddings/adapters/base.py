@@ -37,6 +37,7 @@ from ..embedding.pipeline import ImageResult, OnError, SkippedItem
 from ..errors import CollectionNotFoundError, ImageLoadError, IncompatibleCollectionError, ModelMismatchError
 from ..inputs.captions import caption_for, folder_captions
 from ..inputs.folders import IMAGE_EXTENSIONS
+from ..inputs.names import path_of
 from ..inputs.options import ImageLike
 from ..inputs.user_files import FolderFile, Refused, walk_folder
 from ..tasks.tags import Tagger, as_tagger
@@ -316,7 +317,8 @@ class Store(Querying, ABC):
 
     def _store(self, records: dict[str, list[Record]], report: IngestReport) -> None:
         """Write what is not stored yet (or carries metadata to merge); count items new, updated, present."""
-        keys = [(r.id, r.modality) for rs in records.values() for r in rs]
+        # Both modalities of every item: a caption added to a stored image updates that item.
+        keys = [(item, modality) for item in records for modality in ("image", "text")]
         stored = self._stored(keys) if keys else {}
         writes: list[Record] = []
         for item, rs in records.items():
@@ -325,7 +327,7 @@ class Store(Querying, ABC):
             report.ids.append(item)
             if not changed:
                 report.present += 1
-            elif any((r.id, r.modality) in stored for r in rs):
+            elif (item, "image") in stored or (item, "text") in stored:
                 report.updated += 1
             else:
                 report.new += 1
@@ -424,7 +426,7 @@ class Store(Querying, ABC):
         entries = (_Entry(FolderFile(f.path, real_root), caption=f.caption) for f in plan.to_ingest)
         ingested = IngestReport.collect(self._ingest(entries, on_error, progress, len(plan.to_ingest), tagger))
         # A file that could not be embedded now was planned as added or updated: count it as skipped.
-        failed = {s.source for s in ingested.skipped}
+        failed = {path_of(s.source) for s in ingested.skipped if s.source}
         report.new -= sum(f.path in failed for f in plan.add)
         report.updated -= sum(f.path in failed for _, f in plan.update + plan.recaption)
         report.skipped += ingested.skipped
@@ -544,9 +546,9 @@ class Store(Querying, ABC):
         See :mod:`clip_embeddings.collection.scores`.
 
         Example:
-            >>> report = store.clip_scores("kept.jsonl", minimum=0.28, w=1)  # LAION's filter  # doctest: +SKIP
-            >>> report.kept_ids()[:2]  # doctest: +SKIP
-            ['cat', 'dog']
+            >>> report = store.clip_scores("kept.jsonl", minimum=0.28, w=1)  # LAION's filter
+            >>> len(report.kept_ids()) == report.kept  # the ids of the pairs scoring >= 0.28
+            True
         """
         return score_collection(self, output, minimum=minimum, w=w, progress=progress)
 

@@ -38,7 +38,7 @@ from ..embedding.function import ClipEF
 from ..embedding.pipeline import decode_many
 from ..errors import ImageLoadError, IncompatibleCollectionError
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions
-from .base import Hit, Modality, Record, Store, row_id, scan_modalities, stored_hit, stored_record
+from .base import Hit, Modality, Record, Store, row_id, scan_modalities, stored_record
 
 register_embedding_function(ClipEF)
 
@@ -96,8 +96,10 @@ class ChromaStore(Store):
     existing one; with ``ef=None`` the function is rebuilt from what the collection stored.
 
     Example:
-        >>> store = ChromaStore(chromadb.PersistentClient("db"), "photos", ce.ClipEF())  # doctest: +SKIP
-        >>> store.index_folder("examples/images")  # doctest: +SKIP
+        >>> import chromadb, clip_embeddings as ce
+        >>> store = ChromaStore(chromadb.PersistentClient("db"), "photos", ce.ClipEF())
+        >>> store.index_folder("photos").new
+        7
     """
 
     @classmethod
@@ -171,13 +173,13 @@ class ChromaStore(Store):
     def _search_many(self, vectors: np.ndarray, k: int, modality: Modality,
                      where: dict[str, Any] | None) -> list[list[Hit]]:
         if where:
-            return self._query(vectors, k, modality, {"$and": [{"modality": modality}, *to_where(where)]})
+            return self._both(vectors, k, modality, to_where(where))
         # Why not filter on the modality: Chroma evaluates a metadata filter for every query of a
         # batch over the whole collection, so a filtered query costs more the larger the collection
         # (8 ms a query at 10k rows here, 1.5 ms unfiltered through HNSW): de-duplicating grew with
         # the square of the size. Ask unfiltered for a few more than k and keep this modality's
-        # rows; only the queries left short (a text query among captions, for images) go again
-        # with the filter.
+        # rows (those Chroma's own API wrote included, by what they hold); only the queries left
+        # short (a text query among captions, for images) go again with the filter.
         total = self.collection.count()
         if total == 0:
             return [[] for _ in vectors]
@@ -186,19 +188,27 @@ class ChromaStore(Store):
                for hits in self._query(vectors, fetch, None, None)]
         short = [i for i, hits in enumerate(out) if len(hits) < k and fetch < total]
         if short:
-            again = self._query(np.asarray(vectors)[short], k, modality, {"modality": modality})
+            again = self._both(np.asarray(vectors)[short], k, modality, [])
             for i, hits in zip(short, again, strict=True):
                 out[i] = hits
         return out
 
-    def _query(self, vectors: np.ndarray, k: int, modality: Modality | None,
-               condition: dict[str, Any] | None) -> list[list[Hit]]:
+    def _both(self, vectors: np.ndarray, k: int, modality: Modality, clauses: list[dict[str, Any]]) -> list[list[Hit]]:
+        """The best ``k`` of our rows of ``modality`` and of the rows Chroma's own API wrote (_foreign)."""
+        out: list[list[Hit]] = [[] for _ in vectors]
+        for condition, document in (({"modality": modality}, None), _foreign(modality)):
+            for hits, more in zip(out, self._query(vectors, k, modality, _all(condition, *clauses), document), strict=True):
+                hits += more
+        return [sorted(hits, key=lambda h: -h.score)[:k] for hits in out]
+
+    def _query(self, vectors: np.ndarray, k: int, modality: Modality | None, condition: dict[str, Any] | None,
+               document: dict[str, Any] | None = None) -> list[list[Hit]]:
         """One batched Chroma query; ``modality=None`` labels each hit with its row's own modality."""
         result = self.collection.query(query_embeddings=list(vectors), n_results=k, where=condition,
-                                       include=["metadatas", "documents", "distances"])
-        return [[stored_hit(meta, modality or meta["modality"], 1.0 - float(distance), document=doc)
-                 for meta, doc, distance in zip(*rows, strict=True)]
-                for rows in zip(result["metadatas"], result["documents"], result["distances"], strict=True)]
+                                       where_document=document, include=["metadatas", "documents", "distances", "uris"])
+        columns = (result["ids"], result["metadatas"], result["documents"], result["distances"], result["uris"])
+        return [[_hit(*row, modality) for row in zip(*rows, strict=True)] for rows in zip(*columns, strict=True)]
+
 
     def _stored(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], tuple[str | None, str | None]]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
@@ -208,19 +218,21 @@ class ChromaStore(Store):
 
     def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
               with_vectors: bool = True) -> Iterator[list[Record]]:
-        include = ["metadatas", "documents"] + (["embeddings"] if with_vectors else [])
+        include = ["metadatas", "documents", "uris"] + (["embeddings"] if with_vectors else [])
         for kind in scan_modalities(modality):
-            offset = 0
-            while True:  # Chroma pages a get with limit/offset (in insertion order)
-                got = self.collection.get(where={"modality": kind}, limit=batch_size, offset=offset, include=include)
-                if not got["ids"]:
-                    break
-                vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
-                rows = zip(got["metadatas"], got["documents"], vectors, strict=True)
-                yield [stored_record(meta, kind, vector, document=doc) for meta, doc, vector in rows]
-                offset += len(got["ids"])
-                if len(got["ids"]) < batch_size:
-                    break
+            for where, document in (({"modality": kind}, None), _foreign(kind)):
+                offset = 0
+                while True:  # Chroma pages a get with limit/offset (in insertion order)
+                    got = self.collection.get(where=where, where_document=document, limit=batch_size,
+                                              offset=offset, include=include)
+                    if not got["ids"]:
+                        break
+                    vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
+                    rows = zip(got["ids"], got["metadatas"], got["documents"], got["uris"], vectors, strict=True)
+                    yield [_record(kind, *row) for row in rows]
+                    offset += len(got["ids"])
+                    if len(got["ids"]) < batch_size:
+                        break
 
     def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
         rows = {row_id(item, modality): (item, modality) for item, modality in keys}
@@ -233,10 +245,22 @@ class ChromaStore(Store):
 
     def count(self, modality: Modality | None = None) -> int:
         if modality is not None:
-            return len(self.collection.get(where={"modality": modality}, include=[])["ids"])
+            where, document = _foreign(modality)
+            foreign = self.collection.get(where=where, where_document=document, include=[])["ids"]
+            return self._count_where({"modality": modality}) + len(foreign)
         # One row per modality: an item is an image row, or a text row with no image row beside it.
         ids = self.collection.get(include=[])["ids"]
         return len({i.removesuffix(":text") for i in ids})
+
+    def _count_where(self, where: dict[str, Any], page: int = 5000) -> int:
+        """Rows matching ``where``, counted page by page: one get of every id held them all at once
+        in Chroma and here (0.65 KB a row, 65 MB at 100k, which an export's peak memory grew by)."""
+        total = 0
+        while True:
+            got = self.collection.get(where=where, limit=page, offset=total, include=[])["ids"]
+            total += len(got)
+            if len(got) < page:
+                return total
 
 
 def to_where(where: dict[str, Any]) -> list[dict[str, Any]]:
@@ -251,6 +275,41 @@ def to_where(where: dict[str, Any]) -> list[dict[str, Any]]:
     if any(key.startswith("$") for key in where) or any(isinstance(v, dict) for v in where.values()):
         return [where]
     return [{key: {"$in": list(value)} if isinstance(value, (list, tuple, set)) else value} for key, value in where.items()]
+
+
+# Rows written with Chroma's own API (``collection.add(ids, uris=...)`` or ``documents=...``, as
+# the README shows) carry no ``modality`` key. Such a row is a text if it holds a document and an
+# image otherwise (its uri, if any, is its source); its item id is its row id. Every row we write
+# has ``modality`` "image" or "text", and Chroma's ``$nin`` matches a row without the key, so
+# ``_FOREIGN`` finds exactly theirs (tests/test_chroma.py pins that Chroma behaviour).
+_FOREIGN: dict[str, Any] = {"modality": {"$nin": ["image", "text"]}}
+_ANY_TEXT = "[\\s\\S]"  # matches a document of at least one character
+
+
+def _foreign(modality: Modality) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``where`` and ``where_document`` for the rows of ``modality`` that Chroma's own API wrote."""
+    return _FOREIGN, {"$regex" if modality == "text" else "$not_regex": _ANY_TEXT}
+
+
+def _all(*clauses: dict[str, Any]) -> dict[str, Any]:
+    return clauses[0] if len(clauses) == 1 else {"$and": list(clauses)}
+
+
+def _hit(row: str, meta: dict[str, Any] | None, document: str | None, distance: float, uri: str | None,
+         modality: Modality | None) -> Hit:
+    if modality is None:  # an unfiltered query: the row's own, or by what it holds (see _foreign)
+        own = (meta or {}).get("modality")
+        modality = own if own in ("image", "text") else "text" if document else "image"
+    record = _record(modality, row, meta, document, uri, None)
+    return Hit(record.id, 1.0 - float(distance), modality, record.source, record.document, record.metadata)
+
+
+def _record(modality: Modality, row: str, meta: dict[str, Any] | None, document: str | None, uri: str | None,
+            vector: Any) -> Record:
+    meta = dict(meta or {})
+    if "item_id" not in meta:  # a row Chroma's own API wrote: its id is the item, its uri the source
+        meta.setdefault("source", uri)
+    return stored_record(meta, modality, vector, item=row, document=document)
 
 
 def _metadata(record: Record) -> dict[str, Any]:

@@ -51,7 +51,9 @@ from ..inputs.options import LoaderOptions
 from .base import Hit, Modality, Record, Store, row_id, scan_modalities
 
 CONFIG_KEY = b"clip_embeddings"  # schema metadata key holding ClipEF.get_config() for LanceDBStore tables
-COLUMNS = ("id", "item_id", "modality", "source", "document", "digest")
+# where-keys that name a column, not metadata: the table's own "id" (the row id) and "modality"
+# are not among them, so where={"id": ...} filters the user's own "id" key as on every store.
+COLUMNS = ("item_id", "source", "document", "digest")
 _DEFAULTS = EmbeddingConfig()
 
 
@@ -324,8 +326,15 @@ class LanceDBStore(Store):
     def count(self, modality: Modality | None = None) -> int:
         if modality is not None:
             return self.table.count_rows(f"modality = {_sql(modality)}")
-        # A caption row carries its image's source; a text added on its own has none.
-        return self.table.count_rows("modality = 'image' OR source IS NULL")
+        # One rule on every store: an item is an image row, or a text row with no image row beside
+        # it (a caption may be stored before or after its image, with or without a source).
+        alone = 0
+        texts = self.table.search().where("modality = 'text'").select(["item_id"])
+        for batch in texts.to_batches(batch_size=1000):
+            ids = ", ".join(_sql(i) for i in batch.column("item_id").to_pylist())
+            if ids:
+                alone += batch.num_rows - self.table.count_rows(f"modality = 'image' AND id IN ({ids})")
+        return self.table.count_rows("modality = 'image'") + alone
 
 
 def _records(batch: pa.RecordBatch, modality: Modality, with_vectors: bool) -> list[Record]:

@@ -184,9 +184,22 @@ class MilvusStore(Store):
         return {rows[e["id"]]: (e.get("digest"), e.get("document")) for e in found}
 
     def count(self, modality: Modality | None = None) -> int:
-        # An item is an image entity, or a text entity without a source: a caption carries its
-        # image's source (always set for an image), a text added on its own has none.
-        condition = f"modality == {_literal(modality)}" if modality else 'modality == "image" or source is null'
+        if modality is not None:
+            return self._count(f"modality == {_literal(modality)}")
+        # One rule on every store: an item is an image entity, or a text entity with no image
+        # entity beside it (a caption may be stored before or after its image, with no source).
+        alone = 0
+        iterator = self.client.query_iterator(self.name, batch_size=1000, output_fields=["item_id"],
+                                              filter='modality == "text"')
+        try:
+            while batch := iterator.next():
+                ids = [e["item_id"] for e in batch]
+                alone += len(ids) - self._count(f'modality == "image" and id in {json.dumps(ids)}')
+        finally:
+            iterator.close()
+        return self._count('modality == "image"') + alone
+
+    def _count(self, condition: str) -> int:
         return int(self.client.query(self.name, filter=condition, output_fields=["count(*)"])[0]["count(*)"])
 
     def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import sys
 import threading
@@ -104,7 +105,7 @@ def emit(args: Any, document: dict[str, Any], text: str | Sequence[str] | None =
         stored 3 item(s)
     """
     if getattr(args, "json", False):
-        print(json.dumps(document, ensure_ascii=False, default=_jsonable))
+        print(to_json(document))
         return
     if text is None:
         return
@@ -171,6 +172,59 @@ class GracefulStop:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def to_json(document: Any) -> str:
+    """``document`` as one line of strict JSON that is always valid UTF-8: the one ``--json`` writer.
+
+    NaN and infinities become ``null`` (JSON has no such numbers); text that is not valid Unicode
+    (a file name Python holds surrogate-escaped, PEP 383) and ``bytes`` keep their readable part
+    with each byte that does not decode written ``\\xNN``; numpy values, paths and dataclasses
+    become plain JSON values; anything else its ``str``.
+
+    Example:
+        >>> to_json({"score": float("nan"), "name": "caf\\udce9.jpg", "raw": b"\\xff", "n": [1, float("inf")]})
+        '{"score": null, "name": "caf\\\\xe9.jpg", "raw": "\\\\xff", "n": [1, null]}'
+    """
+    return json.dumps(_plain(document), ensure_ascii=False, allow_nan=False)
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)  # an IntEnum or other int subclass as a plain number
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if depth > 200:  # a document this deep is a cycle or a bug: say so instead of recursing on
+        return "<too deep>"
+    if isinstance(value, dict):
+        return {_key(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v, depth + 1) for v in value]
+    return _plain(_jsonable(value), depth + 1)
+
+
+def _key(key: Any) -> str:
+    plain = _plain(key)
+    return plain if isinstance(plain, str) else json.dumps(plain)
+
+
+def _text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # lone surrogates: the bytes they stand for, escaped
+        return text.encode("utf-8", "surrogateescape" if _escaped_only(text) else "surrogatepass").decode(
+            "utf-8", "backslashreplace")
+
+
+def _escaped_only(text: str) -> bool:
+    return all(not "\ud800" <= c <= "\udfff" or "\udc80" <= c <= "\udcff" for c in text)
+
+
 def _jsonable(value: Any) -> Any:
     """What json.dumps cannot write itself: numpy scalars and arrays, paths, dataclasses."""
     import dataclasses
@@ -178,6 +232,8 @@ def _jsonable(value: Any) -> Any:
 
     if hasattr(value, "tolist"):
         return value.tolist()
+    if hasattr(value, "item") and callable(value.item):  # a numpy or torch scalar without tolist
+        return value.item()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):  # an instance, not the class

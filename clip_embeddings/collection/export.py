@@ -86,7 +86,7 @@ def export(store: StoreLike, path: str | os.PathLike, *, format: Format = "npy",
         raise ValueError(f"shard_size must be at least 1, not {shard_size}")
     modalities = ("image", "text") if modality is None else (modality,)
     counts = {m: store.count(m) for m in modalities}
-    require_records(store, modality, "export")
+    require_records(store, modality, "export", sum(counts.values()))  # count(None) may list every id
     report = ExportReport(counts={m: 0 for m in modalities})
     bar = _bar(sum(counts.values()), progress, f"export {store.describe()}")
     try:

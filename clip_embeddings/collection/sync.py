@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from ..inputs.captions import caption_for, folder_captions
+from ..inputs.names import path_of, stored_name
 from ..inputs.user_files import Refused, walk_folder
 
 
@@ -228,8 +229,9 @@ def stored_items(records: Iterable[Any], root: str, extensions: Iterable[str],
             captions[r.id] = r.document
     ours, others = [], set()
     for item, r in images.items():
-        if in_scope(r.source, root, extensions, recursive):
-            ours.append(StoredItem(item, r.digest, r.source, captions.get(item)))
+        source = path_of(r.source) if r.source else r.source  # a file:// URI of a name not UTF-8: its path
+        if in_scope(source, root, extensions, recursive):
+            ours.append(StoredItem(item, r.digest, source, captions.get(item)))
         else:
             others.add(item)
     return ours, others
@@ -237,5 +239,5 @@ def stored_items(records: Iterable[Any], root: str, extensions: Iterable[str],
 
 def renamed_records(records: Iterable[Any], plan: SyncPlan) -> list[Any]:
     """The stored records (image and caption, vectors included) of renamed items, with their new source."""
-    new_source = {s.id: f.path for s, f in plan.rename}
+    new_source = {s.id: stored_name(f.path) for s, f in plan.rename}
     return [replace(r, source=new_source[r.id]) for r in records if r.id in new_source]

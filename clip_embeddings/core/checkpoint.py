@@ -39,9 +39,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read weights from ``path`` without executing code, in whichever supported format it is.
 
     Example:
-        >>> ckpt = read_checkpoint("ViT-B-32.pt")  # doctest: +SKIP
-        >>> ckpt.format, ckpt.state_dict["text_projection"].shape  # doctest: +SKIP
-        ('torchscript', torch.Size([512, 512]))
+        >>> ckpt = read_checkpoint(weights)  # weights: e.g. "ViT-B-32.pt", which is TorchScript
+        >>> ckpt.format, ckpt.state_dict["text_projection"].shape
+        ('state_dict', torch.Size([64, 512]))
     """
     path = Path(path).expanduser()
     if not path.exists():

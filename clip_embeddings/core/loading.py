@@ -103,9 +103,10 @@ def load(
 
     Example:
         >>> import clip_embeddings as ce
-        >>> model, preprocess = ce.load("ViT-B/32", device="cpu")  # doctest: +SKIP
-        >>> image = preprocess(PIL.Image.open("cat.jpg")).unsqueeze(0)  # doctest: +SKIP
-        >>> model.encode_image(image).shape  # doctest: +SKIP
+        >>> from PIL import Image
+        >>> model, preprocess = ce.load(weights, device="cpu")  # weights: e.g. "ViT-B/32"
+        >>> image = preprocess(Image.open("cat.jpg")).unsqueeze(0)
+        >>> model.encode_image(image).shape
         torch.Size([1, 512])
     """
     device = torch.device(device or default_device())

@@ -380,10 +380,10 @@ def build_model(state_dict: dict[str, torch.Tensor], *, quick_gelu: bool = True)
     casting to half precision is the caller's choice.
 
     Example:
-        >>> from clip_embeddings.weights import read_state_dict  # doctest: +SKIP
-        >>> model = build_model(read_state_dict("ViT-B-32.pt"))  # doctest: +SKIP
-        >>> model.visual.input_resolution  # doctest: +SKIP
-        224
+        >>> from clip_embeddings.core.checkpoint import read_checkpoint
+        >>> model = build_model(read_checkpoint(weights).state_dict)  # weights: e.g. "ViT-B-32.pt"
+        >>> model.visual.input_resolution  # ViT-B/32's is 224; the tiny test model's 32
+        32
     """
     missing = [k for k in _REQUIRED if k not in state_dict]
     vit = "visual.proj" in state_dict
@@ -399,6 +399,7 @@ def build_model(state_dict: dict[str, torch.Tensor], *, quick_gelu: bool = True)
     hyper = _hyper_parameters(state_dict, vit, quick_gelu)
     weights = {k: v for k, v in state_dict.items() if k not in _NON_PARAMETERS}
     _check_fits(hyper, weights)
+    _check_values(weights)
     model = CLIP(**hyper)
     try:
         model.load_state_dict(weights, strict=True)
@@ -464,6 +465,35 @@ def _hyper_parameters(state_dict: dict[str, torch.Tensor], vit: bool, quick_gelu
         vocab_size=state_dict["token_embedding.weight"].shape[0], transformer_width=transformer_width,
         transformer_heads=transformer_width // 64, transformer_layers=layers, quick_gelu=quick_gelu,
     )
+
+
+VOCAB_SIZE = 49408  # ids the tokenizer emits (Tokenizer().vocab_size): one embedding row each
+EMBEDDING_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MAX_LOGIT_SCALE = math.log(100) + 0.01  # CLIP clamps exp(logit_scale) to 100 while training
+
+
+def _check_values(weights: dict[str, torch.Tensor]) -> None:
+    """What the shapes cannot tell: weights that would load, then embed garbage or fail later.
+
+    * the token embedding has one row per tokenizer id (49408): fewer rows fail with a bare
+      IndexError on the first rare word, more or fewer mean another vocabulary;
+    * every weight is fp32, fp16, bf16 or fp64: int8 (or another quantized type) would be copied
+      into the float model as small integers, giving zero or meaningless vectors;
+    * ``logit_scale`` lies in [0, ln 100 + 0.01]: CLIP clamps ``exp(logit_scale)`` to 100 while
+      training; a huge value overflows to inf and makes zero-shot probabilities NaN.
+    """
+    rows = weights["token_embedding.weight"].shape[0]
+    if rows != VOCAB_SIZE:
+        raise ModelLoadError(f"token_embedding.weight has {rows} rows but the tokenizer has {VOCAB_SIZE} ids: "
+                             "a checkpoint for another vocabulary, which this tokenizer cannot feed")
+    odd = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in weights.items() if v.dtype not in EMBEDDING_DTYPES]
+    if odd:
+        raise ModelLoadError(f"weights of a type that cannot embed: {', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}; "
+                             "expected float32, float16 or bfloat16 (dequantize an int8 checkpoint first)")
+    scale = float(weights["logit_scale"].float())
+    if not 0.0 <= scale <= MAX_LOGIT_SCALE:
+        raise ModelLoadError(f"logit_scale is {scale:.6g}, outside [0, {MAX_LOGIT_SCALE:.4f}] (CLIP clamps "
+                             f"exp(logit_scale) to 100; exp({scale:.4g}) would make zero-shot scores meaningless)")
 
 
 def _check_fits(hyper: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:

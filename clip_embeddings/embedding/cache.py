@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 import warnings
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import CacheWarning  # re-exported: its old import path
+from ..inputs.names import stored_name
 
 __all__ = ["CacheWarning", "DEFAULT_MAX_BYTES", "EmbeddingCache", "parse_size"]
 
@@ -84,6 +86,44 @@ def _default_max_bytes() -> int:
         return DEFAULT_MAX_BYTES
 
 
+_TABLES = frozenset({"embeddings", "file_digests"})
+_HEADER = b"SQLite format 3\x00"
+
+
+def not_a_cache(path: str | os.PathLike) -> str | None:
+    """Why the existing file at ``path`` is not an embedding cache, or ``None`` if it is one.
+
+    Read-only (a ``mode=ro`` connection; a FIFO or device is never opened), so a command told
+    ``--path`` of another program's file can refuse it without touching it.
+
+    Example:
+        >>> not_a_cache(__file__)
+        'not a SQLite database'
+    """
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        with open(path, "rb") as f:
+            header = f.read(len(_HEADER))
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if header != _HEADER and not (not header and os.path.isfile(f"{path}-wal")):
+        # (an open WAL database may not have written its first page to the main file yet)
+        return "an empty file" if not header else "not a SQLite database"
+    try:
+        db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        return f"an unreadable SQLite database ({e})"
+    if tables != _TABLES:
+        return f"a SQLite database of another program (its tables: {', '.join(sorted(tables)) or 'none'})"
+    return None
+
+
 def _is_corrupt(error: BaseException) -> bool:
     # OperationalError covers locked, read-only, full and unopenable; the other DatabaseErrors
     # (SQLITE_NOTADB "file is not a database", SQLITE_CORRUPT "malformed") mean the bytes are bad.
@@ -122,6 +162,12 @@ class EmbeddingCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
         try:
+            # Another program's database is left as it is (no journal mode, no tables added):
+            # an OperationalError turns the cache off instead of moving the file aside.
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables - _TABLES:
+                raise sqlite3.OperationalError(f"{self.path} is a SQLite database of another program "
+                                               f"(its tables: {', '.join(sorted(tables))}), not an embedding cache")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across process crashes
             db.executescript(_SCHEMA)
@@ -226,7 +272,7 @@ class EmbeddingCache:
         """The digest recorded for this file if its size and mtime are unchanged since."""
         def read(db: sqlite3.Connection) -> str | None:
             row = db.execute("SELECT digest FROM file_digests WHERE path = ? AND size = ? AND mtime_ns = ?",
-                             (path, stat.st_size, stat.st_mtime_ns)).fetchone()
+                             (stored_name(path), stat.st_size, stat.st_mtime_ns)).fetchone()
             return row[0] if row else None
 
         return self._guard(read, None)
@@ -235,7 +281,7 @@ class EmbeddingCache:
         """Remember ``digest`` for the file at ``path`` with this size and mtime."""
         def write(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?)",
-                       (path, stat.st_size, stat.st_mtime_ns, digest))
+                       (stored_name(path), stat.st_size, stat.st_mtime_ns, digest))  # sqlite takes UTF-8 only
 
         self._guard(write, None)
 

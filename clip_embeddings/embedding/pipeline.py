@@ -31,6 +31,7 @@ from ..config import OnError as OnError  # re-exported: its older import path
 from ..core.preprocess import Preprocess, resize_target
 from ..errors import ImageLoadError
 from ..inputs.decode import decode_image
+from ..inputs.names import stored_name
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions, RawImage, describe
 from ..inputs.sources import read_image_source
 
@@ -164,7 +165,9 @@ def source_of(item: Any) -> str:
         if not isinstance(item, (str, os.PathLike)) or str(item).startswith("data:"):
             return describe(item)
         text = os.fspath(item)
-        return text if "://" in text[:16] else os.path.abspath(text)
+        # A file name that is not UTF-8 becomes a file:// URI of its bytes (inputs/names.py):
+        # no database takes a surrogate-escaped string, and one such name cost a whole batch.
+        return text if "://" in text[:16] else stored_name(os.path.abspath(text))
     except Exception:  # noqa: BLE001 - a description is for people, never a reason to fail
         return f"<{type(item).__name__}>"
 

@@ -37,10 +37,15 @@ def iter_image_files(folder: str | os.PathLike,
     a link, raises :class:`ImageLoadError` naming it (``on_error="skip"`` leaves them out).
 
     Example:
-        >>> for path in iter_image_files("photos"):  # doctest: +SKIP
+        >>> for path in iter_image_files("photos"):
         ...     print(path)
-        photos/a.jpg
-        photos/trips/b.png
+        photos/astronaut.jpg
+        photos/cameraman.jpg
+        photos/cat.jpg
+        photos/coffee.jpg
+        photos/galaxies.jpg
+        photos/retina.jpg
+        photos/rocket.jpg
     """
     root = Path(folder)
     if not root.exists():

@@ -42,6 +42,7 @@ from PIL import Image
 from ..errors import ImageLoadError
 from .decode import array_to_image, check_pixels, decode_image, image_digest
 from .http import read_url
+from .names import path_of
 from .options import (
     DEFAULT_OPTIONS,
     SCHEME_RE,
@@ -149,7 +150,9 @@ def _file_url_path(url: str, source: str) -> str:
     if parts.netloc not in ("", "localhost"):
         raise ImageLoadError(f"file:// URL with a remote host ({parts.netloc!r}) is not supported",
                              source=source)
-    return urllib.request.url2pathname(parts.path)
+    if os.name == "nt":
+        return urllib.request.url2pathname(parts.path)
+    return path_of(url)  # the URI's exact bytes: a file name need not be UTF-8 (inputs/names.py)
 
 
 def _read_data_uri(uri: str, source: str, options: LoaderOptions) -> bytes:

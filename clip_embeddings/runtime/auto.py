@@ -546,7 +546,8 @@ def probe_allowed() -> bool:
     """Whether ``auto`` may probe this machine (in the background); ``CLIP_AUTO_PROBE=0`` says no: the table only.
 
     Example:
-        >>> probe_allowed()  # doctest: +SKIP
-        True
+        >>> os.environ["CLIP_AUTO_PROBE"] = "0"
+        >>> probe_allowed()
+        False
     """
     return os.environ.get("CLIP_AUTO_PROBE", "1").strip().lower() not in ("0", "false", "no", "off")

@@ -43,7 +43,7 @@ def available() -> bool:
     """Whether ONNX Runtime and the exporter's ``onnx`` package are both installed.
 
     Example:
-        >>> available()  # doctest: +SKIP
+        >>> available()  # with the onnx extra installed
         True
     """
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))

@@ -29,11 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Show, prune or clear the embedding cache (``stats`` / ``prune`` / ``clear``)."""
     from ...core.download import cache_dir
-    from ...embedding.cache import EmbeddingCache, parse_size
+    from ...embedding.cache import EmbeddingCache, not_a_cache, parse_size
 
     path = Path(args.path) if args.path else cache_dir() / "embeddings.sqlite3"
-    if args.action != "stats" and not path.is_file():
+    if args.action != "stats" and not path.exists():
         raise UsageError(f"no embedding cache at {path} (nothing to {args.action})")
+    # Checked read-only before anything opens it for writing: a --path naming another file (a
+    # system file, another program's database) used to be moved aside or converted in place.
+    if (path.exists() or path.is_symlink()) and (reason := not_a_cache(path)) is not None:
+        raise UsageError(f"{path} is not an embedding cache ({reason}); it was left untouched")
     max_bytes = parse_size(args.max_size) if args.max_size is not None else None
     cache = EmbeddingCache(path, max_bytes=max_bytes)
     document: dict[str, Any] = {"action": args.action}

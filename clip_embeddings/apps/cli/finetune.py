@@ -75,8 +75,9 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
     tried second).
 
     Example:
-        >>> read_pairs("train.csv")[:1]  # doctest: +SKIP
-        [('/data/train/cat.jpg', 'a close-up photo of a tabby cat')]
+        >>> _ = Path("photos/train.csv").write_text("image,caption\\ncat.jpg,a close-up photo of a tabby cat\\n")
+        >>> read_pairs("photos/train.csv")[:1]
+        [('photos/cat.jpg', 'a close-up photo of a tabby cat')]
     """
     path = Path(path)
     if not path.is_file():

@@ -42,6 +42,7 @@ from ...adapters.base import Modality, Record, Store, item_id, row_id, text_dige
 from ...embedding.function import ClipEF
 from ...embedding.pipeline import source_of
 from ...errors import StoreAddressError
+from ...inputs.names import stored_name
 from ...inputs.options import describe
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -326,7 +327,9 @@ def sources_dataset(sources: Sequence[str | os.PathLike], *, rows_per_block: int
     Paths are made absolute here, on the driver, because actors resolve them elsewhere.
     """
     ray = import_ray()
-    absolute = [s if "://" in s[:16] or s.startswith("data:") else os.path.abspath(s) for s in (os.fspath(p) for p in sources)]
+    # A file name that is not UTF-8 travels as a file:// URI of its bytes: Arrow holds UTF-8 only.
+    absolute = [s if "://" in s[:16] or s.startswith("data:") else stored_name(os.path.abspath(s))
+                for s in (os.fspath(p) for p in sources)]
     # from_items builds the blocks here; from_arrow would start a metadata task per block, and
     # the idle workers left behind can abort noisily when Ray reclaims their CPU for the actors.
     return ray.data.from_items([{"source": s} for s in absolute],
