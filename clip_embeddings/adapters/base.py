@@ -318,7 +318,7 @@ class Store(Querying, ABC):
     def _store(self, records: dict[str, list[Record]], report: IngestReport) -> None:
         """Write what is not stored yet (or carries metadata to merge); count items new, updated, present."""
         # Both modalities of every item: a caption added to a stored image updates that item.
-        keys = [(item, modality) for item in records for modality in ("image", "text")]
+        keys = [(item, modality) for item in records for modality in scan_modalities(None)]
         stored = self._stored(keys) if keys else {}
         writes: list[Record] = []
         for item, rs in records.items():
