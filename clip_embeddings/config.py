@@ -49,7 +49,7 @@ REQUIRED_KEYS = ("model", "fingerprint", "dim")
 LOCAL_FIELDS = ("device", "cache", "download_root")
 
 
-def check_on_error(on_error: Any) -> str:
+def check_on_error(on_error: Any) -> OnError:
     """``on_error`` if it is ``"raise"`` or ``"skip"``, else a :class:`ConfigError` saying so.
 
     Every per-call ``on_error=`` argument of the library is checked here.

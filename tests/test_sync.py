@@ -129,3 +129,17 @@ def test_the_plan_pairs_files_and_items_by_content_and_path():
     assert [s.id for s in plan.remove] == ["i9"]  # the unreadable file's item stays
     assert plan.duplicates == 1 and plan.unchanged == []
     assert plan.summary() == {"added": 1, "updated": 2, "renamed": 1, "removed": 1, "unchanged": 0}
+
+
+def test_local_files_digests_a_file_without_hashlib_file_digest(tmp_path, monkeypatch):
+    # hashlib.file_digest is Python 3.11+; the package supports 3.10 (found by mypy at python_version 3.10).
+    import hashlib
+
+    monkeypatch.delattr(hashlib, "file_digest", raising=False)
+    content = bytes(range(256)) * 5000  # over one read chunk
+    (tmp_path / "a.jpg").write_bytes(content)
+    from clip_embeddings.collection.sync import local_files
+
+    [found] = list(local_files(tmp_path, extensions={".jpg"}))
+    assert found.digest == "7d471e4af16db5a30ce10aebbc29f5178b2edbad6c7dc2e8ff8ee6e4848a726f"  # sha256sum's
+    assert found.size == len(content)

@@ -69,7 +69,7 @@ def open_store(kind: Kind, location: str | os.PathLike | None = None, name: str 
         >>> store = open_store("chroma", "http://localhost:8000", "photos")  # a server's  # doctest: +SKIP
     """
     if name is None and (location is None or not isinstance(location, (str, os.PathLike))):
-        ef = location if ef is None else ef  # type: ignore[assignment]  # open_store(address, ef)
+        ef = location if ef is None else ef  # open_store(address, ef)
         kind, location, name = parse_address(kind)
     elif location is None or name is None:
         raise StoreAddressError("give a store address, or a kind, a location and a collection name")

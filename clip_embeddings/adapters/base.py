@@ -70,7 +70,7 @@ def _check_inputs(ids: Sequence[str] | None, metadatas: Sequence[Mapping[str, An
 class _Entry:
     """One image to ingest with what the caller said about it."""
 
-    image: ImageLike
+    image: ImageLike | Refused  # Refused: a folder walk's unreadable entry, reported as skipped
     id: str | None = None
     caption: str | None = None
     metadata: dict[str, Any] | None = None
@@ -240,9 +240,11 @@ class Store(Querying, ABC):
         report, since = IngestReport(), time.monotonic()
         pipeline = self.ef.image_pipeline()
         for batch in pipeline.batches(entries, item_of=lambda e: e.image, progress=progress, total=total):
-            items, failure = [], None
+            items: list[tuple[str, ImageResult]] = []
+            vectors: list[np.ndarray] = []
+            failure: ImageLoadError | None = None
             for r in batch:
-                if not r.ok:
+                if r.vector is None or r.digest is None:  # not r.ok: a vector always comes with its digest
                     if on_error == "raise":
                         failure = r.error()
                         break
@@ -257,9 +259,11 @@ class Store(Querying, ABC):
                     continue
                 seen.add(item)
                 items.append((item, r))
+                vectors.append(r.vector)
             captioned = [(item, r) for item, r in items if r.entry.caption]
-            caption_vectors = self.ef.embed_texts([r.entry.caption for _, r in captioned]) if captioned else []
-            tagged = tagger.metadata(np.stack([r.vector for _, r in items])) if tagger and items else None
+            caption_vectors: np.ndarray | list[np.ndarray] = \
+                self.ef.embed_texts([r.entry.caption for _, r in captioned]) if captioned else []
+            tagged = tagger.metadata(np.stack(vectors)) if tagger and items else None
             for n, (item, r) in enumerate(items):
                 buffered[item] = [_image_record(item, r, tagged[n] if tagged else None)]
             for (item, _), vector in zip(captioned, caption_vectors, strict=True):
@@ -292,6 +296,7 @@ class Store(Querying, ABC):
         for start in range(0, len(texts), self.write_batch):
             chunk = range(start, min(start + self.write_batch, len(texts)))
             records: dict[str, list[Record]] = {}
+            documents: list[str] = []  # records' texts, in their order
             for i in chunk:
                 if not isinstance(texts[i], str):
                     raise TypeError(f"item {i}: texts must be str, got {type(texts[i]).__name__}")
@@ -303,7 +308,8 @@ class Store(Querying, ABC):
                 seen.add(item)
                 meta = dict(metadatas[i] or {}) if metadatas is not None else {}
                 records[item] = [Record(item, "text", np.empty(0, np.float32), digest, document=texts[i], metadata=meta)]
-            vectors = self.ef.embed_texts([rs[0].document for rs in records.values()]) if records else []
+                documents.append(texts[i])
+            vectors: np.ndarray | list[np.ndarray] = self.ef.embed_texts(documents) if records else []
             for rs, vector in zip(records.values(), vectors, strict=True):
                 rs[0].vector = vector
             self._store(records, report)
@@ -312,7 +318,7 @@ class Store(Querying, ABC):
     def _store(self, records: dict[str, list[Record]], report: IngestReport) -> None:
         """Write what is not stored yet (or carries metadata to merge); count items new, updated, present."""
         # Both modalities of every item: a caption added to a stored image updates that item.
-        keys = [(item, modality) for item in records for modality in ("image", "text")]
+        keys = [(item, modality) for item in records for modality in scan_modalities(None)]
         stored = self._stored(keys) if keys else {}
         writes: list[Record] = []
         for item, rs in records.items():
@@ -470,11 +476,11 @@ class Store(Querying, ABC):
         """
         if (ids is None) == (where is None):
             raise ValueError("delete takes ids or where=..., exactly one of them")
-        if ids is None:
-            ids = {r.id for r in self.records(with_vectors=False) if matches(r, where)}
+        if ids is None:  # then where is not None (exactly one of them): `or {}` only tells the type checker
+            ids = {r.id for r in self.records(with_vectors=False) if matches(r, where or {})}
         elif isinstance(ids, str):
             raise TypeError("delete takes a list of ids; wrap a single id in a list")
-        keys = [(item, modality) for item in dict.fromkeys(ids) for modality in ("image", "text")]
+        keys = [(item, modality) for item in dict.fromkeys(ids) for modality in scan_modalities(None)]
         stored = self._stored(keys) if keys else {}
         if stored:
             self._delete(list(stored))
@@ -569,6 +575,8 @@ def scan_modalities(modality: Modality | None) -> tuple[Modality, ...]:
 
 
 def _image_record(item: str, result: ImageResult, tags: dict[str, bool] | None = None) -> Record:
+    if result.digest is None:  # only a result that failed has none, and a failed result is never stored
+        raise ValueError(f"image {result.index} has no digest: it was not embedded ({result.reason})")
     entry = result.entry
     return Record(item, "image", result.vector, result.digest, source=result.source, document=entry.caption,
                   metadata={**(entry.metadata or {}), **(tags or {})})

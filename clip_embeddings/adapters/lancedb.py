@@ -159,7 +159,7 @@ class ClipLanceEmbeddings(EmbeddingFunction):
             out[present[index]] = result.embeddings[row]
         return out
 
-    def compute_query_embeddings(self, query: Any, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+    def compute_query_embeddings(self, query: Any, *args: Any, **kwargs: Any) -> list[np.ndarray | None]:
         """A ``str`` is a text query; a PIL image, array, bytes or ``Path`` is an image query."""
         if isinstance(query, str):
             return [self.clip().embed_texts([query])[0]]
@@ -170,7 +170,7 @@ class ClipLanceEmbeddings(EmbeddingFunction):
             return self.compute_source_embeddings(*args, **kwargs)
         return super().compute_source_embeddings_with_retry(*args, **kwargs)
 
-    def compute_query_embeddings_with_retry(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+    def compute_query_embeddings_with_retry(self, *args: Any, **kwargs: Any) -> list[np.ndarray | None]:
         if self.max_retries <= 0:
             return self.compute_query_embeddings(*args, **kwargs)
         return super().compute_query_embeddings_with_retry(*args, **kwargs)

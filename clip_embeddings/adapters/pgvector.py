@@ -184,7 +184,7 @@ class PgVectorStore(Store):
         return row[0] if row else None
 
     def _has_config_table(self) -> bool:
-        return self.client.execute("SELECT to_regclass(%s) IS NOT NULL", [CONFIG_TABLE]).fetchone()[0]
+        return _scalar(self.client.execute("SELECT to_regclass(%s) IS NOT NULL", [CONFIG_TABLE]))
 
     def index_parameters(self) -> dict[str, Any]:
         """The HNSW parameters of this table (fixed at creation) and the ``ef_search`` of this store.
@@ -244,9 +244,9 @@ class PgVectorStore(Store):
     def count(self, modality: Modality | None = None) -> int:
         if modality is not None:
             query = sql.SQL("SELECT count(*) FROM {t} WHERE modality = %s").format(t=self.table)
-            return self.client.execute(query, [_modality(modality)]).fetchone()[0]
+            return _scalar(self.client.execute(query, [_modality(modality)]))
         # An item is an image row, or a text row with no image row beside it: its distinct item ids.
-        return self.client.execute(sql.SQL("SELECT count(DISTINCT item_id) FROM {t}").format(t=self.table)).fetchone()[0]
+        return _scalar(self.client.execute(sql.SQL("SELECT count(DISTINCT item_id) FROM {t}").format(t=self.table)))
 
     def _scan(self, modality: Modality | None = None, *, batch_size: int = 512,
               with_vectors: bool = True) -> Iterator[list[Record]]:
@@ -288,7 +288,8 @@ def to_sql(where: dict[str, Any] | None) -> tuple[sql.Composable, list[Any]]:
         return sql.SQL("TRUE"), []
     if not isinstance(where, dict):
         raise TypeError(f"where must be a dict of exact matches, not {type(where).__name__}")
-    clauses, params = [], []
+    clauses: list[sql.Composable] = []
+    params: list[Any] = []
     for key, value in where.items():
         if not isinstance(key, str):
             raise TypeError(f"where keys are metadata names (str), not {type(key).__name__}")
@@ -313,6 +314,14 @@ def to_sql(where: dict[str, Any] | None) -> tuple[sql.Composable, list[Any]]:
 def _array(vector: Any) -> np.ndarray:
     """A vector read back (pgvector's ``Vector`` in binary mode, an array in text mode) as float32."""
     return np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, np.float32)
+
+
+def _scalar(cursor: psycopg.Cursor) -> Any:
+    """The one value of a query that always returns one row (a count, a ``to_regclass`` test)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("PostgreSQL returned no row for a query that always returns one")
+    return row[0]
 
 
 def _modality(modality: str) -> str:

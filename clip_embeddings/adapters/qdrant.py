@@ -111,7 +111,7 @@ class QdrantStore(Store):
 
     def _write(self, records: list[Record]) -> None:
         # Fold an item's image and caption records into one point.
-        points: dict[str, tuple[dict[str, list[float]], dict[str, Any], bool]] = {}
+        points: dict[str, tuple[dict[str, qmodels.Vector], dict[str, Any], bool]] = {}
         for r in records:
             pid = point_id(r.id)
             vectors, payload, _ = points.setdefault(pid, ({}, {}, False))
@@ -187,7 +187,8 @@ class QdrantStore(Store):
         for item, modality in keys:
             wanted.setdefault(point_id(item), set()).add(modality)
         points = self.client.retrieve(self.name, ids=list(wanted), with_payload=False, with_vectors=True)
-        whole, partial = [], []
+        whole: list[qmodels.ExtendedPointId] = []
+        partial: list[str] = []
         for point in points:
             pid = str(point.id)
             if set(point.vector or {}) <= wanted[pid]:
@@ -233,7 +234,7 @@ def to_filter(where: dict[str, Any] | qmodels.Filter | None) -> qmodels.Filter |
         return where
     if not isinstance(where, dict):
         raise TypeError(f"where must be a dict of exact matches or a qdrant_client.models.Filter, not {type(where).__name__}")
-    conditions = []
+    conditions: list[qmodels.Condition] = []
     for key, value in where.items():
         if isinstance(value, (list, tuple, set)):
             match: Any = qmodels.MatchAny(any=list(value))

@@ -7,8 +7,8 @@ A mixin: it needs only the store's ``ef``, ``_search`` and ``records`` (the prim
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,11 +18,21 @@ from ..collection.records import expand_tags
 from ..inputs.options import ImageLike
 from .rows import Hit, Modality
 
+if TYPE_CHECKING:
+    from .rows import Record
+
 
 class Querying:
     """Queries over the primitives ``_search`` and ``records`` (mixed into ``Store``)."""
 
     ef: Any
+
+    if TYPE_CHECKING:  # the primitives this mixin reads, defined by Store and the databases
+        def _search(self, vector: np.ndarray, k: int, modality: Modality,
+                    where: dict[str, Any] | None) -> list[Hit]: ...
+
+        def records(self, modality: Modality | None = None, *, batch_size: int = 512,
+                    with_vectors: bool = True) -> Iterator[Record]: ...
 
     def query(self, text: str | ImageLike | list | Item | None = None, *, image: ImageLike | None = None,
               k: int = 5, modality: Modality = "image", where: dict[str, Any] | None = None,
@@ -93,7 +103,8 @@ class Querying:
     def _vectors(self, keys: list[tuple[str, Modality]]) -> dict[tuple[str, Modality], np.ndarray]:
         """The stored vectors of these (item id, modality) records; databases override this scan."""
         wanted = set(keys)
-        return {(r.id, r.modality): r.vector for r in self.records() if (r.id, r.modality) in wanted}
+        return {(r.id, r.modality): r.vector for r in self.records()
+                if (r.id, r.modality) in wanted and r.vector is not None}  # a scan with vectors: always set
 
     def get_item(self, item: str, modality: Modality = "image") -> Hit | None:
         """The stored record of item id ``item`` (source, caption, metadata), or ``None``.

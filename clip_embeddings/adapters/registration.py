@@ -7,6 +7,7 @@ already happened), which is all ``client.get_collection(name)`` needs to rebuild
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.util
@@ -55,4 +56,4 @@ def install() -> None:
         if database in sys.modules:
             _register(database)
         elif importlib.util.find_spec(database) is not None:
-            sys.meta_path.insert(0, _AfterImport(database, lambda d=database: _register(d)))
+            sys.meta_path.insert(0, _AfterImport(database, functools.partial(_register, database)))

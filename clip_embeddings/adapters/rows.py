@@ -10,7 +10,7 @@ import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -100,8 +100,10 @@ def stored_record(stored: Mapping[str, Any] | None, modality: Modality, vector: 
         ('cat', 'ab', None, {'colour': 'red'})
     """
     user = dict(stored or {})
-    ours = {key: user.pop(key, None) for key in RESERVED_METADATA}
-    return Record(ours["item_id"] if ours["item_id"] is not None else item, modality,
+    ours: dict[str, Any] = {key: user.pop(key, None) for key in RESERVED_METADATA}
+    # Every row the library writes carries its item_id; ``item`` stands in where the database keeps it apart.
+    found = cast(str, ours["item_id"] if ours["item_id"] is not None else item)
+    return Record(found, modality,
                   None if vector is None else np.asarray(vector, dtype=np.float32), ours["digest"],
                   source=ours["source"], document=document or ours["document"] or None, metadata=user)
 

@@ -13,7 +13,8 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import Any, TextIO
 
 from ..errors import UsageError  # re-exported: its old import path
@@ -152,7 +153,8 @@ class GracefulStop:
     """
 
     def __init__(self, message: str = "stopping after the current write (Ctrl-C again to stop now)"):
-        self.message, self.requested, self._previous = message, False, None
+        self.message, self.requested = message, False
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None  # what signal.signal returns
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -234,6 +236,6 @@ def _jsonable(value: Any) -> Any:
         return value.item()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # an instance, not the class
         return dataclasses.asdict(value)
     return str(value)

@@ -69,7 +69,7 @@ def sheet_size(rows: int, top: int = TOP) -> tuple[int, int]:
     return PAD + TEXT_W + top * (THUMB + PAD), HEADER_H + rows * ROW_H + PAD
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # scalable since Pillow 10.1 (with FreeType)
     except (TypeError, OSError, ImportError):

@@ -203,7 +203,7 @@ def find_duplicates(store: StoreLike, threshold: float | None = None, *, gap: fl
     from tqdm.auto import tqdm
 
     with tqdm(total=total, disable=not progress, desc="duplicates", unit="img") as bar:
-        for batch in store._scan("image", batch_size=batch_size):
+        for batch in _batches(store._scan("image", batch_size=16 * batch_size), batch_size):
             for r, (near, found) in zip(batch, _copies_in_batch(store, batch, cutoff, gap, k, max_k), strict=True):
                 if r.digest:
                     by_digest.setdefault(r.digest, []).append(r.id)
@@ -223,6 +223,14 @@ def find_duplicates(store: StoreLike, threshold: float | None = None, *, gap: fl
     groups = [_group("exact" if frozenset(ids) in exact_groups else "near", ids, info) for ids in near_sets.groups()]
     groups.sort(key=lambda g: (-len(g.members), g.keeper.id))
     return DuplicateReport(threshold=threshold, gap=gap, k=k, scanned=total, groups=groups)
+
+
+def _batches(pages: Any, size: int) -> Any:
+    """Scanned pages cut into query batches of ``size``: a page of a scan can cost as much as the
+    whole collection (Chroma pages by offset), so it is read in pages 16 times larger."""
+    for page in pages:
+        for start in range(0, len(page), size):
+            yield page[start:start + size]
 
 
 def _copies_in_batch(store: StoreLike, batch: list[Any], cutoff: float, gap: float, k: int,

@@ -86,7 +86,7 @@ def export(store: StoreLike, path: str | os.PathLike, *, format: Format = "npy",
         raise ValueError(f"shard_size must be at least 1, not {shard_size}")
     modalities = ("image", "text") if modality is None else (modality,)
     counts = {m: store.count(m) for m in modalities}
-    require_records(store, modality, "export")
+    require_records(store, modality, "export", sum(counts.values()))  # count(None) may list every id
     report = ExportReport(counts={m: 0 for m in modalities})
     bar = _bar(sum(counts.values()), progress, f"export {store.describe()}")
     try:
@@ -183,7 +183,7 @@ def _write_npy_shards(store: StoreLike, root: Path, modality: str, shard_size: i
     digits = int(math.log10(max(1, math.ceil(total / shard_size)))) + 1  # clip-retrieval's zero padding
     shard, writer, number = None, None, 0
     for batch in _split(store._scan(modality, batch_size=batch_size), shard_size):
-        if shard is None or shard.rows >= shard_size:
+        if shard is None or writer is None or shard.rows >= shard_size:  # (the two are set together)
             if shard is not None:
                 _close_shard(shard, writer, report)
             name = str(number).zfill(digits)

@@ -158,7 +158,7 @@ def _thumbnail(source: str | None, size: int) -> Image.Image | None:
         return None
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):
@@ -183,7 +183,9 @@ def render_map(store: StoreLike, path: str | os.PathLike, *, projection: str = "
         ['...', ...]
     """
     require_records(store, "image", "map")
-    ids, sources, rows = [], [], []
+    ids: list[str] = []
+    sources: list[str | None] = []
+    rows: list[np.ndarray] = []
     for batch in store._scan("image", batch_size=512):
         for r in batch[: max(0, limit - len(ids))]:
             ids.append(r.id)

@@ -41,9 +41,10 @@ class StoreLike(Protocol):
     def describe(self) -> str: ...
 
 
-def require_records(store: StoreLike, modality: str | None, job: str) -> int:
-    """The number of ``modality`` records, or :class:`EmptyCollectionError` naming the job and the store."""
-    n = store.count(modality)
+def require_records(store: StoreLike, modality: str | None, job: str, n: int | None = None) -> int:
+    """The number of ``modality`` records (``n`` when already counted), or :class:`EmptyCollectionError`
+    naming the job and the store."""
+    n = store.count(modality) if n is None else n
     if n == 0:
         what = f"no {modality} vectors" if modality else "nothing"
         raise EmptyCollectionError(f"{store.describe()} holds {what}: nothing to {job}; index some items first")

@@ -73,7 +73,7 @@ class QueryStore(Protocol):
 
     ef: Any
 
-    def _vectors(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]: ...
+    def _vectors(self, keys: list[tuple[str, Any]]) -> dict[tuple[str, Any], np.ndarray]: ...  # (id, modality)
 
 
 def is_compound(query: Any) -> bool:
@@ -218,7 +218,7 @@ def combine(weights: Sequence[float], vectors: Sequence[Any]) -> np.ndarray:
     """
     if not all(np.isfinite(w) for w in weights):
         raise ValueError("every weight must be a finite number")
-    total = sum(w * np.asarray(v, np.float64) for w, v in zip(weights, vectors, strict=True))
+    total = np.asarray(sum(w * np.asarray(v, np.float64) for w, v in zip(weights, vectors, strict=True)))
     norm = float(np.linalg.norm(total))
     if not np.isfinite(norm):
         raise ValueError("the query's weighted sum overflows; use smaller weights")

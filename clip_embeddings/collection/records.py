@@ -84,6 +84,7 @@ def matches(record: RecordLike, where: Mapping[str, Any]) -> bool:
     if not isinstance(where, Mapping):
         raise TypeError(f"where must be a dict of exact matches here, not {type(where).__name__}")
     for key, wanted in expand_tags(where).items():
+        value: Any
         if key == "item_id":
             value = record.id
         elif key in RECORD_FIELDS:

@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ..inputs.captions import caption_for, folder_captions
 from ..inputs.names import path_of, stored_name
@@ -184,13 +184,21 @@ def local_files(folder: str | os.PathLike, *, extensions: Iterable[str], recursi
             digest = cache.file_digest(absolute, stat) if cache is not None else None
             if digest is None:
                 with open(absolute, "rb") as fh:
-                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+                    digest = _sha256_of(fh)
                 if cache is not None:
                     cache.record_file_digest(absolute, stat, digest)
         except OSError:
             yield LocalFile(absolute, 0, 0, None, caption)
             continue
         yield LocalFile(absolute, stat.st_size, stat.st_mtime_ns, digest, caption)
+
+
+def _sha256_of(fh: BinaryIO) -> str:
+    """The hex SHA-256 of an open file's content, read in chunks (``hashlib.file_digest`` is Python 3.11+)."""
+    h = hashlib.sha256()
+    while chunk := fh.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def in_scope(source: str | None, root: str, extensions: Iterable[str], recursive: bool) -> bool:

@@ -27,8 +27,8 @@ def snapshot(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
         >>> snapshot("/no/such/folder")
         {}
     """
-    found = {}
-    for root, _, files in os.walk(folder):
+    found: dict[str, tuple[int, int]] = {}
+    for root, _, files in os.walk(os.fspath(folder)):
         for name in files:
             path = os.path.join(root, name)
             try:

@@ -320,8 +320,9 @@ def _read_huggingface(folder: Path) -> Checkpoint:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, OSError) as e:
         raise ModelLoadError(f"{config_path}: not a readable Hugging Face config.json ({_first_line(e)}).") from None
-    towers = [config.get(tower, {}) if isinstance(config, dict) else None for tower in ("text_config", "vision_config")]
-    if not all(isinstance(t, dict) for t in towers):
+    found = [config.get(tower, {}) if isinstance(config, dict) else None for tower in ("text_config", "vision_config")]
+    towers = [t for t in found if isinstance(t, dict)]
+    if len(towers) < len(found):
         raise ModelLoadError(f"{config_path}: not a CLIP config: expected an object with text_config and "
                              "vision_config objects.")
     acts = {str(t.get("hidden_act", "quick_gelu")) for t in towers}

@@ -39,7 +39,7 @@ from .http import FetchError, HTTPClient, iter_body, release
 try:
     import fcntl
 except ImportError:  # Windows: no lock, but the atomic rename still prevents torn files.
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the module or None: every use checks
 
 _BASE = "https://openaipublic.azureedge.net/clip/models/"
 MODELS: dict[str, str] = {

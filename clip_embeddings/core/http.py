@@ -177,7 +177,7 @@ def _connect_public(conn: HTTPConnection) -> socket.socket:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise _Unreachable(conn, f"cannot resolve {host!r} ({e.strerror})") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]  # IPv4/6: a str
     refused = sorted({str(ip) for ip in addresses if not _is_public(ip)})
     if refused or not addresses:
         raise _NotPublic(conn, f"refused to connect to {host}: it resolves to {', '.join(refused) or 'nothing'}, "
@@ -207,7 +207,8 @@ class _Guarded:
     public_only = False
 
     def _new_conn(self) -> socket.socket:
-        return _connect_public(self) if self.public_only else super()._new_conn()  # type: ignore[misc]
+        # A mixin: self is one of urllib3's connections, whose _new_conn the super() call reaches.
+        return _connect_public(self) if self.public_only else super()._new_conn()  # type: ignore[misc, arg-type]
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
@@ -313,8 +314,9 @@ def server_retry(attempts: int = 3, max_wait: float = 10.0) -> Retry:
     """
     return _BusyRetry(total=None, connect=2, read=1, redirect=0, other=0, status=attempts,
                       status_forcelist=frozenset({429, 503}), allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
-                      backoff_factor=0.25, backoff_max=max_wait, retry_after_max=max_wait, raise_on_status=False,
-                      respect_retry_after_header=True)
+                      backoff_factor=0.25, backoff_max=max_wait, raise_on_status=False, respect_retry_after_header=True,
+                      # urllib3 annotates it int but only compares seconds with it: a float is as good.
+                      retry_after_max=max_wait)  # type: ignore[arg-type]
 
 
 class _BusyRetry(Retry):

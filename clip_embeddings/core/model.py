@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -240,7 +241,8 @@ class Transformer(nn.Module):
             raise ValueError("a shared prefix is only independent of the rest under causal attention")
         prefix, x = (x[:1, :shared], x[:, shared:]) if shared else (None, x)
         last = len(self.resblocks) - 1
-        for i, block in enumerate(self.resblocks):
+        blocks = cast(Iterable[ResidualAttentionBlock], self.resblocks)  # ModuleList yields plain Modules
+        for i, block in enumerate(blocks):
             prefix, x = block.step(x, prefix, causal, positions - shared if i == last else None)
         return x
 
@@ -281,6 +283,12 @@ def shared_prefix(tokens: torch.Tensor, eot: torch.Tensor) -> int:
     return min(int(same.sum()), int(eot.min()))
 
 
+def _four(layers: tuple[int, ...] | list[int]) -> tuple[int, int, int, int]:
+    """A ResNet's blocks per stage: CLIP's ResNets have four stages."""
+    first, second, third, fourth = layers
+    return first, second, third, fourth
+
+
 class CLIP(nn.Module):
     """Image and text encoders projected into one embedding space, plus the learned temperature."""
 
@@ -290,10 +298,15 @@ class CLIP(nn.Module):
                  quick_gelu: bool = True):
         super().__init__()
         self.context_length = context_length
+        # The image tower; runtime.onnx_backend may swap in a stand-in with the same call, input_resolution
+        # and output_dim (OnnxImageTower), which is why CLIP.dtype asks it for an input_dtype first.
+        self.visual: ModifiedResNet | VisionTransformer
         if isinstance(vision_layers, (tuple, list)):
-            self.visual = ModifiedResNet(tuple(vision_layers), embed_dim, vision_width * 32 // 64,
+            self.visual = ModifiedResNet(_four(vision_layers), embed_dim, vision_width * 32 // 64,
                                          image_resolution, vision_width)
         else:
+            if vision_patch_size is None:
+                raise TypeError("a vision transformer needs an int vision_patch_size")
             self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width, vision_layers,
                                             vision_width // 64, embed_dim, quick_gelu)
         self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, quick_gelu)

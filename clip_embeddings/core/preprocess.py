@@ -79,8 +79,9 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 def _pad(image: Image.Image, ltrb: tuple[int, int, int, int]) -> Image.Image:
     bands = len(image.getbands())
     padded = ImageOps.expand(image, border=ltrb, fill=0 if bands == 1 else (0,) * bands)
-    if image.mode == "P":  # torchvision puts the palette back as RGB; do the same
-        padded.putpalette(image.getpalette())
+    palette = image.getpalette() if image.mode == "P" else None
+    if palette is not None:  # torchvision puts the palette back as RGB; do the same
+        padded.putpalette(palette)
     return padded
 
 

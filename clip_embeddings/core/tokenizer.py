@@ -59,6 +59,12 @@ def _clean(text: str) -> str:
     return _WHITESPACE.sub(" ", text.strip()).strip().lower()
 
 
+def _pair(line: str) -> tuple[str, str]:
+    """One line of the merges file: the two symbols that merge, e.g. ``"t h"``."""
+    left, right = line.split()
+    return left, right
+
+
 def _merge(chars: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """Apply BPE merges to one word's characters, in O(n log n) rather than the original's O(n^2).
 
@@ -116,8 +122,8 @@ class Tokenizer:
     def __init__(self, cache_size: int = 65536) -> None:
         self._byte_to_char = _byte_alphabet()
         self._char_to_byte = {c: b for b, c in self._byte_to_char.items()}
-        lines = gzip.decompress(resources.files("clip_embeddings").joinpath("data", _VOCAB_FILE).read_bytes())
-        merges = [tuple(line.split()) for line in lines.decode("utf-8").split("\n")[1 : _NUM_MERGES + 1]]
+        lines = gzip.decompress(resources.files("clip_embeddings").joinpath("data").joinpath(_VOCAB_FILE).read_bytes())
+        merges = [_pair(line) for line in lines.decode("utf-8").split("\n")[1 : _NUM_MERGES + 1]]
         symbols = list(self._byte_to_char.values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [_SOT, _EOT]
         self._encoder = {token: i for i, token in enumerate(vocab)}
@@ -220,7 +226,7 @@ def get_tokenizer() -> Tokenizer:
     return _shared
 
 
-def pad_tokens(sequences: Sequence[Sequence[int]], context_length: int = 77) -> torch.LongTensor:
+def pad_tokens(sequences: Sequence[Sequence[int]], context_length: int = 77) -> torch.Tensor:
     """Stack id sequences into a zero-padded ``[N, context_length]`` LongTensor.
 
     Example:
@@ -235,7 +241,7 @@ def pad_tokens(sequences: Sequence[Sequence[int]], context_length: int = 77) -> 
     return result
 
 
-def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: bool = False) -> torch.LongTensor:
+def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: bool = False) -> torch.Tensor:
     """Tokenize one text or many into ``[N, context_length]`` ids, exactly as ``clip.tokenize``.
 
     Each row is ``SOT, ids..., EOT`` then zeros. A text too long raises

@@ -330,7 +330,8 @@ class EmbeddingCache:
 
         result = {"path": str(self.path), "max_bytes": self.max_bytes, "entries": 0, "models": 0, "file_digests": 0,
                   "live_bytes": 0, "oldest_use": None, "newest_use": None}
-        result.update(self._guard(read, {}))
+        nothing: dict[str, Any] = {}
+        result.update(self._guard(read, nothing))
         total = sum(Path(f"{self.path}{s}").stat().st_size for s in ("", "-wal") if Path(f"{self.path}{s}").is_file())
         result.update(file_bytes=total, disabled=self.disabled)
         return result

@@ -76,6 +76,11 @@ def _setting(name: str) -> property:
     return property(get, set_, doc=f"The ``{name}`` setting of :attr:`ClipEF.config`.")
 
 
+def _path_str(value: str | os.PathLike) -> str:
+    """A path a user passed as a ``PathLike``, as the string the config holds (a string stays as it is)."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
 def _loader_options(value: LoaderOptions | dict[str, Any] | None) -> LoaderOptions:
     """The options as a (hashable) LoaderOptions; a stored dict is checked and rebuilt."""
     if isinstance(value, LoaderOptions):
@@ -139,16 +144,18 @@ class ClipEF:
         server: str | None = _DEFAULTS.server,
     ):
         # The defaults above are EmbeddingConfig's, and so is every check: one place for both.
+        model_ref = _path_str(default_model() if model is None else model)
         config = EmbeddingConfig(
-            model=default_model() if model is None else model, device=device, batch_size=batch_size, dtype=dtype,
-            long_text=long_text, cache=cache, on_error=on_error, fast_decode=fast_decode, num_workers=num_workers,
-            loader_options=_loader_options(loader_options), download_root=download_root, server=server,
+            model=model_ref, device=device, batch_size=batch_size, dtype=dtype,
+            long_text=long_text, cache=cache if isinstance(cache, bool) else _path_str(cache), on_error=on_error,
+            fast_decode=fast_decode, num_workers=num_workers, loader_options=_loader_options(loader_options),
+            download_root=None if download_root is None else _path_str(download_root), server=server,
             fingerprint=expected_fingerprint, dim=expected_dim,
         )
         if expected_fingerprint is None:
             # A typo fails here, not at the first add; a function rebuilt from a collection's
             # config keeps failing on use, with a ModelMismatchError saying how to open it.
-            check_model_reference(config.model)
+            check_model_reference(model_ref)
         self._config = config
 
     @classmethod
@@ -371,7 +378,7 @@ class ClipEF:
         hits = 0
         for batch in self.image_pipeline().batches(images, progress=progress, total=total):
             for r in batch:
-                if not r.ok:
+                if r.vector is None or r.digest is None:  # not r.ok: a vector always comes with its digest
                     if on_error == "raise":
                         raise r.error()
                     skipped.append(r.skipped())

@@ -130,7 +130,7 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
             caps = runtime.detect_capabilities()
             onnx_file = _onnx_file(fp, download_root)
             pending: dict[str, Any] = {}
-            if auto:
+            if torch_dtype is None:  # auto
                 decision, pending = auto_start(clip, caps, onnx_file)
             elif device.type == "cpu" and torch_dtype in (torch.float32, torch.bfloat16):
                 name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype]

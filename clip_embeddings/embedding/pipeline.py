@@ -36,6 +36,8 @@ from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions, RawImage, describe
 from ..inputs.sources import read_image_source
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing's own from Python 3.13
+
     from .cache import EmbeddingCache
     from .loaded import LoadedModel
 
@@ -256,12 +258,17 @@ class Encoder(Protocol):
     def encode(self, payloads: list[Any]) -> tuple[np.ndarray, dict[int, str]]: ...
 
 
+def _is_encoder(encoder: Encoder | LoadedModel) -> TypeIs[Encoder]:
+    """An :class:`Encoder` already, as opposed to a ``LoadedModel`` to wrap in a :class:`LocalEncoder`."""
+    return hasattr(encoder, "encode")
+
+
 class LocalEncoder:
     """The shared model in this process: preprocess in the workers, one forward pass per batch."""
 
     def __init__(self, loaded: LoadedModel, options: LoaderOptions = DEFAULT_OPTIONS, fast_decode: bool = True):
         self.loaded, self.options, self.fast_decode = loaded, options, fast_decode
-        self.cache_key = loaded.cache_key
+        self.cache_key: str | None = loaded.cache_key
 
     def prepare(self, item: Any, raw: RawImage) -> torch.Tensor:
         return preprocess_one(item, self.loaded.preprocess, self.options, fast_decode=self.fast_decode, raw=raw)
@@ -299,7 +306,7 @@ class ImagePipeline:
                  cache: EmbeddingCache | None = None, batch_size: int = EmbeddingConfig.batch_size,
                  num_workers: int = EmbeddingConfig.num_workers,
                  fast_decode: bool = True):
-        self.encoder = encoder if hasattr(encoder, "encode") else LocalEncoder(encoder, options, fast_decode)
+        self.encoder: Encoder = encoder if _is_encoder(encoder) else LocalEncoder(encoder, options, fast_decode)
         self.options = options
         self.cache = cache if self.encoder.cache_key is not None else None
         self.batch_size = max(1, batch_size)
@@ -333,10 +340,11 @@ class ImagePipeline:
         """Runs in a worker thread: a cache hit, a preprocessed tensor, or the item's error."""
         result = ImageResult(index, entry, source_of(item))
         try:
-            key, cache = self.encoder.cache_key, self.cache
+            key = self.encoder.cache_key
+            cache = self.cache if key is not None else None  # self.cache is None without a key already
             path = local_path(item)
             stat = None
-            if cache is not None and path is not None:
+            if cache is not None and key is not None and path is not None:
                 try:
                     stat = os.stat(path)
                 except (OSError, ValueError):  # ValueError: a NUL byte or a lone surrogate in the name
@@ -349,8 +357,8 @@ class ImagePipeline:
             with _lock_for(item):
                 raw = read_image_source(item, self.options)
                 result.digest = raw.digest
-                if cache is not None:
-                    if stat is not None:
+                if cache is not None and key is not None:
+                    if stat is not None and path is not None:
                         cache.record_file_digest(path, stat, raw.digest)
                     hit = cache.get(key, [raw.digest]).get(raw.digest)
                     if hit is not None:
@@ -368,28 +376,29 @@ class ImagePipeline:
         first: dict[str, int] = {}
         payloads: list[Any] = []
         for p in pending:
-            if p.payload is not None and p.result.digest not in first:
+            if p.payload is not None and p.result.digest is not None and p.result.digest not in first:
                 first[p.result.digest] = len(payloads)
                 payloads.append(p.payload)
         if not payloads:
             return [p.result for p in pending]
         vectors, failed = self.encoder.encode(payloads)
-        row_of = {}
+        row_of: dict[int, int] = {}
         for position in range(len(payloads)):
             if position not in failed:
                 row_of[position] = len(row_of)
         for p in pending:
-            if p.payload is None:
+            if p.payload is None or p.result.digest is None:  # a payload always comes with its digest
                 continue
             position = first[p.result.digest]
             if position in failed:
                 p.result.reason = failed[position]
             else:
                 p.result.vector = vectors[row_of[position]]
-        if self.cache is not None:
+        key = self.encoder.cache_key
+        if self.cache is not None and key is not None:
             good = {d: vectors[row_of[pos]] for d, pos in first.items() if pos not in failed}
             if good:
-                self.cache.put(self.encoder.cache_key, good)
+                self.cache.put(key, good)
         return [p.result for p in pending]
 
 

@@ -77,7 +77,7 @@ class _OverPixelLimit(Image.DecompressionBombError):
 def _bomb_check(size: tuple[int, int], *args, **kwargs) -> None:
     limit = _pixel_limit.get()
     if limit is not None and size[0] * size[1] > limit:
-        raise _OverPixelLimit(tuple(size))
+        raise _OverPixelLimit((size[0], size[1]))
     _pillow_bomb_check(size, *args, **kwargs)  # Pillow's signature varies (error_only=, ...)
 
 
@@ -138,6 +138,8 @@ def array_to_image(arr: np.ndarray, source: str, options: LoaderOptions) -> Imag
                              f"(H, W, 3) or (H, W, 4){hint}", source=source)
     check_pixels(arr.shape[1], arr.shape[0], source, options)
     kind = arr.dtype.kind
+    lo: float  # the value range: ints for an integer dtype, floats for a float one
+    hi: float
     if arr.dtype == np.uint8:
         out = arr
     elif kind == "b":
@@ -337,6 +339,8 @@ def _stretch_to_uint8(arr: np.ndarray, lo: float, hi: float) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
+    lo: float  # the value range: ints in mode I, floats in mode F
+    hi: float
     if mode.startswith("I;16"):
         return _sixteen_to_uint8(np.asarray(image), image.info.get("transparency"))
     if mode == "I":

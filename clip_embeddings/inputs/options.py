@@ -18,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -105,7 +106,9 @@ class LoaderOptions:
                 and (want is float or float(value).is_integer()))
             if not ok:
                 raise ValueError(f"loader_options[{name!r}] must be {want.__name__}, not {value!r}")
-        return cls(**{k: (int(v) if isinstance(v, float) and k != "url_timeout" else v) for k, v in config.items()})
+        values: dict[str, Any] = {k: (int(v) if isinstance(v, float) and k != "url_timeout" else v)
+                                  for k, v in config.items()}  # each checked above against its field's type
+        return cls(**values)
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -227,10 +230,11 @@ def describe(item: object) -> str:
 def fmt_bytes(n: int) -> str:
     if n < 1024:
         return f"{n} B"
+    size = float(n)
     for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}"
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}"
     raise AssertionError  # unreachable
 
 

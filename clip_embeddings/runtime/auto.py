@@ -33,9 +33,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from ..core.model import CLIP
 
 _log = logging.getLogger("clip_embeddings")
 
@@ -82,7 +85,8 @@ def parse_cpuinfo(text: str) -> tuple[str | None, set[str]]:
         >>> model, sorted(flags)
         ('AMD EPYC', ['avx2', 'avx512_bf16', 'fpu'])
     """
-    model, flags = None, set()
+    model: str | None = None
+    flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
@@ -296,6 +300,7 @@ def decide(caps: Capabilities, results: Mapping[str, PathResult], *, margin: flo
             eligible[name] = result
     bf16_note = "native bf16 (" + ", ".join(f for f in caps.flags if f in _NATIVE_BF16) + ")" \
         if caps.native_bf16 else "no native bf16 (no AMX or AVX512-BF16 flag): fp32 only"
+    rewrites: tuple[str, ...]
     if not eligible:
         dtype, rewrites = "fp32", ()
         reason = f"{bf16_note}; no path beat plain fp32 by {margin:.0%}"
@@ -435,14 +440,15 @@ def cached_decisions(caps: Capabilities | None = None, path: Path | None = None)
 
 # --- putting it together ---------------------------------------------------------------------
 
-def architecture_of(model: torch.nn.Module) -> str:
+def architecture_of(model: CLIP) -> str:
     """A short signature of a CLIP architecture: what a decision made on one model carries to."""
-    from ..core.model import ModifiedResNet
+    from ..core.model import Bottleneck, ModifiedResNet
 
     visual = model.visual
     if isinstance(visual, ModifiedResNet):
         layers = "-".join(str(len(getattr(visual, f"layer{i}"))) for i in (1, 2, 3, 4))
-        kind = f"resnet{layers}-w{visual.layer1[0].conv1.out_channels}"
+        first = cast(Bottleneck, visual.layer1[0])  # an nn.Sequential of Bottlenecks
+        kind = f"resnet{layers}-w{first.conv1.out_channels}"
     else:
         kind = f"vit-w{visual.conv1.out_channels}-l{len(visual.transformer.resblocks)}-p{visual.conv1.kernel_size[0]}"
     return f"{kind}-r{visual.input_resolution}-text{model.transformer.width}x{model.transformer.layers}"
@@ -461,7 +467,7 @@ def matrix_weights(model: torch.nn.Module) -> int:
     return total
 
 
-def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_cache: bool = True,
+def auto_decision(model: CLIP, caps: Capabilities | None = None, use_cache: bool = True,
                   onnx_file: Path | None = None) -> Decision:
     """The decision for this fp32 CPU model on this machine: from the cache, or probed and stored.
 
@@ -491,9 +497,11 @@ def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_
 
     ort_text = path_name("fp32", tuple(r for r in applicable_rewrites(model) if r not in IMAGE_ONLY_REWRITES))
 
-    def build(name: str) -> torch.nn.Module:
+    def build(name: str) -> CLIP:
         dtype, chosen = _split(name)
         if dtype == "ort":  # what a user runs with it: ONNX Runtime's images, torch's fp32 texts with their rewrites
+            if onnx_file is None:  # "ort" is only probed with a place for its export
+                raise ValueError("ONNX Runtime's path needs onnx_file, the place for its export")
             return with_onnx_image_tower(copy.deepcopy(model), onnx_file, text_rewrites=_split(ort_text)[1])
         torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
         return prepare_for_inference(copy.deepcopy(model), torch_dtype, chosen)
@@ -520,7 +528,7 @@ def auto_decision(model: torch.nn.Module, caps: Capabilities | None = None, use_
     return decision
 
 
-def with_onnx_image_tower(model: torch.nn.Module, onnx_file: Path, text_rewrites: Sequence[str] = ()) -> torch.nn.Module:
+def with_onnx_image_tower(model: CLIP, onnx_file: Path, text_rewrites: Sequence[str] = ()) -> CLIP:
     """``model`` (fp32) with its image tower exported to ``onnx_file`` and run by ONNX Runtime.
 
     The text tower stays in torch, fp32 with ``text_rewrites`` (as ``ClipEF`` runs it beside the backend).
@@ -530,7 +538,7 @@ def with_onnx_image_tower(model: torch.nn.Module, onnx_file: Path, text_rewrites
 
     tower = OnnxImageTower(export_image_tower(model, onnx_file), model.visual)
     model = prepare_for_inference(model, torch.float32, (), text=(torch.float32, tuple(text_rewrites)))
-    model.visual = tower
+    model.visual = tower  # type: ignore[assignment]  # the stand-in CLIP.visual allows (see CLIP.__init__)
     return model
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cache
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -136,8 +137,13 @@ def _prepare_tower(model: CLIP, tower: str, dtype: torch.dtype, rewrites: set[st
 class FoldedConv(nn.Module):
     """``relu?(bn(conv(x)))`` as one convolution with a bias, optionally in channels-last layout."""
 
+    weight: torch.Tensor  # buffers, registered in __init__
+    bias: torch.Tensor
+
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool, channels_last: bool = True):
         super().__init__()
+        if bn.running_var is None or bn.running_mean is None or isinstance(conv.padding, str):
+            raise ValueError("folding needs a batch norm with running statistics after a numerically padded convolution")
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         weight = conv.weight * scale[:, None, None, None]
         conv_bias = 0 if conv.bias is None else conv.bias  # CLIP's convolutions have none
@@ -187,9 +193,11 @@ def _quick_gelu_as_silu(model: nn.Module) -> None:
     """
     for block in model.modules():
         if isinstance(block, ResidualAttentionBlock) and isinstance(block.mlp.gelu, QuickGELU):
-            block.mlp.c_fc.weight.mul_(QUICK_GELU_SCALE)
-            block.mlp.c_fc.bias.mul_(QUICK_GELU_SCALE)
-            block.mlp.c_proj.weight.div_(QUICK_GELU_SCALE)
+            # Still CLIP's own nn.Linear pair here: the packed linears replace them only after the SiLU.
+            c_fc, c_proj = cast(nn.Linear, block.mlp.c_fc), cast(nn.Linear, block.mlp.c_proj)
+            c_fc.weight.mul_(QUICK_GELU_SCALE)
+            c_fc.bias.mul_(QUICK_GELU_SCALE)
+            c_proj.weight.div_(QUICK_GELU_SCALE)
             block.mlp.gelu = nn.SiLU()
 
 
@@ -261,7 +269,8 @@ def _pack_linears(model: nn.Module, dtype: torch.dtype) -> None:
     for block in model.modules():  # the MLP's SiLU becomes a post-op of the linear before it
         if isinstance(block, ResidualAttentionBlock) and isinstance(block.mlp.gelu, nn.SiLU) \
                 and _packed_linear_works(dtype, "swish"):
-            block.mlp.c_fc = PackedLinear(block.mlp.c_fc.weight, block.mlp.c_fc.bias, "swish")
+            c_fc = cast(nn.Linear, block.mlp.c_fc)  # CLIP's own: the check above sees the SiLU not yet fused
+            block.mlp.c_fc = PackedLinear(c_fc.weight, c_fc.bias, "swish")
             block.mlp.gelu = nn.Identity()
     for owner in list(model.modules()):
         for name, child in list(owner.named_children()):

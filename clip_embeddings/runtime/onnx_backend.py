@@ -20,9 +20,13 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..core.model import CLIP, ModifiedResNet, VisionTransformer
 
 __all__ = ["OnnxImageTower", "available", "export_image_tower"]
 
@@ -46,7 +50,7 @@ def available() -> bool:
 
 
 class _ImageTower(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: CLIP):
         super().__init__()
         self.model = model
 
@@ -54,7 +58,7 @@ class _ImageTower(nn.Module):
         return self.model.encode_image(images)
 
 
-def export_image_tower(model: nn.Module, path: Path) -> Path:
+def export_image_tower(model: CLIP, path: Path) -> Path:
     """Export ``model``'s fp32 image tower to ``path`` (written atomically), unless it is there already.
 
     Example:
@@ -87,12 +91,13 @@ class OnnxImageTower(nn.Module):
 
     input_dtype = torch.float32  # what CLIP.encode_image casts its input to
 
-    def __init__(self, path: Path, visual: nn.Module):
+    def __init__(self, path: Path, visual: ModifiedResNet | VisionTransformer | OnnxImageTower):
         super().__init__()
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.input_resolution, self.output_dim = visual.input_resolution, visual.output_dim
+        self.input_resolution: int = visual.input_resolution
+        self.output_dim: int = visual.output_dim
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1  # one graph at a time: no second pool to park on the cores

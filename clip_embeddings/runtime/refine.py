@@ -27,11 +27,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
-
-import torch
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .auto import Capabilities, Decision, auto_decision, path_name
+
+if TYPE_CHECKING:
+    from ..core.model import CLIP
 
 __all__ = ["FIRST_USE_WAIT", "announce", "auto_start", "build_inference_model", "interim_decision", "start_refinement"]
 
@@ -69,7 +70,7 @@ def announce(key: str, message: str, stream: TextIO | None = None) -> bool:
     return True
 
 
-def build_inference_model(model: torch.nn.Module, decision: Decision, onnx_file: Path | None) -> torch.nn.Module:
+def build_inference_model(model: CLIP, decision: Decision, onnx_file: Path | None) -> CLIP:
     """Turn fp32 ``model``, in place, into what ``decision`` runs (the ONNX export is written if missing)."""
     from .inference import prepare_for_inference
     from .onnx_backend import OnnxImageTower, export_image_tower
@@ -81,7 +82,7 @@ def build_inference_model(model: torch.nn.Module, decision: Decision, onnx_file:
         tower = OnnxImageTower(export_image_tower(model, onnx_file), model.visual)
     model = prepare_for_inference(model, decision.torch_dtype, decision.rewrites, text=decision.text_path)
     if tower is not None:
-        model.visual = tower
+        model.visual = tower  # type: ignore[assignment]  # the stand-in CLIP.visual allows (see CLIP.__init__)
     return model
 
 
@@ -103,7 +104,7 @@ def interim_decision(decision: Decision, fp32_rewrites: tuple[str, ...]) -> Deci
                     decision.from_cache, text, decision.source)
 
 
-def auto_start(clip: torch.nn.Module, caps: Capabilities, onnx_file: Path | None) -> tuple[Decision, dict[str, Any]]:
+def auto_start(clip: CLIP, caps: Capabilities, onnx_file: Path | None) -> tuple[Decision, dict[str, Any]]:
     """``auto``'s first decision for ``clip`` (no timing), and the background work it leaves, if any.
 
     The decision comes from the cache or the shipped table (:func:`~.table.first_decision`); where
@@ -124,7 +125,7 @@ def auto_start(clip: torch.nn.Module, caps: Capabilities, onnx_file: Path | None
     if decision.dtype == "ort" and not available:  # uninstalled since it was decided
         decision = runtime.Decision("fp32", applicable_rewrites(clip), "ONNX Runtime was chosen but is not installed "
                                     "now: fp32 with every rewrite", caps, text=decision.text, source=decision.source)
-    export = decision.dtype == "ort" and not onnx_file.exists()
+    export = decision.dtype == "ort" and onnx_file is not None and not onnx_file.exists()
     probe = decision.source in ("table", "default") and runtime.probe_allowed()
     if not export and not probe:
         return decision, {}
@@ -132,8 +133,8 @@ def auto_start(clip: torch.nn.Module, caps: Capabilities, onnx_file: Path | None
     return (interim_decision(decision, applicable_rewrites(clip)) if export else decision), pending
 
 
-def start_refinement(pristine: torch.nn.Module, caps: Capabilities, decision: Decision, *, onnx_file: Path | None,
-                     swap: Callable[[torch.nn.Module, Decision], None], first_use: threading.Event,
+def start_refinement(pristine: CLIP, caps: Capabilities, decision: Decision, *, onnx_file: Path | None,
+                     swap: Callable[[CLIP, Decision], None], first_use: threading.Event,
                      export: bool, probe: bool, name: str = "model") -> threading.Thread | None:
     """Start the background work for one loaded model; ``None`` when there is none to do.
 
@@ -180,7 +181,7 @@ def start_refinement(pristine: torch.nn.Module, caps: Capabilities, decision: De
     return thread
 
 
-def _probe_at_low_priority(pristine: torch.nn.Module, caps: Capabilities, onnx_file: Path | None) -> Decision:
+def _probe_at_low_priority(pristine: CLIP, caps: Capabilities, onnx_file: Path | None) -> Decision:
     """:func:`auto_decision` (probe, then store) in a thread of its own at ``PROBE_NICE``; returns its decision."""
     out: dict[str, object] = {}
 

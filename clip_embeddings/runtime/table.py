@@ -22,12 +22,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import auto
 from .auto import Capabilities, Decision
+
+if TYPE_CHECKING:
+    from ..core.model import CLIP
 
 __all__ = ["TABLE_FILE", "family_of", "first_decision", "isa_level", "load_table", "table_decision"]
 
@@ -140,7 +143,7 @@ def load_table(path: Path = TABLE_FILE) -> tuple[dict[str, Any], ...]:
         return ()
 
 
-def first_decision(model: torch.nn.Module, caps: Capabilities | None = None, *, onnx_available: bool = False,
+def first_decision(model: CLIP, caps: Capabilities | None = None, *, onnx_available: bool = False,
                    table: Sequence[Mapping[str, Any]] | None = None) -> Decision:
     """What ``auto`` runs from the first call, without timing anything: the work is a file read.
 

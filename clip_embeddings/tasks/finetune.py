@@ -107,7 +107,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         >>> [g["weight_decay"] for g in groups]
         [0.2, 0.0]
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue

@@ -68,7 +68,7 @@ class ScoreResult:
                 "skipped": [{"index": s.index, "source": s.source, "reason": s.reason} for s in self.skipped]}
 
 
-def clip_score(images: Sequence[Any], captions: Sequence[str], *, w: float = HESSEL_W, ef: ClipEF | None = None,
+def clip_score(images: Sequence[Any], captions: Sequence[Any], *, w: float = HESSEL_W, ef: ClipEF | None = None,
                progress: bool = False) -> ScoreResult:
     """CLIPScore ``w * max(cos, 0)`` of each (image, caption) pair; bad items are reported, not fatal.
 
@@ -212,7 +212,8 @@ class PairWriter:
     def __init__(self, path: Path, jsonl: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self.jsonl, self.csv = jsonl, None
+        self.jsonl = jsonl
+        self.csv: csv.DictWriter[str] | None = None
 
     def write(self, row: dict[str, Any]) -> None:
         if self.jsonl:

@@ -49,7 +49,7 @@ __all__ = [
 
 
 def _data(name: str) -> dict:
-    return json.loads(resources.files("clip_embeddings").joinpath("data", name).read_text(encoding="utf-8"))
+    return json.loads(resources.files("clip_embeddings").joinpath("data").joinpath(name).read_text(encoding="utf-8"))
 
 
 _TEMPLATE_DATA = _data("imagenet_templates.json")

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if decisions:
         text.append('dtype="auto" decisions cached for this CPU and torch ' + caps.torch_version + ":")
         decided = sorted((a, runtime.decision_from_entry(d, caps)) for a, d in decisions.items())
-        why = ["; ".join(filter(None, [decision.reason, decision.text and decision.text.reason])) for _, decision in decided]
+        why = ["; ".join(filter(None, [decision.reason, decision.text.reason if decision.text else None]))
+               for _, decision in decided]
         text.append(format_table(["architecture", "path", "why"],
                                  [[arch, d.precision, reason] for (arch, d), reason in zip(decided, why, strict=True)],
                                  align="lll", max_width=120))

@@ -141,7 +141,7 @@ class ClipBatchEmbedder:
         for i, x in enumerate(items):
             if not isinstance(x, str):
                 rows[i] = (None, describe(x), None, None, None, f"not a text ({type(x).__name__})")
-        vectors = self.ef.embed_texts([items[i] for i in good]) if good else []
+        vectors: np.ndarray | list[np.ndarray] = self.ef.embed_texts([items[i] for i in good]) if good else []
         for i, vector in zip(good, vectors, strict=True):
             digest = text_digest(items[i])
             rows[i] = (item_id("text", digest), None, digest, items[i], vector, None)
@@ -329,7 +329,7 @@ def sources_dataset(sources: Sequence[str | os.PathLike], *, rows_per_block: int
     ray = import_ray()
     # A file name that is not UTF-8 travels as a file:// URI of its bytes: Arrow holds UTF-8 only.
     absolute = [s if "://" in s[:16] or s.startswith("data:") else stored_name(os.path.abspath(s))
-                for s in map(os.fspath, sources)]
+                for s in (os.fspath(p) for p in sources)]
     # from_items builds the blocks here; from_arrow would start a metadata task per block, and
     # the idle workers left behind can abort noisily when Ray reclaims their CPU for the actors.
     return ray.data.from_items([{"source": s} for s in absolute],

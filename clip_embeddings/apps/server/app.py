@@ -48,7 +48,7 @@ def create_app(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(
     app = FastAPI(title="clip-embeddings", lifespan=_lifespan, docs_url="/docs", redoc_url=None)
     app.state.service = Service(ef, store, limits)
     app.add_middleware(Guard, limits=limits)
-    app.add_exception_handler(BadRequest, _refused)
+    app.add_exception_handler(BadRequest, _refused)  # type: ignore[arg-type]  # called with BadRequests only
     app.add_exception_handler(Exception, _failed)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
@@ -111,7 +111,7 @@ async def embed(request: Request) -> dict:
     )
     if texts:
         out["texts"] = vectors.tolist()
-    if body.images:
+    if body.images and images is not None:
         out["images"] = images.embeddings.tolist()
         out["image_indices"] = images.indices
         out["image_digests"] = images.digests

@@ -54,6 +54,7 @@ def read_terms(body: Body, limits: ServeLimits) -> tuple[list[Term], list[str], 
                          + (f" (got {', '.join(given)})" if given else ""))
     if body.get("unlike") not in (None, "", []) and given != ["more_like"]:
         raise BadRequest("unlike: goes with more_like (in a query or terms, give the item a negative weight)")
+    exclude: set[str] = set()  # more_like's own items, never among its hits
     if given == ["query"]:
         terms, exclude = _from_string(body.get("query"), body.images, limits), set()
         fields = [f"query term {i + 1}" for i in range(len(terms))]
@@ -95,7 +96,7 @@ async def query_vector(service: Service, store: Any, terms: list[Term], fields: 
     )
     for i, v in zip(texts, text_vectors if texts else [], strict=True):
         vectors[i] = v
-    for i, v in zip(images, embedded.embeddings if images else [], strict=True):
+    for i, v in zip(images, embedded.embeddings if embedded is not None else [], strict=True):
         vectors[i] = v
     try:
         return combine([t.weight for t in terms], vectors)

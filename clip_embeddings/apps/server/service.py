@@ -93,9 +93,11 @@ class Service:
         if image.data is not None:
             return image.data
         try:
-            raw = await run_in_threadpool(read_image_source, image.url, self.ef.loader_options)
+            raw = await run_in_threadpool(read_image_source, image.item, self.ef.loader_options)  # its url
         except ImageLoadError as e:
             return _without_path(e.reason, image.url)
+        if raw.data is None:  # a URL is read as bytes: only in-memory images come back without them
+            raise RuntimeError(f"{image.label}: read without its bytes")
         return raw.data
 
     # -- the store --
