@@ -470,6 +470,7 @@ def _hyper_parameters(state_dict: dict[str, torch.Tensor], vit: bool, quick_gelu
 VOCAB_SIZE = 49408  # ids the tokenizer emits (Tokenizer().vocab_size): one embedding row each
 EMBEDDING_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAX_LOGIT_SCALE = math.log(100) + 0.01  # CLIP clamps exp(logit_scale) to 100 while training
+_STEP_COUNTER = "num_batches_tracked"  # a BatchNorm's int64 step count (the ResNets'): never read to embed
 
 
 def _check_values(weights: dict[str, torch.Tensor]) -> None:
@@ -477,7 +478,7 @@ def _check_values(weights: dict[str, torch.Tensor]) -> None:
 
     * the token embedding has one row per tokenizer id (49408): fewer rows fail with a bare
       IndexError on the first rare word, more or fewer mean another vocabulary;
-    * every weight is fp32, fp16, bf16 or fp64: int8 (or another quantized type) would be copied
+    * every weight is fp32, fp16, bf16 or fp64 (BatchNorm step counters aside): int8 (or another quantized type) would be copied
       into the float model as small integers, giving zero or meaningless vectors;
     * ``logit_scale`` lies in [0, ln 100 + 0.01]: CLIP clamps ``exp(logit_scale)`` to 100 while
       training; a huge value overflows to inf and makes zero-shot probabilities NaN.
@@ -486,7 +487,8 @@ def _check_values(weights: dict[str, torch.Tensor]) -> None:
     if rows != VOCAB_SIZE:
         raise ModelLoadError(f"token_embedding.weight has {rows} rows but the tokenizer has {VOCAB_SIZE} ids: "
                              "a checkpoint for another vocabulary, which this tokenizer cannot feed")
-    odd = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in weights.items() if v.dtype not in EMBEDDING_DTYPES]
+    odd = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in weights.items()
+           if v.dtype not in EMBEDDING_DTYPES and not k.endswith(_STEP_COUNTER)]
     if odd:
         raise ModelLoadError(f"weights of a type that cannot embed: {', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}; "
                              "expected float32, float16 or bfloat16 (dequantize an int8 checkpoint first)")
