@@ -107,7 +107,7 @@ def metadata_columns(store: StoreLike, modalities: Iterable[str], batch_size: in
     pa = require("pyarrow", "export")
     seen: dict[str, set[type]] = {}
     for m in modalities:
-        for batch in store._scan(m, batch_size=batch_size, with_vectors=False):
+        for batch in released(store._scan(m, batch_size=batch_size, with_vectors=False)):
             for r in batch:
                 for key, value in r.metadata.items():
                     if value is not None:
@@ -182,7 +182,7 @@ def _write_npy_shards(store: StoreLike, root: Path, modality: str, shard_size: i
     types = metadata_columns(store, [modality], batch_size)
     digits = int(math.log10(max(1, math.ceil(total / shard_size)))) + 1  # clip-retrieval's zero padding
     shard, writer, number = None, None, 0
-    for batch in _split(store._scan(modality, batch_size=batch_size), shard_size):
+    for batch in _split(released(store._scan(modality, batch_size=batch_size)), shard_size):
         if shard is None or writer is None or shard.rows >= shard_size:  # (the two are set together)
             if shard is not None:
                 _close_shard(shard, writer, report)
@@ -207,6 +207,35 @@ def _close_shard(shard: _NpyShard, writer: Any, report: ExportReport) -> None:
     report.files += [str(shard.path), str(writer.where)]
 
 
+def released(batches: Iterator[list[RecordLike]]) -> Iterator[list[RecordLike]]:
+    """The batches as they come, handing the heap freed by each back to the OS before the next.
+
+    Why: glibc keeps what a database client frees in its arenas, so a long scan's RSS grew with
+    the collection though nothing was held (Chroma: about 1 KB a row, an export's peak +29 MB
+    from 10k to 40k rows); ``malloc_trim`` returns it, and the peak stays flat (+19 MB at both
+    sizes, measured on Chroma). Elsewhere than glibc it does nothing.
+
+    Example:
+        >>> [len(b) for b in released(iter([[1, 2], [3]]))]
+        [2, 1]
+    """
+    trim = _malloc_trim()
+    for batch in batches:
+        yield batch
+        if trim is not None:
+            trim(0)
+
+
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        return None
+
+
 def _split(batches: Iterator[list[RecordLike]], shard_size: int) -> Iterator[list[RecordLike]]:
     """Batches cut so that none crosses a shard boundary."""
     written = 0
@@ -228,7 +257,7 @@ def _write_parquet(store: StoreLike, path: Path, modalities: tuple[str, ...], ba
     writer = None
     try:
         for m in modalities:
-            for batch in store._scan(m, batch_size=batch_size):
+            for batch in released(store._scan(m, batch_size=batch_size)):
                 vectors = np.stack([r.vector for r in batch]).astype(np.float32, copy=False)
                 columns = {
                     "id": pa.array([r.id for r in batch], pa.string()),
