@@ -17,13 +17,15 @@ Needs the ``llamaindex`` extra (``llama-index-core``).
   Milvus store filled by clip-embeddings.
 
 Example:
-    >>> from llama_index.core import SimpleDirectoryReader
-    >>> from clip_embeddings.integrations.llamaindex import ClipEmbedding, multimodal_index, load_index
-    >>> clip = ClipEmbedding(model="ViT-B/32")  # doctest: +SKIP
-    >>> index = multimodal_index(SimpleDirectoryReader("photos/").load_data(), clip)  # doctest: +SKIP
-    >>> index.as_retriever(image_similarity_top_k=3).text_to_image_retrieve("a rocket")  # doctest: +SKIP
-    >>> persist_index(index, "storage")  # doctest: +SKIP
-    >>> index = load_index("storage")  # in a new process: the same model, checked  # doctest: +SKIP
+    >>> from clip_embeddings.integrations.llamaindex import (ClipEmbedding, folder_documents, load_index,
+    ...                                                      multimodal_index, persist_index)
+    >>> clip = ClipEmbedding(model=weights)  # weights: e.g. "ViT-B/32"
+    >>> index = multimodal_index(folder_documents("photos/"), clip)
+    >>> hits = index.as_retriever(image_similarity_top_k=3).text_to_image_retrieve("a rocket")
+    >>> [hit.node.metadata["file_name"] for hit in hits]  # the three nearest photos
+    ['...jpg', '...jpg', '...jpg']
+    >>> persist_index(index, "storage")
+    >>> index = load_index("storage")  # in a new process: the same model, checked
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ class ClipEmbedding(MultiModalEmbedding):
     decoding and embedding cache. A bad image raises an error naming it.
 
     Example:
-        >>> clip = ClipEmbedding(model="ViT-B/32")  # doctest: +SKIP
-        >>> len(clip.get_text_embedding("a dog")), len(clip.get_image_embedding("dog.jpg"))  # doctest: +SKIP
+        >>> clip = ClipEmbedding(model=weights)  # weights: e.g. "ViT-B/32"
+        >>> len(clip.get_text_embedding("a cat")), len(clip.get_image_embedding("cat.jpg"))
         (512, 512)
     """
 
@@ -154,7 +156,7 @@ def multimodal_index(documents: list[Any], embedding: ClipEmbedding, **kwargs: A
     ``embed_model`` or ``image_embed_model`` other than ``embedding`` is refused.
 
     Example:
-        >>> index = multimodal_index(SimpleDirectoryReader("photos/").load_data(), ClipEmbedding())  # doctest: +SKIP
+        >>> index = multimodal_index(folder_documents("photos/"), ClipEmbedding())
     """
     _check_models(embedding, kwargs)
     return MultiModalVectorStoreIndex.from_documents(documents, embed_model=embedding, image_embed_model=embedding,
@@ -165,7 +167,11 @@ def persist_index(index: Any, persist_dir: str | os.PathLike) -> None:
     """``index.storage_context.persist(persist_dir)`` plus the CLIP model's config and fingerprint.
 
     Example:
-        >>> persist_index(index, "storage")  # doctest: +SKIP
+        >>> index = multimodal_index(folder_documents("photos/"), ClipEmbedding())
+        >>> persist_index(index, "storage")
+        >>> sorted(os.listdir("storage"))  # LlamaIndex's files, and the model's config beside them
+        ['clip_embeddings.json', 'default__vector_store.json', 'docstore.json', 'graph_store.json',
+         'image__vector_store.json', 'index_store.json']
     """
     model = getattr(index, "image_embed_model", None) or index._embed_model
     if not isinstance(model, ClipEmbedding) or not isinstance(index._embed_model, ClipEmbedding):
@@ -183,8 +189,10 @@ def load_index(persist_dir: str | os.PathLike, embedding: ClipEmbedding | None =
     :class:`~clip_embeddings.ModelMismatchError`. A multimodal index gets the model for both stores.
 
     Example:
-        >>> index = load_index("storage")  # doctest: +SKIP
-        >>> index.as_retriever().text_to_image_retrieve("a cat")  # doctest: +SKIP
+        >>> persist_index(multimodal_index(folder_documents("photos/"), ClipEmbedding()), "storage")
+        >>> index = load_index("storage")  # in a new process: rebuilds ClipEmbedding from the stored config
+        >>> [n.node.image_path for n in index.as_retriever(image_similarity_top_k=1).text_to_image_retrieve("a cat")]
+        ['...jpg']
     """
     path = Path(persist_dir, CONFIG_FILE)
     if not path.exists():
@@ -222,8 +230,9 @@ class ClipStoreRetriever(BaseRetriever):
     items out as ``ImageNode``\\ s (image path = the stored source, text = caption or text).
 
     Example:
-        >>> retriever = ClipStoreRetriever(open_store("pgvector", url, "photos"), k=3)  # doctest: +SKIP
-        >>> [n.node.image_path for n in retriever.retrieve("a rocket")]  # doctest: +SKIP
+        >>> retriever = ClipStoreRetriever(store, k=3)  # store: e.g. open_store("pgvector", url, "photos")
+        >>> [n.node.image_path for n in retriever.retrieve("a rocket")]
+        ['...jpg', '...jpg', '...jpg']
     """
 
     def __init__(self, store: Store, *, k: int = 5, modality: Literal["image", "text"] = "image",
