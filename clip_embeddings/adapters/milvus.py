@@ -18,10 +18,12 @@ user input is always a literal, never expression syntax.
 Milvus Lite lets one process at a time open a ``.db``; a second gets a clear error.
 
 Example:
-    >>> store = MilvusStore("./photos.db", "photos", ClipEF())  # doctest: +SKIP
-    >>> store.add_images(["cat.jpg"], captions=["a tabby cat"])  # doctest: +SKIP
-    >>> store.query("a sleeping cat", k=1)[0].document  # doctest: +SKIP
+    >>> store = MilvusStore("./photos.db", "photos", ClipEF())
+    >>> store.add_images(["cat.jpg"], captions=["a tabby cat"]).new
+    1
+    >>> store.query("a sleeping cat", k=1)[0].document
     'a tabby cat'
+    >>> store.close()  # the .db is free for another process
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def connect(location: str) -> MilvusClient:
     another process holds the Milvus Lite database open.
 
     Example:
-        >>> client = connect("./photos.db")  # doctest: +SKIP
+        >>> client = connect("./photos.db")
     """
     try:
         client = MilvusClient(location)
@@ -96,8 +98,10 @@ class MilvusStore(Store):
     ``MilvusClient``. Creates the collection (or opens it; ``ef=None`` rebuilds the function).
 
     Example:
-        >>> store = MilvusStore("./photos.db", "photos", ClipEF())  # doctest: +SKIP
-        >>> store.index_folder("examples/images")  # doctest: +SKIP
+        >>> store = MilvusStore("./photos.db", "photos", ClipEF())
+        >>> store.index_folder("photos").new
+        7
+        >>> store.close()
     """
 
     @classmethod
