@@ -71,6 +71,7 @@ NAMESPACE: dict[str, Callable[[], object]] = {
     "ef": _ef,
     "store": _store,
     "weights": lambda: os.environ["CLIP_WEIGHTS"],  # a checkpoint path, where an example names one
+    "sd": lambda: torch.load(os.environ["CLIP_WEIGHTS"]),  # its state dict, where an example builds a model
 }
 
 

@@ -94,7 +94,8 @@ def prepare_for_inference(model: CLIP, dtype: torch.dtype, rewrites: Iterable[st
     each tower separately: the fastest path for a ResNet is not always the text tower's).
 
     Example:
-        >>> model = prepare_for_inference(ce.build_model(sd), torch.bfloat16, ("fold", "onednn"))  # doctest: +SKIP
+        >>> import clip_embeddings as ce
+        >>> model = prepare_for_inference(ce.build_model(sd), torch.bfloat16, ("fold", "onednn"))
     """
     text_dtype, text_rewrites = text if text is not None else (dtype, rewrites)
     plans = {"image": (dtype, set(rewrites)), "text": (text_dtype, set(text_rewrites))}

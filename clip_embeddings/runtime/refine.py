@@ -52,7 +52,8 @@ def announce(key: str, message: str, stream: TextIO | None = None) -> bool:
     the foreground may be drawing a progress bar. Returns whether it was said now.
 
     Example:
-        >>> announce("doc-example", "exporting ...", stream=io.StringIO())  # doctest: +SKIP
+        >>> import io
+        >>> announce("doc-example", "exporting ...", stream=io.StringIO())
         True
     """
     with _said_lock:
@@ -90,7 +91,11 @@ def interim_decision(decision: Decision, fp32_rewrites: tuple[str, ...]) -> Deci
     """What runs while ``decision``'s ONNX export is being written: torch fp32 images, the same texts.
 
     Example:
-        >>> interim_decision(table_ort_decision, ("onednn",)).precision  # doctest: +SKIP
+        >>> caps = Capabilities("AMD EPYC", ("avx2",), "AVX2", "2.13.0")
+        >>> table_ort_decision = Decision("ort", (), "the table's entry", caps, text=Decision("fp32", ("onednn",), "", caps))
+        >>> table_ort_decision.precision
+        'ort, text fp32+onednn'
+        >>> interim_decision(table_ort_decision, ("onednn",)).precision
         'fp32+onednn'
     """
     text_dtype, text_rewrites = decision.text.dtype if decision.text else "fp32", decision.text_path[1]
@@ -113,7 +118,10 @@ def auto_start(clip: CLIP, caps: Capabilities, onnx_file: Path | None) -> tuple[
     ``pending`` holds what :func:`start_refinement` needs (empty: nothing left to do).
 
     Example:
-        >>> decision, pending = auto_start(ce.build_model(sd), detect_capabilities(), onnx_file)  # doctest: +SKIP
+        >>> import clip_embeddings as ce
+        >>> from clip_embeddings.runtime.auto import detect_capabilities
+        >>> onnx_file = Path("image-tower.onnx")  # where the export goes, if the decision runs ONNX Runtime
+        >>> decision, pending = auto_start(ce.build_model(sd), detect_capabilities(), onnx_file)
     """
     from . import auto as runtime
     from . import onnx_backend
