@@ -121,8 +121,9 @@ def status(message: str, stream: TextIO | None = None) -> Iterator[None]:
     get nothing.
 
     Example:
-        >>> with status("loading model ViT-B/32 ..."):  # doctest: +SKIP
+        >>> with status("loading model ViT-B/32 ..."):
         ...     ef.dim
+        512
     """
     stream = sys.stderr if stream is None else stream
     shown = hasattr(stream, "isatty") and stream.isatty()
@@ -145,11 +146,16 @@ class GracefulStop:
     nothing.
 
     Example:
+        >>> import os
+        >>> stored = []
         >>> with GracefulStop() as stop:
-        ...     for batch in ingest():  # doctest: +SKIP
-        ...         count(batch)
+        ...     for batch in (["cat.jpg"], ["rocket.jpg"], ["coffee.jpg"]):
+        ...         stored.extend(batch)  # a write a Ctrl-C must not cut in half
+        ...         os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during it
         ...         if stop.requested:
         ...             break
+        >>> stored  # the write in progress finished, and the loop stopped after it
+        ['cat.jpg']
     """
 
     def __init__(self, message: str = "stopping after the current write (Ctrl-C again to stop now)"):

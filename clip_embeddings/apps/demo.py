@@ -92,8 +92,8 @@ def contact_sheet(rows: Sequence[QueryRow], title: str, top: int = TOP) -> Image
     The expected hit gets a green frame, any other a grey one, so a glance shows what worked.
 
     Example:
-        >>> sheet = contact_sheet([QueryRow("a cat", "cat.jpg", [("cat.jpg", 0.31)])], "demo")  # doctest: +SKIP
-        >>> sheet.save("sheet.png")  # doctest: +SKIP
+        >>> sheet = contact_sheet([QueryRow("a cat", "cat.jpg", [("cat.jpg", 0.31)])], "demo")
+        >>> sheet.save("sheet.png")
     """
     sheet = Image.new("RGB", sheet_size(len(rows), top), "white")
     draw = ImageDraw.Draw(sheet)

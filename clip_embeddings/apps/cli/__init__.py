@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 error, 2 usage error).
 
     Example:
-        >>> main(["models"])  # doctest: +SKIP
+        >>> main(["models"])  # prints the named models, what is cached, and this machine's runtime
+        cache: ...
         0
     """
     parser = build_parser()
