@@ -49,7 +49,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif mode == "stall":
                 self.wfile.write(BODY[:1000])
                 self.wfile.flush()
-                srv.release.wait(5)  # hang until teardown
+                # Hang until teardown: a stall that ended on its own would race the Ctrl-C test's
+                # SIGINT whenever the test process is slow to send it (seen under CI load).
+                srv.release.wait(120)
             elif mode == "slow":  # long enough for two clients to overlap
                 for i in range(0, len(BODY), 256 * 1024):
                     self.wfile.write(BODY[i:i + 256 * 1024])
