@@ -48,6 +48,12 @@ def null_store(ef):
         def _stored_config(self):
             return None
 
+        def _scan(self, modality=None, *, batch_size=512, with_vectors=True):
+            return iter(())
+
+        def _delete(self, keys):
+            pass
+
     store = Nowhere()
     store.ef = ef
     return store

@@ -78,3 +78,14 @@ def test_first_vector_run_times_fresh_processes_for_both_dtypes(tmp_path):
     auto = model["runs"]["auto"][0]
     assert auto["source_first"] == "small model" and auto["precision_first"].startswith("fp32")  # tiny: never probed
     assert model["runs"]["fp32"][0]["source_first"] == "asked"
+
+
+def test_store_ingest_run_compares_each_store_to_writing_nowhere(tmp_path):
+    out = tmp_path / "stores.json"
+    cmd = [sys.executable, str(BENCH / "bench_stores.py"), "--models", "tiny", "--images", "4", "--repeats", "1",
+           "--stores", "nowhere", "chroma", "--json", str(out), "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stores = json.loads(out.read_text())["runs"][0]["stores"]
+    assert set(stores) == {"nowhere", "chroma"}
+    assert stores["nowhere"]["ratio"] == 1.0 and stores["chroma"]["ratio"] > 0
