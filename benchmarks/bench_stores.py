@@ -91,6 +91,7 @@ def run_model(name: str, args, workdir: Path) -> dict:
     folder = c.image_folder(args.images, Path(args.data_dir), sizes=[(640, 480), (1024, 768)], tag="stores")
     ef = ce.ClipEF(str(weights), device="cpu", cache=False, batch_size=args.batch_size)
     ef.dim  # noqa: B018 - load the model before timing
+    workdir.mkdir(parents=True)
     places = Places(workdir, tuple(args.stores))
     times: dict[str, list[float]] = {k: [] for k in args.stores}
     try:
@@ -115,7 +116,8 @@ def run_model(name: str, args, workdir: Path) -> dict:
 def run(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-stores-"))
     try:
-        return {"environment": c.environment(), "runs": [run_model(m, args, workdir) for m in args.models],
+        return {"environment": c.environment(), "runs": [run_model(m, args, workdir / f"model-{i}")  # fresh collections per run
+                                                         for i, m in enumerate(args.models)],
                 "loadavg_at_end": list(os.getloadavg())}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

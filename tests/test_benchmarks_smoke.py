@@ -82,10 +82,12 @@ def test_first_vector_run_times_fresh_processes_for_both_dtypes(tmp_path):
 
 def test_store_ingest_run_compares_each_store_to_writing_nowhere(tmp_path):
     out = tmp_path / "stores.json"
-    cmd = [sys.executable, str(BENCH / "bench_stores.py"), "--models", "tiny", "--images", "4", "--repeats", "1",
+    cmd = [sys.executable, str(BENCH / "bench_stores.py"), "--models", "tiny", "tiny", "--images", "4", "--repeats", "1",
            "--stores", "nowhere", "chroma", "--json", str(out), "--data-dir", str(tmp_path / "data")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    stores = json.loads(out.read_text())["runs"][0]["stores"]
+    runs = json.loads(out.read_text())["runs"]
+    assert len(runs) == 2  # a second model run opens fresh collections, not the first run's
+    stores = runs[0]["stores"]
     assert set(stores) == {"nowhere", "chroma"}
     assert stores["nowhere"]["ratio"] == 1.0 and stores["chroma"]["ratio"] > 0
