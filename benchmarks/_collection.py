@@ -101,3 +101,9 @@ def run_children(script: str, child: Callable[[argparse.Namespace], None], label
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"  {json.dumps(runs[-1])}", flush=True)  # each size as it finishes: the large one takes long
     return runs
+
+
+def smallest_and_largest(runs: list[dict], kind: str) -> tuple[dict, dict]:
+    """The runs of one database at its smallest and largest size (``run_children`` keeps the sizes' order)."""
+    mine = [r for r in runs if r["kind"] == kind]
+    return mine[0], mine[-1]

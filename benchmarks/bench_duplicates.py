@@ -51,8 +51,7 @@ def run(args) -> dict | None:
         return None
     growth = {}
     for kind in args.kinds:
-        mine = [r for r in runs if r["kind"] == kind]
-        small, large = mine[0], mine[-1]
+        small, large = cc.smallest_and_largest(runs, kind)
         growth[kind] = {"size_ratio": large["n"] / small["n"], "time_ratio": large["seconds"] / small["seconds"],
                         "cpu_ratio": large["cpu_seconds"] / small["cpu_seconds"]}
     return {"environment": c.environment(), "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs,

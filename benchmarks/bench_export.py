@@ -44,7 +44,7 @@ def run(args) -> dict | None:
         return None
     growth = {}
     for kind in args.kinds:
-        small, large = [r for r in runs if r["kind"] == kind][0], [r for r in runs if r["kind"] == kind][-1]
+        small, large = cc.smallest_and_largest(runs, kind)
         growth[kind] = {fmt: {"peak_mb": large[fmt]["peak_rss_mb"] - small[fmt]["peak_rss_mb"],
                               "export_mb": large[fmt]["export_mb"] - small[fmt]["export_mb"]} for fmt in ("npy", "parquet")}
     return {"environment": c.environment(), "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
