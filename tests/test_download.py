@@ -49,9 +49,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif mode == "stall":
                 self.wfile.write(BODY[:1000])
                 self.wfile.flush()
-                # Hang until teardown: a stall that ended on its own would race the Ctrl-C test's
-                # SIGINT whenever the test process is slow to send it (seen under CI load).
-                srv.release.wait(120)
+                srv.release.wait(120)  # hang until teardown releases it
             elif mode == "slow":  # long enough for two clients to overlap
                 for i in range(0, len(BODY), 256 * 1024):
                     self.wfile.write(BODY[i:i + 256 * 1024])
@@ -203,9 +201,9 @@ def _child_download(url, root, barrier):
 
 
 def _child_interrupted(url, root):
-    # A spawned child inherits an ignored or blocked SIGINT from whatever started the test run; in
-    # CI's full run the signal was not acted on (the read ran to its timeout). Ctrl-C's default is
-    # what a user's terminal gives, so set it here: what is tested is download's cleanup.
+    # In CI's full run this child did not act on the SIGINT (its read ran to the timeout), though
+    # the test process's handler and mask were the defaults; why is not known. Set Ctrl-C's
+    # default here, as a user's terminal gives it: what is tested is download's cleanup.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
     try:
