@@ -56,6 +56,23 @@ def test_short_texts_share_forward_passes_within_the_token_budget(tiny_model_pat
     assert np.abs(got - expected).max() < 1e-5
 
 
+def test_text_passes_on_a_cpu_stay_within_the_cpu_token_cap(tiny_model_path):
+    # batch_size=64 would allow 64 x 77 = 4,928 tokens a pass; on a CPU passes stop at
+    # CPU_TEXT_TOKENS, where larger ones measured slower (the activations outgrow the caches).
+    texts = [f"a photo of item number {i} seen from far away" for i in range(300)]
+    ef = _ef(tiny_model_path, batch_size=64)
+    shapes: list[tuple[int, int]] = []
+    hook = ef.loaded_model().model.token_embedding.register_forward_hook(
+        lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    try:
+        ef.embed_texts(texts)
+    finally:
+        hook.remove()
+    assert sum(rows for rows, _ in shapes) == 300
+    assert all(rows * width <= embedding.CPU_TEXT_TOKENS for rows, width in shapes)
+    assert max(rows * width for rows, width in shapes) > embedding.CPU_TEXT_TOKENS // 2
+
+
 def test_token_budget_batches_keep_order_and_budget():
     lengths = [2, 3, 3, 5, 9, 9, 77]
     batches = list(embedding.token_budget_batches(lengths, list("abcdefg"), budget=20))
