@@ -91,3 +91,21 @@ def test_store_ingest_run_compares_each_store_to_writing_nowhere(tmp_path):
     stores = runs[0]["stores"]
     assert set(stores) == {"nowhere", "chroma"}
     assert stores["nowhere"]["ratio"] == 1.0 and stores["chroma"]["ratio"] > 0
+
+
+def test_hold_avx2_holds_the_kernels_and_what_auto_sees(tmp_path):
+    probe = tmp_path / "what_runs.py"
+    probe.write_text(
+        "import json, os, torch\n"
+        "from clip_embeddings.runtime import auto, table\n"
+        "caps = auto.detect_capabilities()\n"
+        "print(json.dumps({'torch': torch.backends.cpu.get_cpu_capability(), 'level': table.isa_level(caps),\n"
+        "                  'bf16': caps.native_bf16, 'mkl': os.environ.get('MKL_ENABLE_INSTRUCTIONS'),\n"
+        "                  'probe': os.environ.get('CLIP_AUTO_PROBE')}))\n")
+    done = subprocess.run([sys.executable, str(BENCH / "hold_avx2.py"), str(probe)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    # torch's kernel level is at most AVX2 whatever this CPU has (DEFAULT on a CPU without AVX2)
+    assert seen["torch"] in ("AVX2", "DEFAULT")
+    assert seen == {**seen, "level": "avx2", "bf16": False, "mkl": "AVX2", "probe": "0"}
