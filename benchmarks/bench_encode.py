@@ -143,7 +143,7 @@ def models_for(name: str, args) -> dict:
 
     reference, ours, weights = c.model_pair(name, args.data_dir)
     lm = shared_model(str(weights), "cpu", "auto")  # probes (or reads the cached decision) once
-    print(f"[encode] {name}: auto chose {lm.precision} ({'cached' if lm.runtime['from_cache'] else 'probed now'}): "
+    print(f"[encode] {name}: auto chose {lm.precision} ({decided_by(lm.runtime)}): "
           f"{lm.runtime['reason']}", flush=True)
     paths = {AUTO: lm.model}
     dtypes = [torch.float32] + ([torch.bfloat16] if args.bf16 or runtime.detect_capabilities().native_bf16 else [])
@@ -207,10 +207,18 @@ def print_results(result: dict) -> None:
             print(f"  {row['model']} {row['task']}: torch.compile first call took {row['compile_s']:.1f} s")
 
 
+def decided_by(runtime: dict) -> str:
+    """Where ``auto``'s decision came from, as a report says it (the table's is not a probe's)."""
+    if runtime.get("from_cache"):
+        return "from the decision cache"
+    return {"probe": "probed now", "table": "the shipped decision table"}.get(runtime.get("source", "probe"),
+                                                                           runtime.get("source", "?"))
+
+
 def print_runtime(result: dict) -> None:
     """The CPU flags seen and what ``dtype="auto"`` decided for each model, with its probe."""
     for name, info in result.get("runtime", {}).items():
-        print(f"\n  auto on {name}: {info['precision']} ({'from the decision cache' if info['from_cache'] else 'probed'}); "
+        print(f"\n  auto on {name}: {info['precision']} ({decided_by(info)}); "
               f"CPU {info['cpu']}, flags {' '.join(info['cpu_flags']) or 'none'}, torch {info['torch_capability']}")
         for tower in (info, info.get("text")):
             if tower is None:
