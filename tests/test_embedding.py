@@ -73,6 +73,25 @@ def test_text_passes_on_a_cpu_stay_within_the_cpu_token_cap(tiny_model_path):
     assert max(rows * width for rows, width in shapes) > embedding.CPU_TEXT_TOKENS // 2
 
 
+def test_texts_on_a_cpu_run_packed_and_prompt_templates_share_their_head(tiny_model_path, monkeypatch):
+    # Captions of different lengths run without padding; a batch of one template's prompts keeps
+    # the padded path, which computes the template's common head once. Both give the reference's.
+    model_cls = ce.core.model.CLIP
+    calls: list[str] = []
+    for name in ("encode_text", "encode_text_packed"):
+        real = getattr(model_cls, name)
+        monkeypatch.setattr(model_cls, name, lambda self, x, real=real, name=name: calls.append(name) or real(self, x))
+    ef = _ef(tiny_model_path)
+    captions = ["a cat", "a black dog on a beach", "sky", "a red double-decker bus in the rain", "two cats"]
+    prompts = [f"a photo of a {label}, a type of animal." for label in ("cat", "dog", "hippopotamus")]
+    for texts, path in ((captions, "encode_text_packed"), (prompts, "encode_text")):
+        calls.clear()
+        got = ef.embed_texts(texts)
+        assert calls == [path]
+        _, expected = reference_embeddings(tiny_model_path, texts=texts)
+        assert np.abs(got - expected).max() < 1e-5
+
+
 def test_token_budget_batches_keep_order_and_budget():
     lengths = [2, 3, 3, 5, 9, 9, 77]
     batches = list(embedding.token_budget_batches(lengths, list("abcdefg"), budget=20))

@@ -161,6 +161,31 @@ def test_text_tower_stops_at_last_eot_without_changing_values():
         assert float((model.encode_text(tokens) - reference.encode_text(tokens)).abs().max()) <= 1e-5
 
 
+PACKED_TEXTS = ["", "a cat", "a dog", "a black dog on a beach", "sky", "a red double-decker bus in the rain"]
+
+
+@pytest.mark.parametrize("rewritten", [False, True], ids=["plain", "inference-rewrites"])
+def test_packed_text_groups_give_the_reference_features(rewritten):
+    # Rows of 2 to 11 ids in groups of equal length (one group of three, single rows), no padding:
+    # the same features as the reference's 77-position rows.
+    reference = reference_clip("ViT-B/32", scaled=True)
+    model = ce.core.model.build_model(reference.state_dict())
+    if rewritten:
+        model = optimize_for_inference(model)
+    tokens = reference_tokenize(PACKED_TEXTS)
+    lengths = (tokens.argmax(-1) + 1).tolist()
+    order = sorted(range(len(PACKED_TEXTS)), key=lambda i: lengths[i])
+    groups, rows = [], []
+    for length in sorted(set(lengths)):
+        members = [i for i in order if lengths[i] == length]
+        groups.append(tokens[members, :length])
+        rows += members
+    assert len(groups) < len(PACKED_TEXTS) and max(g.shape[0] for g in groups) >= 2
+    with torch.no_grad():
+        expected = reference.encode_text(tokens)[rows]
+        assert float((model.encode_text_packed(groups) - expected).abs().max()) <= 1e-5
+
+
 PROMPTS = ["a photo of a dog.", "a photo of a cat.", "a photo of a hippopotamus standing in a river.",
            "a photo of a dog.", "a photo of a red double-decker bus."]
 

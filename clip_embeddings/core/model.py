@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import torch
@@ -214,6 +214,28 @@ class ResidualAttentionBlock(nn.Module):
             prefix = prefix + self.mlp(self.ln_2(prefix))
         return prefix, x
 
+    def step_packed(self, x: torch.Tensor, shapes: Sequence[tuple[int, int]], pooled: bool) -> torch.Tensor:
+        """One causal block on unpadded rows: ``x`` [T, D] packs groups of ``shapes`` ``(rows, length)``.
+
+        Only attention needs the rows apart. With ``pooled`` only each row's last position comes
+        back ([rows, D]); it attends to every key, so no mask is needed.
+        """
+        qkv = self.attn.project(self.ln_1(x))
+        attended, kept, start = [], [], 0
+        for rows, length in shapes:
+            end = start + rows * length
+            q, k, v = qkv[start:end].view(rows, length, -1).chunk(3, dim=-1)
+            if pooled:
+                attended.append(_attend(q[:, -1:], k, v, self.attn.num_heads).reshape(rows, -1))
+                kept.append(x[start:end].view(rows, length, -1)[:, -1])
+            else:
+                attended.append(_attend(q, k, v, self.attn.num_heads, causal=True).reshape(rows * length, -1))
+            start = end
+        if pooled:
+            x = torch.cat(kept)
+        x = x + self.attn.out_proj(torch.cat(attended))
+        return x + self.mlp(self.ln_2(x))
+
 
 class Transformer(nn.Module):
     """A stack of residual attention blocks on batch-first [N, L, D] tensors."""
@@ -283,6 +305,18 @@ def shared_prefix(tokens: torch.Tensor, eot: torch.Tensor) -> int:
     return min(int(same.sum()), int(eot.min()))
 
 
+def prefix_worth_sharing(tokens: torch.Tensor, eot: torch.Tensor) -> int:
+    """The :func:`shared_prefix` that pays to compute once, on one row, or 0: at least a quarter of the
+    longest row (a prompt template's head; that row still reads every weight per layer, memory-bound).
+
+    Example:
+        >>> prefix_worth_sharing(torch.tensor([[9, 5, 7, 3], [9, 5, 8, 3]]), torch.tensor([3, 3]))
+        2
+    """
+    shared = shared_prefix(tokens, eot)
+    return shared if 4 * shared >= int(eot.max()) + 1 else 0
+
+
 def _four(layers: tuple[int, ...] | list[int]) -> tuple[int, int, int, int]:
     """A ResNet's blocks per stage: CLIP's ResNets have four stages."""
     first, second, third, fourth = layers
@@ -339,11 +373,31 @@ class CLIP(nn.Module):
         dtype = self.text_projection.dtype  # the text tower's own (it may differ from the image tower's)
         x = self.token_embedding(text).type(dtype)
         x = x + self.positional_embedding[:length].type(dtype)
-        # A shared prefix is computed on one row, but that row still reads every weight once per
-        # layer (memory-bound); it pays when it is a good part of the sequence (prompt templates),
-        # not for the start token alone.
-        shared = shared_prefix(text, eot)
-        x = self.transformer.pooled(x, eot, causal=True, shared=shared if 4 * shared >= length else 0)
+        x = self.transformer.pooled(x, eot, causal=True, shared=prefix_worth_sharing(text, eot))
+        return self.ln_final(x) @ self.text_projection
+
+    def encode_text_packed(self, groups: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Text features [N, embed_dim] for groups of unpadded token ids, each [rows, length], EOT last.
+
+        :meth:`encode_text`'s features, in the groups' row order, with no position padded: rows of
+        different lengths share every op except attention.
+
+        Example:
+            >>> import clip_embeddings as ce
+            >>> model, _ = ce.load(weights)  # e.g. "ViT-B/32"
+            >>> t = ce.core.tokenizer.get_tokenizer()
+            >>> rows = [[t.sot_token, *t.encode(text), t.eot_token] for text in ("a dog", "a cat", "a red bus")]
+            >>> groups = [torch.tensor(rows[:2]), torch.tensor(rows[2:])]  # two rows of 4 ids, one of 5
+            >>> model.encode_text_packed(groups).shape
+            torch.Size([3, 512])
+        """
+        dtype = self.text_projection.dtype
+        x = torch.cat([(self.token_embedding(g).type(dtype) + self.positional_embedding[: g.shape[1]].type(dtype))
+                       .reshape(-1, self.transformer.width) for g in groups])
+        shapes = [(int(g.shape[0]), int(g.shape[1])) for g in groups]
+        last = len(self.transformer.resblocks) - 1
+        for i, block in enumerate(cast(Iterable[ResidualAttentionBlock], self.transformer.resblocks)):
+            x = block.step_packed(x, shapes, pooled=i == last)
         return self.ln_final(x) @ self.text_projection
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

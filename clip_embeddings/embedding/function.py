@@ -32,6 +32,7 @@ from ..config import (
 )
 from ..core.download import cache_dir
 from ..core.loading import check_model_reference, default_model
+from ..core.model import prefix_worth_sharing
 from ..core.tokenizer import get_tokenizer, token_windows
 from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError, ServerError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
@@ -346,8 +347,14 @@ class ClipEF:
                 tokens = torch.zeros(len(batch), width, dtype=torch.long)
                 for row, i in enumerate(batch):
                     tokens[row, : len(sequences[i])] = torch.tensor(sequences[i])
-                features = lm.model.encode_text(tokens.to(lm.device)).float().cpu().numpy()
-                out[batch] = features
+                if lm.device.type == "cpu" and not prefix_worth_sharing(tokens, tokens.argmax(dim=-1)):
+                    # Packed, no padding: 6-7% faster for 64-256 captions (quiet Zen 4, bf16 and fp32).
+                    # Other devices keep one padded batch: untested here, and launches cost more there.
+                    groups = [tokens[rows, :length] for length, rows in _rows_by_length(batch, sequences)]
+                    features = lm.model.encode_text_packed(groups)
+                else:  # a prompt template's common head is computed once on the padded batch
+                    features = lm.model.encode_text(tokens.to(lm.device))
+                out[batch] = features.float().cpu().numpy()
         lm.used.set()  # dtype="auto"'s background work waits for the first forward pass
         return out
 
@@ -532,6 +539,17 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def _rows_by_length(batch: Sequence[int], sequences: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
+    """``(length, row numbers in batch)`` per run of equal lengths (``batch`` is sorted by length)."""
+    runs: list[tuple[int, list[int]]] = []
+    for row, i in enumerate(batch):
+        if runs and runs[-1][0] == len(sequences[i]):
+            runs[-1][1].append(row)
+        else:
+            runs.append((len(sequences[i]), [row]))
+    return runs
 
 
 def token_budget_batches(lengths: Sequence[int], items: Sequence[Any], budget: int) -> Iterable[list[Any]]:
