@@ -257,11 +257,19 @@ def test_bench_runs_the_script_or_explains(tmp_path, monkeypatch, capfd):
     assert "bench args ['--quick', '-k', '3']" in capfd.readouterr().out
 
 
-def test_default_model_comes_from_clip_weights(monkeypatch):
+def test_default_model_comes_from_clip_weights(monkeypatch, tmp_path):
+    from clip_embeddings.apps.cli.common import make_ef
+
     monkeypatch.delenv("CLIP_WEIGHTS", raising=False)
     assert default_model() == "ViT-B/32"
-    monkeypatch.setenv("CLIP_WEIGHTS", "/models/tuned.pt")
-    assert cli.build_parser().parse_args(["classify", "x.jpg", "--labels", "a,b"]).model == "/models/tuned.pt"
+    tuned = tmp_path / "tuned.pt"
+    tuned.write_bytes(b"")  # only its existence is checked before the first use
+    monkeypatch.setenv("CLIP_WEIGHTS", str(tuned))
+    # classify's --model stays unset (so a --model beside --server can be told apart); the
+    # embedding function the command builds takes $CLIP_WEIGHTS, as evaluate's parser default does.
+    args = cli.build_parser().parse_args(["classify", "x.jpg", "--labels", "a,b"])
+    assert args.model is None and make_ef(args).model_name == str(tuned)
+    assert cli.build_parser().parse_args(["eval", "--dataset", "data"]).model == str(tuned)
 
 
 def test_one_line_collapses_multiline_messages():

@@ -130,3 +130,16 @@ def test_classify_names_the_server_it_cannot_reach(capsys, sample_images, no_pro
     status = cli.main(["classify", str(sample_images[0]), "--labels", "cat,dog", "--server", url])
     err = capsys.readouterr().err
     assert status == 1 and url in err and "clip-embeddings serve" in err, err
+
+
+def test_a_model_named_beside_the_server_must_be_the_servers(server, sample_images, capsys, tiny_model_path,
+                                                             other_tiny_model_path, no_proxy):
+    # --model would otherwise be ignored in silence: the server's weights do the work.
+    args = ["classify", str(sample_images[0]), "--labels", "cat,dog", "--server", server]
+    before = set(loaded._registry)
+    status = cli.main([*args, "--model", str(other_tiny_model_path)])
+    err = capsys.readouterr().err
+    assert status != 0 and "--model" in err and tiny_model_path.name in err and "Drop --model" in err, err
+    status, result = run_json([*args, "--model", str(tiny_model_path)], capsys)  # the server's own: accepted
+    assert status == 0 and len(result["results"]) == 1
+    assert set(loaded._registry) == before  # neither call loaded a model here

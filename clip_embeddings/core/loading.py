@@ -34,6 +34,18 @@ def default_model() -> str:
     return os.environ.get("CLIP_WEIGHTS") or DEFAULT_MODEL
 
 
+def model_label(name: str) -> str:
+    """What a server's response (and its `/health`) calls the model: a checkpoint path is shown by its file name only.
+
+    Example:
+        >>> model_label("ViT-B/32"), model_label("/srv/weights/private-finetune.pt")
+        ('ViT-B/32', 'private-finetune.pt')
+    """
+    if os.path.isabs(name) or os.path.exists(name):
+        return os.path.basename(name)
+    return name
+
+
 def check_model_reference(name_or_path: str | os.PathLike) -> None:
     """Raise :class:`ModelLoadError` now if ``name_or_path`` cannot name any model; download nothing.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ...adapters.registry import kind_names, kinds
 from ...config import EmbeddingConfig
-from ...core.loading import default_model
+from ...core.loading import default_model, model_label
 from ..console import UsageError, format_table, status
 
 DBS = kind_names()  # every store kind, from the adapters' own KIND entries (adapters/registry.py)
@@ -29,8 +29,27 @@ SERVER_ENV = "CLIP_EMBEDDINGS_SERVER"  # the default of --server: a running `cli
 def make_ef(args: argparse.Namespace, **options: Any):
     from ...embedding.function import ClipEF
 
-    return ClipEF(args.model or default_model(), device=args.device, batch_size=args.batch_size,
-                  dtype=getattr(args, "dtype", None) or DEFAULTS.dtype, server=getattr(args, "server", None) or None, **options)
+    server = getattr(args, "server", None) or None
+    ef = ClipEF(args.model or default_model(), device=args.device, batch_size=args.batch_size,
+                dtype=getattr(args, "dtype", None) or DEFAULTS.dtype, server=server, **options)
+    if server and args.model:
+        check_served_model(args.model, server)
+    return ef
+
+
+def check_served_model(wanted: str, server: str) -> None:
+    """Refuse ``--model`` beside ``--server`` unless the server runs that model: one would be ignored.
+
+    The server's ``/health`` names its model as :func:`~clip_embeddings.core.loading.model_label`
+    does (a checkpoint by its file name), so that is what ``wanted`` is compared as.
+    """
+    from ...embedding.remote import remote_model
+
+    served = remote_model(server).health()["model"]
+    if served != model_label(wanted):
+        raise UsageError(f"--model {wanted} and --server {server} name two models: the server runs {served}. "
+                         f"Drop --model to embed with the server's model, or drop --server (and unset "
+                         f"${SERVER_ENV}) to load {wanted} here")
 
 
 def loaded(ef: Any) -> Any:
@@ -122,7 +141,8 @@ def model_options(for_search: bool = False, remote: bool = False, dtype: bool = 
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("model")
     group.add_argument(
-        "--model", default=None if for_search else default_model(), metavar="NAME_OR_PATH",
+        # None where --server may stand in for it: an explicit --model is then checked against the server's.
+        "--model", default=None if for_search or remote else default_model(), metavar="NAME_OR_PATH",
         help="a model name (see `clip-embeddings models`) or a checkpoint path "
              + ("(default: the model the collection was indexed with)" if for_search
                 else "(default: $CLIP_WEIGHTS, else ViT-B/32)"),

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from ...core.loading import model_label
 from ...embedding.function import ClipEF
 from ...tasks.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 from . import compound
@@ -225,18 +226,6 @@ def _texts(body: Body) -> list[str]:
             raise BadRequest("text must be a string")
         texts.append(text)
     return texts
-
-
-def model_label(name: str) -> str:
-    """What a response calls the model: a checkpoint path is shown by its file name only.
-
-    Example:
-        >>> model_label("ViT-B/32"), model_label("/srv/weights/private-finetune.pt")
-        ('ViT-B/32', 'private-finetune.pt')
-    """
-    if os.path.isabs(name) or os.path.exists(name):
-        return os.path.basename(name)
-    return name
 
 
 def _hit(hit: Any, root: str) -> dict:
