@@ -211,8 +211,8 @@ def decided_by(runtime: dict) -> str:
     """Where ``auto``'s decision came from, as a report says it (the table's is not a probe's)."""
     if runtime.get("from_cache"):
         return "from the decision cache"
-    return {"probe": "probed now", "table": "the shipped decision table"}.get(runtime.get("source", "probe"),
-                                                                           runtime.get("source", "?"))
+    source = runtime.get("source", "probe")
+    return {"probe": "probed now", "table": "the shipped decision table"}.get(source, source)
 
 
 def print_runtime(result: dict) -> None:

@@ -35,7 +35,7 @@ def default_model() -> str:
 
 
 def model_label(name: str) -> str:
-    """What a server's response (and its `/health`) calls the model: a checkpoint path is shown by its file name only.
+    """What a server's responses (``/health`` too) call the model: a checkpoint path by its file name only.
 
     Example:
         >>> model_label("ViT-B/32"), model_label("/srv/weights/private-finetune.pt")
