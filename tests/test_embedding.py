@@ -37,40 +37,52 @@ def test_texts_match_reference(tiny_model_path):
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-6)
 
 
+def _passes(ef, texts) -> list[tuple[int, int]]:
+    """Embed ``texts``; each forward pass's (rows, longest row), whether it ran padded or packed.
+
+    A packed pass embeds each group of equal-length rows on its own, so rows are summed over the
+    token embedding's calls until the pass reaches ``ln_final``.
+    """
+    model = ef.loaded_model().model
+    groups: list[tuple[int, int]] = []
+    passes: list[tuple[int, int]] = []
+
+    def end_of_pass(*_):
+        passes.append((sum(rows for rows, _ in groups), max(width for _, width in groups)))
+        groups.clear()
+
+    hooks = [model.token_embedding.register_forward_hook(lambda m, args, out: groups.append(tuple(args[0].shape))),
+             model.ln_final.register_forward_hook(end_of_pass)]
+    try:
+        ef.embed_texts(texts)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return passes
+
+
 def test_short_texts_share_forward_passes_within_the_token_budget(tiny_model_path):
     # batch_size counts full-length rows: 4 x 77 tokens per pass. Six-token captions fit ~12 a
     # pass, so 40 of them take 4 passes where 4 texts a pass took 10, with the same vectors.
     texts = [f"a photo of item {i}" for i in range(40)]
     ef = _ef(tiny_model_path, batch_size=4)
-    shapes: list[tuple[int, int]] = []
-    model = ef.loaded_model().model
-    hook = model.token_embedding.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
-    try:
-        got = ef.embed_texts(texts)
-    finally:
-        hook.remove()
-    assert sum(rows for rows, _ in shapes) == 40
-    assert all(rows * width <= 4 * model.context_length for rows, width in shapes)
-    assert 1 < len(shapes) <= 5
+    passes = _passes(ef, texts)
+    context = ef.loaded_model().model.context_length
+    assert sum(rows for rows, _ in passes) == 40
+    assert all(rows * width <= 4 * context for rows, width in passes)
+    assert 1 < len(passes) <= 5
     _, expected = reference_embeddings(tiny_model_path, texts=texts)
-    assert np.abs(got - expected).max() < 1e-5
+    assert np.abs(ef.embed_texts(texts) - expected).max() < 1e-5
 
 
 def test_text_passes_on_a_cpu_stay_within_the_cpu_token_cap(tiny_model_path):
     # batch_size=64 would allow 64 x 77 = 4,928 tokens a pass; on a CPU passes stop at
     # CPU_TEXT_TOKENS, where larger ones measured slower (the activations outgrow the caches).
     texts = [f"a photo of item number {i} seen from far away" for i in range(300)]
-    ef = _ef(tiny_model_path, batch_size=64)
-    shapes: list[tuple[int, int]] = []
-    hook = ef.loaded_model().model.token_embedding.register_forward_hook(
-        lambda m, args, out: shapes.append(tuple(args[0].shape)))
-    try:
-        ef.embed_texts(texts)
-    finally:
-        hook.remove()
-    assert sum(rows for rows, _ in shapes) == 300
-    assert all(rows * width <= embedding.CPU_TEXT_TOKENS for rows, width in shapes)
-    assert max(rows * width for rows, width in shapes) > embedding.CPU_TEXT_TOKENS // 2
+    passes = _passes(_ef(tiny_model_path, batch_size=64), texts)
+    assert sum(rows for rows, _ in passes) == 300
+    assert all(rows * width <= embedding.CPU_TEXT_TOKENS for rows, width in passes)
+    assert max(rows * width for rows, width in passes) > embedding.CPU_TEXT_TOKENS // 2
 
 
 def test_texts_on_a_cpu_run_packed_and_prompt_templates_share_their_head(tiny_model_path, monkeypatch):
