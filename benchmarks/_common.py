@@ -81,6 +81,14 @@ def model_pair(name: str, data_dir: Path = DEFAULT_DATA):
     return reference, ours.eval(), path
 
 
+def steady_state(lm, prefix: str) -> None:
+    """Wait for ``dtype="auto"``'s background work (ONNX export, probe) so timings see what then runs."""
+    if lm.refinement is not None:
+        print(f"{prefix} waiting for auto's background work (export, probe) to finish", flush=True)
+        lm.used.set()  # it starts after the first forward pass: none is needed to time what follows
+        lm.refinement.join()
+
+
 # --- timing ---------------------------------------------------------------------------------
 
 def summarize(seconds: Sequence[float], items: int) -> dict:

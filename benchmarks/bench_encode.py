@@ -10,6 +10,8 @@ caption-length texts (10-20 tokens) in batches of ``--batch``:
 * ``ours fp32 (...)`` / ``ours bf16 (...)``: each precision path with every rewrite that applies
   (``prepare_for_inference``), unless it is the path ``auto`` took (then it is the auto row); bf16
   only where the CPU has native bf16, or with ``--bf16``;
+* ``ours int8``: int8 linear layers (``dtype="int8"``, ``clip_embeddings/runtime/int8.py``), where
+  this torch multiplies int8 matrices, unless ``auto`` took it;
 * ``ours, no rewrite``: the model exactly as ``ce.load`` returns it (trainable, fp32);
 * ``HF transformers CLIPModel``: ``transformers.CLIPModel`` with the same weights (ViT image tower
   and every text tower; HF has no ResNet vision tower); ``ONNX Runtime fp32``: the reference
@@ -17,7 +19,8 @@ caption-length texts (10-20 tokens) in batches of ``--batch``:
   skips both);
 * ``ours compiled``: ``torch.compile`` of the tower (opt-in, ``--compile``; compile time reported);
 * ``ours auto length-sorted``: the same texts sorted by length into batches, as ``ClipEF`` does;
-* ``ClipEF.embed_texts``: the whole default text path (tokenizer, length-sorted batches, normalisation).
+* ``ClipEF.embed_texts``: the whole default text path (tokenizer, length-sorted batches, normalisation);
+  ``ClipEF.embed_texts int8``: the same with ``dtype="int8"``, unless that is what ``auto`` runs.
 
 Agreement columns compare each row's features with the reference's fp32 features of the same
 inputs: the smallest cosine similarity over rows and the largest absolute difference (for
@@ -79,6 +82,7 @@ def bench_images(name: str, m: dict, args) -> dict:
 
 def bench_texts(name: str, m: dict, args) -> dict:
     from clip_embeddings import ClipEF
+    from clip_embeddings.runtime.int8 import int8_available
     from tests.reference import reference_tokenize
 
     texts = c.captions(args.texts)
@@ -106,6 +110,9 @@ def bench_texts(name: str, m: dict, args) -> dict:
     auto = m["paths"][AUTO]
     fns[f"{AUTO} length-sorted"] = lambda: _inference(encode_all, auto.encode_text, by_length)[restore]
     fns["ClipEF.embed_texts"] = lambda: torch.from_numpy(ef.embed_texts(texts))
+    if int8_available() and ef.loaded_model().runtime.get("text", ef.loaded_model().runtime)["dtype"] != "int8":
+        ef8 = ClipEF(model=str(m["weights"]), device="cpu", batch_size=args.batch, cache=False, dtype="int8")
+        fns["ClipEF.embed_texts int8"] = lambda: torch.from_numpy(ef8.embed_texts(texts))
     if m["hf"] is not None:
         fns["HF transformers CLIPModel"] = lambda: _no_grad(encode_all, m["hf"][1], batches)
     if m["onnx"] is not None:
@@ -140,9 +147,11 @@ def models_for(name: str, args) -> dict:
     from clip_embeddings.runtime import auto as runtime
     from clip_embeddings.embedding.loaded import shared_model
     from clip_embeddings.runtime.inference import applicable_rewrites, prepare_for_inference
+    from clip_embeddings.runtime.int8 import int8_available
 
     reference, ours, weights = c.model_pair(name, args.data_dir)
     lm = shared_model(str(weights), "cpu", "auto")  # probes (or reads the cached decision) once
+    c.steady_state(lm, f"[encode] {name}:")
     print(f"[encode] {name}: auto chose {lm.precision} ({decided_by(lm.runtime)}): "
           f"{lm.runtime['reason']}", flush=True)
     paths = {AUTO: lm.model}
@@ -153,6 +162,10 @@ def models_for(name: str, args) -> dict:
         precision = runtime.path_name("fp32" if dtype == torch.float32 else "bf16", rewrites)
         if precision != lm.precision:  # the same path as auto's is timed once, as the auto row
             paths[f"{label} ({precision})"] = prepare_for_inference(copy.deepcopy(ours), dtype, rewrites)
+    if int8_available() and lm.precision != "int8":
+        convolutions = tuple(r for r in applicable_rewrites(ours) if r in runtime.IMAGE_ONLY_REWRITES)
+        paths[f"ours int8 ({runtime.path_name('int8', convolutions)})"] = \
+            prepare_for_inference(copy.deepcopy(ours), torch.int8, convolutions)
     hf = peers.hf_clip(reference) if not args.no_peers else None
     onnx = peers.onnx_encoders(reference, name, args.data_dir) if not args.no_peers else None
     return {"reference": reference, "ours": ours, "weights": weights, "paths": paths, "hf": hf, "onnx": onnx,
@@ -182,7 +195,7 @@ def table_rows(result: dict) -> list[dict]:
         auto = result.get("runtime", {}).get(name, {}).get("precision", "?")
         for task, variants in tasks.items():
             for variant, entry in variants.items():
-                label = f"{variant} ({auto})" if variant.startswith(AUTO) or variant.startswith("ClipEF") else variant
+                label = f"{variant} ({auto})" if variant.startswith(AUTO) or variant == "ClipEF.embed_texts" else variant
                 rows.append({"model": name, "task": f"{task} encode", "variant": label, **entry})
     return rows
 

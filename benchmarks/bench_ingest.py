@@ -125,6 +125,8 @@ def run_model(name: str, args, workdir: Path) -> dict:
     files = c.folder_files(folder)
     reference, _, weights = c.model_pair(name, args.data_dir)
     lm = shared_model(str(weights), "cpu", DTYPE)  # loaded once, before any timing
+    c.steady_state(lm, f"[ingest] {name}:")
+    print(f"[ingest] {name}: dtype='auto' runs {lm.precision} ({lm.runtime.get('source', 'probe')})", flush=True)
     res = lm.preprocess.resolution
     print(f"[ingest] {name}: {len(files)} JPEGs in {folder} "
           f"({sum(p.stat().st_size for p in files) / 2**20:.0f} MiB)", flush=True)

@@ -72,7 +72,7 @@ class EmbeddingConfig:
             (``$CLIP_WEIGHTS`` when set, else ``"ViT-B/32"``, resolved by ``ClipEF``).
         device: torch device; ``None`` picks CUDA when available. Not persisted.
         batch_size: images or texts per forward pass (>= 1).
-        dtype: ``"auto"``, ``"fp32"``, ``"fp16"``, ``"bf16"`` (or ``None`` for fp32).
+        dtype: ``"auto"``, ``"fp32"``, ``"fp16"``, ``"bf16"``, ``"int8"`` (CPU) (or ``None`` for fp32).
         long_text: ``"truncate"`` or ``"chunk"``.
         cache: the image-embedding cache: ``True``, ``False`` or a path. Not persisted.
         on_error: ``"raise"`` or ``"skip"``.

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from clip_embeddings.runtime.auto import INT8_COSINE_BAR
+from clip_embeddings.runtime.int8 import int8_available
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -41,8 +44,11 @@ def test_tiny_encode_run_writes_the_expected_json(tmp_path):
         for name, entry in variants.items():
             for key in ("items_per_s", "iqr", "min", "max", "ratio", "peak_rss_mb", "cosine_min", "max_abs_diff"):
                 assert key in entry, (name, key)
-            assert entry["cosine_min"] >= 0.999, name
+            assert entry["cosine_min"] >= (INT8_COSINE_BAR if "int8" in name else 0.999), name
     assert tasks["text"]["ours auto"]["max_abs_diff"] <= 1e-5
+    if int8_available():  # the int8 rows are there, and really rounded
+        assert {"ours int8 (int8)", "ClipEF.embed_texts int8"} <= set(tasks["text"])
+        assert tasks["image"]["ours int8 (int8)"]["max_abs_diff"] > 1e-5
 
 
 @pytest.mark.slow
@@ -109,3 +115,8 @@ def test_hold_avx2_holds_the_kernels_and_what_auto_sees(tmp_path):
     # torch's kernel level is at most AVX2 whatever this CPU has (DEFAULT on a CPU without AVX2)
     assert seen["torch"] in ("AVX2", "DEFAULT")
     assert seen == {**seen, "level": "avx2", "bf16": False, "mkl": "AVX2", "probe": "0"}
+    done = subprocess.run([sys.executable, str(BENCH / "hold_avx2.py"), "--probe", str(probe)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {**seen, "level": "avx2", "probe": "1"}  # auto may probe, on the held kernels

@@ -40,10 +40,12 @@ def test_dtype_selects_the_numeric_path_of_the_model_a_command_loads(tiny_model_
     assert status == 0
     status, bf16 = run_json([*args, "--dtype", "bf16"], capsys)
     assert status == 0
+    status, int8 = run_json([*args, "--dtype", "int8"], capsys)
+    assert status == 0
     keys = {key[2] for key in loaded._registry if key[0] == str(tiny_model_path.resolve())}
-    assert {torch.float32, torch.bfloat16} <= keys  # both paths were loaded, as asked
+    assert {torch.float32, torch.bfloat16, torch.int8} <= keys  # every path was loaded, as asked
     label = lambda doc: doc["results"][0]["labels"][0]["label"]  # noqa: E731
-    assert label(exact) == label(bf16)
+    assert label(exact) == label(bf16) == label(int8)
     assert cli.main([*args, "--dtype", "fp64"]) == 2  # not a dtype: a usage error
     assert "invalid choice: 'fp64'" in capsys.readouterr().err
 

@@ -113,7 +113,7 @@ class ClipEF:
         batch_size: images per forward pass; for texts, the token budget of ``batch_size``
             full 77-token rows (short captions run many more rows per pass in the same memory),
             at most ``CPU_TEXT_TOKENS`` (1,024) on a CPU.
-        dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (fp16 on CUDA, fp32 on CPU).
+        dtype: ``"fp32"``, ``"fp16"``, ``"bf16"``, ``"int8"`` or ``"auto"`` (fp16 on CUDA, fp32 on CPU).
         long_text: ``"truncate"`` keeps the first 77 tokens; ``"chunk"`` averages 77-token windows
             (the first ``MAX_TEXT_WINDOWS`` = 64 of them, about 4,800 tokens; the rest is ignored).
         cache: keep image embeddings in the sqlite cache (``True``), not (``False``), or a path.

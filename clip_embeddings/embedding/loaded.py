@@ -28,7 +28,8 @@ from ..core.loading import default_device, load
 from ..core.model import CLIP, cast_weights
 from ..core.preprocess import Preprocess
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# "int8": fp32 activations with int8 linear layers (runtime.int8), on a CPU only
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 # --- one model per process ------------------------------------------------------------------
@@ -105,8 +106,9 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
     ``dtype="auto"`` (or ``None``) on a CPU runs the path ``clip_embeddings.runtime.auto`` decided for
     this machine (probed once per CPU model + torch version, then cached), or until then the
     shipped table's, while the probe runs in the background (``clip_embeddings.runtime.refine``);
-    an explicit dtype runs that dtype with every rewrite that applies. ``LoadedModel.runtime``
-    says what was chosen.
+    an explicit dtype runs that dtype with every rewrite that applies (``"int8"``: int8 linear
+    layers, CPU only; the convolutions keep their fp32 rewrites). ``LoadedModel.runtime`` says
+    what was chosen.
 
     Example:
         >>> lm = shared_model(weights)  # weights: a model name or a checkpoint path, e.g. "ViT-B/32"
@@ -121,6 +123,9 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
     device = torch.device(device or default_device())
     auto = dtype in (None, "auto") and device.type == "cpu"
     torch_dtype = None if auto else resolve_dtype(dtype, device)
+    if torch_dtype == torch.int8 and device.type != "cpu":
+        raise ValueError(f"dtype='int8' runs on a CPU only (its int8 linears are oneDNN's); on {device.type} "
+                         "use dtype='auto' or 'fp16'")
     source = model if model in _known_names() else str(Path(model).expanduser().resolve())
     key = (source, str(device), "auto" if auto else torch_dtype, str(download_root))
     with _registry_lock:
@@ -132,6 +137,10 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
             pending: dict[str, Any] = {}
             if torch_dtype is None:  # auto
                 decision, pending = auto_start(clip, caps, onnx_file)
+            elif device.type == "cpu" and torch_dtype == torch.int8:
+                convolutions = tuple(r for r in applicable_rewrites(clip) if r in runtime.IMAGE_ONLY_REWRITES)
+                decision = runtime.Decision("int8", convolutions, f"dtype={dtype!r} asked for: int8 linear layers",
+                                            caps, source="asked")
             elif device.type == "cpu" and torch_dtype in (torch.float32, torch.bfloat16):
                 name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype]
                 decision = runtime.Decision(name, applicable_rewrites(clip, torch_dtype),

@@ -6,12 +6,15 @@ linears beat MKL on AMD processors and gain little on Intel's. So ``auto`` decid
 
 1. :func:`detect_capabilities` reads the CPU's flags (``/proc/cpuinfo``) and torch's view of them.
 2. :func:`first_paths` lists the paths worth timing first: plain fp32, and fp32 and (only where
-   it is native) bf16 with every applicable rewrite; a second round times those again beside the
+   it is native) bf16 with every applicable rewrite; where bf16 is not native, ONNX Runtime's
+   image tower (:func:`onnx_candidate`) and int8 linears (:func:`int8_candidate`,
+   :mod:`clip_embeddings.runtime.int8`) join them; a second round times those again beside the
    winner minus each rewrite (:func:`second_paths`), so each rewrite stays only where it pays.
 3. :func:`probe` times each path on a fixed canary (seeded images and fixed captions, each tower
    on its own, interleaved repeats) and measures each one's cosine to plain fp32.
 4. :func:`decide` (pure: capabilities + probe results in, a :class:`Decision` out) keeps the
-   fastest path that beats plain fp32 by ``MARGIN`` with cosine >= ``COSINE_BAR``, else plain fp32.
+   fastest path that beats plain fp32 by ``MARGIN`` with cosine >= ``COSINE_BAR`` (int8:
+   ``INT8_COSINE_BAR``), else plain fp32.
    It runs once per tower: on a ResNet model the image tower's best path (convolutions) is not
    always the text tower's (linear layers), so each tower runs its own.
 5. The decision is cached in ``cache_dir()/runtime-decisions.json``, keyed by CPU model + torch
@@ -43,14 +46,22 @@ if TYPE_CHECKING:
 _log = logging.getLogger("clip_embeddings")
 
 __all__ = [
-    "COSINE_BAR", "MARGIN", "TOWERS", "Capabilities", "Decision", "PathResult", "auto_decision", "decide",
-    "detect_capabilities", "first_paths", "path_name", "probe", "probe_allowed", "second_paths",
+    "COSINE_BAR", "INT8_COSINE_BAR", "MARGIN", "TOWERS", "Capabilities", "Decision", "PathResult", "auto_decision", "decide",
+    "detect_capabilities", "first_paths", "int8_candidate", "path_name", "probe", "probe_allowed", "second_paths",
 ]
 
 COSINE_BAR = 0.9999  # a reduced-precision path must keep every canary row this close to fp32
+# int8 rounds every activation to 1 part in 127 (and, without VNNI, every weight to 1 in 63), so
+# it cannot meet the bar above. Its own bar is set from what that rounding costs where nothing
+# else goes wrong: on ViT-B/32 weights without outlier channels (random), 256 captions kept
+# cosine >= 0.9993 with 8-bit weights and >= 0.9980 with 7-bit ones. 0.997 takes int8 where the
+# user's weights quantize about that well and refuses weights whose outlier activations make it
+# worse (each row within 4.4 degrees of fp32: a similarity to another unit vector moves by about
+# sqrt(2 - 2 * 0.997) / sqrt(512) = 0.003 where the error points nowhere in particular).
+INT8_COSINE_BAR = 0.997
 MARGIN = 0.05  # a path must be this much faster than plain fp32 to be worth its risk: probe noise
 MIN_PROBE_WEIGHTS = 10_000_000  # smaller models: a timing probe measures overhead, not arithmetic
-CACHE_VERSION = 3  # bumped when the inference rewrites change what a probe would measure
+CACHE_VERSION = 4  # bumped when the inference rewrites change what a probe would measure
 _FLAGS_SEEN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "amx_fp16")
 _NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 IMAGE_ONLY_REWRITES = ("fold", "channels_last")  # ResNet convolutions: nothing to do in the text tower
@@ -174,8 +185,10 @@ class Decision:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        # "ort": ONNX Runtime's fp32 image tower (onnx_backend), which takes fp32 inputs
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "ort": torch.float32}[self.dtype]
+        # "ort": ONNX Runtime's fp32 image tower (onnx_backend), which takes fp32 inputs;
+        # "int8": fp32 activations, int8 linear layers (prepare_for_inference reads torch.int8 so)
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "ort": torch.float32,
+                "int8": torch.int8}[self.dtype]
 
     def as_dict(self, device: str = "cpu") -> dict[str, Any]:
         out = {
@@ -250,6 +263,22 @@ def onnx_candidate(caps: Capabilities, available: bool) -> bool:
     return available and not caps.native_bf16
 
 
+def int8_candidate(caps: Capabilities, available: bool) -> bool:
+    """Whether the probe also times int8 linear layers (the ``"int8"`` path), in both towers.
+
+    Only where the CPU has no native bf16: there fp32 is all torch has, and integer
+    multiply-adds run at twice its rate (AVX2) or more (VNNI). Where bf16 is native it reaches
+    the same goals with about ten times less error, so int8 is not offered.
+
+    Example:
+        >>> int8_candidate(Capabilities("cpu", ("avx2",), "AVX2", "2.13.0"), available=True)
+        True
+        >>> int8_candidate(Capabilities("cpu", ("avx2", "avx512_bf16"), "AVX512", "2.13.0"), available=True)
+        False
+    """
+    return available and not caps.native_bf16
+
+
 def second_paths(winner: str) -> list[str]:
     """The second round: the first round's winner against itself minus each rewrite, and none.
 
@@ -269,13 +298,14 @@ def second_paths(winner: str) -> list[str]:
 
 
 def decide(caps: Capabilities, results: Mapping[str, PathResult], *, margin: float = MARGIN,
-           cosine_bar: float = COSINE_BAR) -> Decision:
+           cosine_bar: float = COSINE_BAR, int8_bar: float = INT8_COSINE_BAR) -> Decision:
     """Pick the path ``auto`` runs from a capability report and probe results; no timing here.
 
     Plain ``"fp32"`` is the baseline and the fallback. A path is eligible when its dtype is one
     the CPU computes natively (bf16 needs AMX or AVX512-BF16, whatever the probe says), its canary
     cosine to fp32 is at least ``cosine_bar``, and it is faster than the baseline by ``margin``.
-    The fastest eligible path wins.
+    The fastest eligible path wins. int8 paths are held to ``int8_bar`` instead (they round
+    every activation; see ``INT8_COSINE_BAR``).
 
     Example:
         >>> caps = Capabilities("cpu", ("avx512_bf16",), "AVX512", "2.13.0")
@@ -290,16 +320,17 @@ def decide(caps: Capabilities, results: Mapping[str, PathResult], *, margin: flo
         dtype, _ = _split(name)
         if name == "fp32":
             continue
+        bar = int8_bar if dtype == "int8" else cosine_bar
         if dtype == "bf16" and not caps.native_bf16:
             refused.append(f"{name}: no native bf16 on this CPU")
-        elif result.cosine < cosine_bar:
-            refused.append(f"{name}: canary cosine {result.cosine:.6f} < {cosine_bar}")
+        elif result.cosine < bar:
+            refused.append(f"{name}: canary cosine {result.cosine:.6f} < {bar}")
         elif result.seconds > base * (1 - margin):
             refused.append(f"{name}: {base / result.seconds:.2f}x fp32, not {1 / (1 - margin):.2f}x")
         else:
             eligible[name] = result
     bf16_note = "native bf16 (" + ", ".join(f for f in caps.flags if f in _NATIVE_BF16) + ")" \
-        if caps.native_bf16 else "no native bf16 (no AMX or AVX512-BF16 flag): fp32 only"
+        if caps.native_bf16 else "no native bf16 (no AMX or AVX512-BF16 flag)"
     rewrites: tuple[str, ...]
     if not eligible:
         dtype, rewrites = "fp32", ()
@@ -327,13 +358,26 @@ def cuda_decision(caps: Capabilities) -> Decision:
 
 # --- the probe ------------------------------------------------------------------------------
 
+_CANARY_SUBJECTS = ("a photo of a dog", "two children playing", "a red bicycle parked", "a plate of pasta",
+                    "an old man reading a newspaper", "a small fishing boat", "a woman with an umbrella", "three birds")
+_CANARY_PLACES = ("on the beach at sunset", "next to a brick wall covered in graffiti", "in a crowded market",
+                  "under heavy snow")
+
+
 def canary(resolution: int, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed probe input: 4 seeded images in preprocessed space and 4 fixed captions."""
+    """The fixed probe input: 4 seeded images in preprocessed space and 32 fixed captions (7-16 tokens).
+
+    32 captions, not 4: a pass over 4 short rows costs about as much in per-op overhead as in
+    arithmetic, so a path with more, smaller ops (int8's quantize steps) loses there what it gains
+    on a real batch; more so in the probe's background thread, where each op costs more (libgomp,
+    with more threads than cores, stops its workers spinning between ops; ``GOMP_SPINCOUNT=0``
+    makes the main thread as slow). Measured held to AVX2: int8 0.9x fp32 on 4 captions in that
+    thread, 1.3x on 32 (1.6x on 32 in the main thread).
+    """
     from ..core.tokenizer import tokenize
 
     images = torch.randn(4, 3, resolution, resolution, generator=torch.Generator().manual_seed(14))
-    texts = ["a photo of a dog", "two children playing on the beach at sunset",
-             "a red bicycle parked next to a brick wall covered in graffiti", "a plate of pasta"]
+    texts = [f"{subject} {place}" for subject in _CANARY_SUBJECTS for place in _CANARY_PLACES]
     return images, tokenize(texts, context_length=context_length, truncate=True)
 
 
@@ -483,6 +527,7 @@ def auto_decision(model: CLIP, caps: Capabilities | None = None, use_cache: bool
 
     from . import onnx_backend
     from .inference import applicable_rewrites, prepare_for_inference
+    from .int8 import int8_available
 
     caps = caps or detect_capabilities()
     rewrites = applicable_rewrites(model)
@@ -503,13 +548,15 @@ def auto_decision(model: CLIP, caps: Capabilities | None = None, use_cache: bool
             if onnx_file is None:  # "ort" is only probed with a place for its export
                 raise ValueError("ONNX Runtime's path needs onnx_file, the place for its export")
             return with_onnx_image_tower(copy.deepcopy(model), onnx_file, text_rewrites=_split(ort_text)[1])
-        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}[dtype]
         return prepare_for_inference(copy.deepcopy(model), torch_dtype, chosen)
 
     images, tokens = canary(model.visual.input_resolution, model.context_length)
     first_round = first_paths(caps, rewrites)
     if onnx_file is not None and onnx_candidate(caps, onnx_backend.available()):
         first_round.append("ort")
+    if int8_candidate(caps, int8_available()):
+        first_round.append(path_name("int8", tuple(r for r in rewrites if r in IMAGE_ONLY_REWRITES)))
     results = probe(build, first_round, images, tokens)
     winners = {decide(caps, results["image"]).precision, decide(caps, text_paths(results["text"], ort_text)).precision}
     if winners != {"fp32"}:

@@ -16,6 +16,10 @@ the CPU at hand:
   which on AMD processors runs well below oneDNN's kernels for these shapes. ViT-B/32 image
   encode on that CPU: 1.15-1.28x the plain model.
 
+``torch.int8`` as the dtype (:func:`prepare_for_inference`) keeps fp32 activations and runs every
+linear layer in int8 (:mod:`clip_embeddings.runtime.int8`): not the same outputs to float
+rounding, so ``auto`` takes it only where its probe says the user's weights keep their accuracy.
+
 The same rewrites apply in bf16 (:func:`prepare_for_inference`): batch norms are folded in fp32
 first and only the folded weights are rounded to bf16; layer norms then run on the bf16
 activations directly (fp32 weights and accumulation, no fp32 copy of the input). Each uses only what the installed torch
@@ -44,6 +48,7 @@ from ..core.model import (
     cast_matrices,
     self_attend,
 )
+from .int8 import quantize_linears
 
 __all__ = ["REWRITES", "applicable_rewrites", "optimize_for_inference", "prepare_for_inference"]
 
@@ -89,6 +94,8 @@ def prepare_for_inference(model: CLIP, dtype: torch.dtype, rewrites: Iterable[st
 
     Batch norms are folded while the weights are still fp32, then matrix weights are cast to
     ``dtype`` (as :func:`~clip_embeddings.core.model.cast_weights` does), then linear weights are packed.
+    ``torch.int8`` keeps fp32 weights and activations outside the linear layers, which run in int8
+    (``onednn`` is then moot: every linear is an int8 one).
     A rewrite that does not apply (``fold`` on a ViT) is ignored; an unknown name is an error.
     ``text=(dtype, rewrites)`` gives the text tower a path of its own (``dtype="auto"`` decides
     each tower separately: the fastest path for a ResNet is not always the text tower's).
@@ -117,7 +124,7 @@ def _prepare_tower(model: CLIP, tower: str, dtype: torch.dtype, rewrites: set[st
         _quick_gelu_as_silu(root)
     if tower == "image" and "fold" in rewrites and isinstance(model.visual, ModifiedResNet):
         _fold_resnet(model.visual, channels_last="channels_last" in rewrites)
-    if dtype != torch.float32:
+    if dtype not in (torch.float32, torch.int8):
         for root in roots:
             cast_matrices(root, dtype)
             for module in root.modules():
@@ -128,7 +135,10 @@ def _prepare_tower(model: CLIP, tower: str, dtype: torch.dtype, rewrites: set[st
             model.text_projection.data = model.text_projection.data.to(dtype)
         elif isinstance(model.visual, VisionTransformer):
             model.visual.proj.data = model.visual.proj.data.to(dtype)
-    if "onednn" in rewrites and _packed_linear_works(dtype):
+    if dtype == torch.int8:
+        for root in roots:
+            quantize_linears(root)
+    elif "onednn" in rewrites and _packed_linear_works(dtype):
         for root in roots:
             _pack_linears(root, dtype)
 
