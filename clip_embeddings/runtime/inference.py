@@ -29,7 +29,7 @@ missing or disagrees.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import cast
 
@@ -48,7 +48,7 @@ from ..core.model import (
     cast_matrices,
     self_attend,
 )
-from .int8 import quantize_linears
+from .int8 import Int8Linear
 
 __all__ = ["REWRITES", "applicable_rewrites", "optimize_for_inference", "prepare_for_inference"]
 
@@ -137,10 +137,10 @@ def _prepare_tower(model: CLIP, tower: str, dtype: torch.dtype, rewrites: set[st
             model.visual.proj.data = model.visual.proj.data.to(dtype)
     if dtype == torch.int8:
         for root in roots:
-            quantize_linears(root)
+            _replace_linears(root, Int8Linear, swish=True)
     elif "onednn" in rewrites and _packed_linear_works(dtype):
         for root in roots:
-            _pack_linears(root, dtype)
+            _replace_linears(root, PackedLinear, swish=_packed_linear_works(dtype, "swish"))
 
 
 # --- ResNet: batch norm folded into convolutions ---------------------------------------------
@@ -260,14 +260,14 @@ class PackedLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-class PackedSelfAttention(nn.Module):
-    """``MultiheadAttention`` with both projections packed."""
+class ProjectedSelfAttention(nn.Module):
+    """``MultiheadAttention`` with both projections replaced by ``linear(weight, bias)`` (packed or int8)."""
 
-    def __init__(self, attn: MultiheadAttention):
+    def __init__(self, attn: MultiheadAttention, linear: Callable[[torch.Tensor, torch.Tensor], nn.Module]):
         super().__init__()
         self.num_heads = attn.num_heads
-        self.in_proj = PackedLinear(attn.in_proj_weight, attn.in_proj_bias)
-        self.out_proj = PackedLinear(attn.out_proj.weight, attn.out_proj.bias)
+        self.in_proj = linear(attn.in_proj_weight, attn.in_proj_bias)
+        self.out_proj = linear(attn.out_proj.weight, attn.out_proj.bias)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.in_proj(x)
@@ -276,19 +276,22 @@ class PackedSelfAttention(nn.Module):
         return self.out_proj(self_attend(self.in_proj(x), self.num_heads, causal))
 
 
-def _pack_linears(model: nn.Module, dtype: torch.dtype) -> None:
-    for block in model.modules():  # the MLP's SiLU becomes a post-op of the linear before it
-        if isinstance(block, ResidualAttentionBlock) and isinstance(block.mlp.gelu, nn.SiLU) \
-                and _packed_linear_works(dtype, "swish"):
-            c_fc = cast(nn.Linear, block.mlp.c_fc)  # CLIP's own: the check above sees the SiLU not yet fused
-            block.mlp.c_fc = PackedLinear(c_fc.weight, c_fc.bias, "swish")
+def _replace_linears(model: nn.Module, linear: Callable[..., nn.Module], swish: bool) -> None:
+    """Every linear layer under ``model`` rebuilt as ``linear(weight, bias[, activation])``.
+
+    With ``swish`` an MLP's SiLU (after ``_quick_gelu_as_silu``) moves into the linear before it.
+    """
+    for block in model.modules():
+        if swish and isinstance(block, ResidualAttentionBlock) and isinstance(block.mlp.gelu, nn.SiLU):
+            c_fc = cast(nn.Linear, block.mlp.c_fc)  # still the model's own: nothing has replaced it yet
+            block.mlp.c_fc = linear(c_fc.weight, c_fc.bias, "swish")
             block.mlp.gelu = nn.Identity()
     for owner in list(model.modules()):
         for name, child in list(owner.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(owner, name, PackedLinear(child.weight, child.bias))
+                setattr(owner, name, linear(child.weight, child.bias))
             elif isinstance(child, MultiheadAttention):
-                setattr(owner, name, PackedSelfAttention(child))
+                setattr(owner, name, ProjectedSelfAttention(child, linear))
 
 
 @cache

@@ -23,15 +23,12 @@ whose exact value is known) and keeps weights to 7 bits (+-63) where it overflow
 from __future__ import annotations
 
 from functools import cache
-from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.model import MultiheadAttention, ResidualAttentionBlock, self_attend
-
-__all__ = ["Int8Linear", "Int8SelfAttention", "int8_available", "quantize_linears", "weight_levels"]
+__all__ = ["Int8Linear", "int8_available", "quantize_rows", "weight_levels"]
 
 _TINY = 1e-12  # a scale for an all-zero row or channel: any value works, zero would divide by zero
 
@@ -83,7 +80,7 @@ class Int8Linear(nn.Module):
     """An ``nn.Linear`` for inference with int8 weights (per output channel) and int8 activations (per row).
 
     ``activation="swish"`` applies SiLU to the output (the MLP's QuickGELU, rewritten as in
-    :mod:`~clip_embeddings.runtime.inference`).
+    :mod:`~clip_embeddings.runtime.inference`, which puts these in place of a model's linears).
 
     Example:
         >>> linear = nn.Linear(512, 2048)
@@ -115,45 +112,3 @@ class Int8Linear(nn.Module):
         if self.activation == "swish":
             y = F.silu(y, inplace=True)
         return y.reshape(*x.shape[:-1], self.out_features)
-
-
-class Int8SelfAttention(nn.Module):
-    """``MultiheadAttention`` with both projections in int8 (attention itself stays fp32)."""
-
-    def __init__(self, attn: MultiheadAttention):
-        super().__init__()
-        self.num_heads = attn.num_heads
-        self.in_proj = Int8Linear(attn.in_proj_weight, attn.in_proj_bias)
-        self.out_proj = Int8Linear(attn.out_proj.weight, attn.out_proj.bias)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        return self.in_proj(x)
-
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        return self.out_proj(self_attend(self.in_proj(x), self.num_heads, causal))
-
-
-def quantize_linears(model: nn.Module) -> None:
-    """Replace, in place, every linear layer under ``model`` (fp32, CPU) with its int8 counterpart.
-
-    An MLP whose activation is already SiLU (``inference._quick_gelu_as_silu``) gets it applied
-    on the int8 linear's output. Convolutions and the final projections stay fp32.
-
-    Example:
-        >>> import clip_embeddings as ce
-        >>> model = ce.build_model(sd)  # sd: a CLIP state dict
-        >>> quantize_linears(model.transformer)  # the text tower: attention and MLP linears
-        >>> sum(isinstance(m, Int8Linear) for m in model.transformer.modules()) == 4 * model.transformer.layers
-        True
-    """
-    for block in model.modules():
-        if isinstance(block, ResidualAttentionBlock) and isinstance(block.mlp.gelu, nn.SiLU):
-            c_fc = cast(nn.Linear, block.mlp.c_fc)
-            block.mlp.c_fc = Int8Linear(c_fc.weight, c_fc.bias, "swish")
-            block.mlp.gelu = nn.Identity()
-    for owner in list(model.modules()):
-        for name, child in list(owner.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(owner, name, Int8Linear(child.weight, child.bias))
-            elif isinstance(child, MultiheadAttention):
-                setattr(owner, name, Int8SelfAttention(child))
