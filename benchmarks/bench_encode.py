@@ -110,7 +110,8 @@ def bench_texts(name: str, m: dict, args) -> dict:
     auto = m["paths"][AUTO]
     fns[f"{AUTO} length-sorted"] = lambda: _inference(encode_all, auto.encode_text, by_length)[restore]
     fns["ClipEF.embed_texts"] = lambda: torch.from_numpy(ef.embed_texts(texts))
-    if int8_available() and ef.loaded_model().runtime.get("text", ef.loaded_model().runtime)["dtype"] != "int8":
+    runtime = ef.loaded_model().runtime
+    if int8_available() and runtime.get("text", runtime)["dtype"] != "int8":  # "text": the text tower's own path
         ef8 = ClipEF(model=str(m["weights"]), device="cpu", batch_size=args.batch, cache=False, dtype="int8")
         fns["ClipEF.embed_texts int8"] = lambda: torch.from_numpy(ef8.embed_texts(texts))
     if m["hf"] is not None:

@@ -268,7 +268,7 @@ def int8_candidate(caps: Capabilities, available: bool) -> bool:
 
     Only where the CPU has no native bf16: there fp32 is all torch has, and integer
     multiply-adds run at twice its rate (AVX2) or more (VNNI). Where bf16 is native it reaches
-    the same goals with about ten times less error, so int8 is not offered.
+    the same goals with about eight times less error (1 - cosine: 9e-5 vs 7e-4), so int8 is not offered.
 
     Example:
         >>> int8_candidate(Capabilities("cpu", ("avx2",), "AVX2", "2.13.0"), available=True)

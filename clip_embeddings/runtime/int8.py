@@ -12,7 +12,7 @@ integer product is exact (int32 accumulation); what is lost is the rounding of `
 int8, so the embeddings differ from fp32 by a few parts in a thousand in cosine. That is why
 ``dtype="auto"`` takes this path only where the probe, on the user's own weights, keeps every
 canary row above :data:`~clip_embeddings.runtime.auto.INT8_COSINE_BAR`, and only where bf16 is
-not native (bf16 reaches the speed there with ten times less error).
+not native (bf16 reaches the speed there with about eight times less error).
 
 Without VNNI, oneDNN's int8 kernels add pairs of ``u8 x s8`` products in saturating 16-bit
 lanes: with 8-bit weights a large activation times a large weight overflows and the result is
