@@ -150,3 +150,13 @@ def test_the_probe_times_int8_only_where_bf16_is_not_native(monkeypatch, kind, c
         assert decision.dtype == "int8" and decision.torch_dtype == torch.int8
         # The text tower has no convolutions: its path is plain int8.
         assert runtime.text_paths(decision.probe).get("int8") is not None
+
+
+def test_the_shipped_table_never_starts_a_machine_on_int8():
+    from clip_embeddings.runtime.table import table_decision
+
+    rows = [{"isa": "avx2", "family": "vit", "torch": "2.13", "image": "int8", "text": "int8"}]  # a hand-edited table
+    decision = table_decision(AVX2_ONLY, "vit-w768-l12-p32-r224-text512x12", rows, rewrites={"fp32": ("onednn",)},
+                              onnx_available=False)
+    assert decision.precision == "fp32+onednn"
+    assert "int8 is only taken from a probe" in decision.reason

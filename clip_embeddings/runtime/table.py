@@ -84,7 +84,8 @@ def table_decision(caps: Capabilities, architecture: str, entries: Sequence[Mapp
     ``rewrites`` maps ``"fp32"`` / ``"bf16"`` to the rewrites this model and torch support: an
     entry's rewrite that does not apply is dropped. Where the entry says ``ort`` and ONNX Runtime
     is not installed, the image tower runs fp32 with every rewrite instead. bf16 is never taken on
-    a CPU without native bf16, whatever a (hand-edited) table says.
+    a CPU without native bf16, and int8 never at all, whatever a (hand-edited) table says: how
+    well int8 keeps the embeddings depends on the weights, so only a probe of them can choose it.
 
     Example:
         >>> caps = Capabilities("AMD EPYC", ("avx2",), "AVX2", "2.13.0")
@@ -109,7 +110,9 @@ def table_decision(caps: Capabilities, architecture: str, entries: Sequence[Mapp
         note = ""
         if dtype == "ort" and not onnx_available:
             dtype, wanted, note = "fp32", tuple(rewrites.get("fp32", ())), "; ONNX Runtime not installed: fp32"
-        if dtype == "bf16" and not caps.native_bf16 or dtype not in ("fp32", "bf16", "ort"):
+        if dtype == "int8":
+            dtype, wanted, note = "fp32", tuple(rewrites.get("fp32", ())), "; int8 is only taken from a probe: fp32"
+        elif dtype == "bf16" and not caps.native_bf16 or dtype not in ("fp32", "bf16", "ort"):
             dtype, wanted, note = "fp32", tuple(rewrites.get("fp32", ())), f"; {name} not usable here: fp32"
         kept = () if dtype == "ort" else tuple(r for r in wanted if r in rewrites.get(dtype, ()))
         return Decision(dtype, kept, f"{label}{why}{note}", caps, source="table")
