@@ -181,9 +181,16 @@ def test_packed_text_groups_give_the_reference_features(rewritten):
         groups.append(tokens[members, :length])
         rows += members
     assert len(groups) < len(PACKED_TEXTS) and max(g.shape[0] for g in groups) >= 2
+    # The start token every row begins with goes through each block's projections once, on one row.
+    attn, projected = model.transformer.resblocks[0].attn, []
+    project = attn.project
+    attn.project = lambda x: projected.append(x.shape[0]) or project(x)
     with torch.no_grad():
         expected = reference.encode_text(tokens)[rows]
         assert float((model.encode_text_packed(groups) - expected).abs().max()) <= 1e-5
+    assert sorted(projected) == [1, sum(g.shape[0] * (g.shape[1] - 1) for g in groups)]
+    with pytest.raises(ValueError, match="start with the same id"):
+        model.encode_text_packed([groups[0], groups[1][:, 1:]])
 
 
 PROMPTS = ["a photo of a dog.", "a photo of a cat.", "a photo of a hippopotamus standing in a river.",
@@ -222,7 +229,7 @@ def test_shared_prefix_gives_the_reference_gradients():
 
 
 def test_shared_prefix_stops_before_any_rows_end():
-    shared_prefix = ce.core.model.shared_prefix
+    shared_prefix = ce.core.tokenizer.shared_prefix
     rows = torch.tensor([[9, 5, 7, 3, 0], [9, 5, 7, 8, 3]])
     assert shared_prefix(rows, torch.tensor([3, 4])) == 3
     same = torch.tensor([[9, 5, 3], [9, 5, 3]])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError
+from .tokenizer import prefix_worth_sharing
 
 
 class Bottleneck(nn.Module):
@@ -214,27 +215,32 @@ class ResidualAttentionBlock(nn.Module):
             prefix = prefix + self.mlp(self.ln_2(prefix))
         return prefix, x
 
-    def step_packed(self, x: torch.Tensor, shapes: Sequence[tuple[int, int]], pooled: bool) -> torch.Tensor:
-        """One causal block on unpadded rows: ``x`` [T, D] packs groups of ``shapes`` ``(rows, length)``.
+    def step_packed(self, head: torch.Tensor, x: torch.Tensor, shapes: Sequence[tuple[int, int]],
+                    pooled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One causal block on unpadded rows that all start with ``head`` [1, D] (the start token).
 
-        Only attention needs the rows apart. With ``pooled`` only each row's last position comes
-        back ([rows, D]); it attends to every key, so no mask is needed.
+        ``x`` [T, D] packs the rows' other positions, in groups of ``shapes`` ``(rows, length)``.
+        Only attention needs the rows apart; the head, which attends only to itself, is computed
+        once. With ``pooled`` only each row's last position comes back ([rows, D]); it attends to
+        every key, so no mask is needed. Returns ``(head, x)`` after the block.
         """
-        qkv = self.attn.project(self.ln_1(x))
+        qkv, head_qkv = self.attn.project(self.ln_1(x)), self.attn.project(self.ln_1(head))
         attended, kept, start = [], [], 0
         for rows, length in shapes:
             end = start + rows * length
-            q, k, v = qkv[start:end].view(rows, length, -1).chunk(3, dim=-1)
+            group = torch.cat([head_qkv.expand(rows, 1, -1), qkv[start:end].view(rows, length, -1)], dim=1)
+            q, k, v = group.chunk(3, dim=-1)
             if pooled:
                 attended.append(_attend(q[:, -1:], k, v, self.attn.num_heads).reshape(rows, -1))
                 kept.append(x[start:end].view(rows, length, -1)[:, -1])
-            else:
-                attended.append(_attend(q, k, v, self.attn.num_heads, causal=True).reshape(rows * length, -1))
+            else:  # the head's own query row is computed (is_causal needs a square) and dropped
+                attended.append(_attend(q, k, v, self.attn.num_heads, causal=True)[:, 1:].reshape(rows * length, -1))
             start = end
         if pooled:
             x = torch.cat(kept)
         x = x + self.attn.out_proj(torch.cat(attended))
-        return x + self.mlp(self.ln_2(x))
+        head = head + self.attn.out_proj(head_qkv.chunk(3, dim=-1)[2])  # one key: attention returns its value
+        return head + self.mlp(self.ln_2(head)), x + self.mlp(self.ln_2(x))
 
 
 class Transformer(nn.Module):
@@ -290,31 +296,6 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         cls = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return self.ln_post(self.transformer.pooled(self.ln_pre(x), cls)) @ self.proj
-
-
-def shared_prefix(tokens: torch.Tensor, eot: torch.Tensor) -> int:
-    """How many leading positions hold the same id in every row, stopping before any row's end.
-
-    Example:
-        >>> shared_prefix(torch.tensor([[9, 5, 7, 3], [9, 5, 8, 3]]), torch.tensor([3, 3]))
-        2
-    """
-    if tokens.shape[0] < 2:  # one row: nothing to share
-        return 0
-    same = (tokens == tokens[:1]).all(dim=0).long().cumprod(dim=0)
-    return min(int(same.sum()), int(eot.min()))
-
-
-def prefix_worth_sharing(tokens: torch.Tensor, eot: torch.Tensor) -> int:
-    """The :func:`shared_prefix` that pays to compute once, on one row, or 0: at least a quarter of the
-    longest row (a prompt template's head; that row still reads every weight per layer, memory-bound).
-
-    Example:
-        >>> prefix_worth_sharing(torch.tensor([[9, 5, 7, 3], [9, 5, 8, 3]]), torch.tensor([3, 3]))
-        2
-    """
-    shared = shared_prefix(tokens, eot)
-    return shared if 4 * shared >= int(eot.max()) + 1 else 0
 
 
 def _four(layers: tuple[int, ...] | list[int]) -> tuple[int, int, int, int]:
@@ -380,7 +361,8 @@ class CLIP(nn.Module):
         """Text features [N, embed_dim] for groups of unpadded token ids, each [rows, length], EOT last.
 
         :meth:`encode_text`'s features, in the groups' row order, with no position padded: rows of
-        different lengths share every op except attention.
+        different lengths share every op except attention, and the start token every row begins
+        with is computed once (causal attention: nothing after it changes it).
 
         Example:
             >>> import clip_embeddings as ce
@@ -391,13 +373,20 @@ class CLIP(nn.Module):
             >>> model.encode_text_packed(groups).shape
             torch.Size([3, 512])
         """
-        dtype = self.text_projection.dtype
-        x = torch.cat([(self.token_embedding(g).type(dtype) + self.positional_embedding[: g.shape[1]].type(dtype))
-                       .reshape(-1, self.transformer.width) for g in groups])
-        shapes = [(int(g.shape[0]), int(g.shape[1])) for g in groups]
+        first = groups[0][:1, 0]
+        if any(bool((g[:, 0] != first).any()) for g in groups):
+            raise ValueError("encode_text_packed needs every row to start with the same id (the start token)")
+        dtype, width = self.text_projection.dtype, self.transformer.width
+
+        def embed(ids: torch.Tensor, start: int) -> torch.Tensor:  # ids [..., L] at positions start..start+L-1
+            positions = self.positional_embedding[start: start + ids.shape[-1]]
+            return (self.token_embedding(ids).type(dtype) + positions.type(dtype)).reshape(-1, width)
+
+        head, x = embed(first, 0), torch.cat([embed(g[:, 1:], 1) for g in groups])
+        shapes = [(int(g.shape[0]), int(g.shape[1]) - 1) for g in groups]
         last = len(self.transformer.resblocks) - 1
         for i, block in enumerate(cast(Iterable[ResidualAttentionBlock], self.transformer.resblocks)):
-            x = block.step_packed(x, shapes, pooled=i == last)
+            head, x = block.step_packed(head, x, shapes, pooled=i == last)
         return self.ln_final(x) @ self.text_projection
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

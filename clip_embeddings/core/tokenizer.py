@@ -22,7 +22,7 @@ import torch
 
 from clip_embeddings.errors import TextTooLongError
 
-__all__ = ["Tokenizer", "get_tokenizer", "tokenize", "token_windows", "pad_tokens"]
+__all__ = ["Tokenizer", "get_tokenizer", "pad_tokens", "prefix_worth_sharing", "shared_prefix", "tokenize", "token_windows"]
 
 _VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _NUM_MERGES = 49152 - 256 - 2  # the released vocabulary is cut to 49,152 entries before specials
@@ -297,3 +297,28 @@ def token_windows(text: str, context_length: int = 77, stride: int | None = None
     ids = tok.encode(text, max_ids=reach)[:reach]
     starts = range(0, max(len(ids) - width, 0) + stride, stride)[:max_windows]
     return [[tok.sot_token, *ids[start : start + width], tok.eot_token] for start in starts]
+
+
+def shared_prefix(tokens: torch.Tensor, eot: torch.Tensor) -> int:
+    """How many leading positions hold the same id in every row, stopping before any row's end.
+
+    Example:
+        >>> shared_prefix(torch.tensor([[9, 5, 7, 3], [9, 5, 8, 3]]), torch.tensor([3, 3]))
+        2
+    """
+    if tokens.shape[0] < 2:  # one row: nothing to share
+        return 0
+    same = (tokens == tokens[:1]).all(dim=0).long().cumprod(dim=0)
+    return min(int(same.sum()), int(eot.min()))
+
+
+def prefix_worth_sharing(tokens: torch.Tensor, eot: torch.Tensor) -> int:
+    """The :func:`shared_prefix` that pays to compute once, on one row, or 0: at least a quarter of the
+    longest row (a prompt template's head; that row still reads every weight per layer, memory-bound).
+
+    Example:
+        >>> prefix_worth_sharing(torch.tensor([[9, 5, 7, 3], [9, 5, 8, 3]]), torch.tensor([3, 3]))
+        2
+    """
+    shared = shared_prefix(tokens, eot)
+    return shared if 4 * shared >= int(eot.max()) + 1 else 0

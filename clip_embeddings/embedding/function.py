@@ -33,8 +33,7 @@ from ..config import (
 )
 from ..core.download import cache_dir
 from ..core.loading import check_model_reference, default_model
-from ..core.model import prefix_worth_sharing
-from ..core.tokenizer import get_tokenizer, token_windows
+from ..core.tokenizer import get_tokenizer, prefix_worth_sharing, token_windows
 from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError, ServerError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
 from .cache import CacheWarning, EmbeddingCache
