@@ -49,3 +49,18 @@ def test_each_photo_finds_its_own_caption(photos):
     similarity = ef.embed_images(images) @ ef.embed_texts(captions).T
     assert list(similarity.argmax(axis=1)) == list(range(len(images)))
     assert np.all(similarity.argmax(axis=0) == np.arange(len(images)))
+
+
+def test_int8_keeps_real_weights_above_its_bar_and_their_matches(photos):
+    # Random weights have no outlier activations; real ones may. What auto's probe would see here
+    # (every row's cosine to fp32 against INT8_COSINE_BAR), and whether retrieval keeps its answers.
+    from clip_embeddings.runtime.auto import INT8_COSINE_BAR
+
+    images, captions = photos
+    exact, int8 = ce.ClipEF(WEIGHTS, dtype="fp32", cache=False), ce.ClipEF(WEIGHTS, dtype="int8", cache=False)
+    for embed in ("embed_images", "embed_texts"):
+        items = images if embed == "embed_images" else captions
+        cosines = (getattr(exact, embed)(items) * getattr(int8, embed)(items)).sum(axis=1)
+        assert cosines.min() >= INT8_COSINE_BAR, (embed, cosines.round(5).tolist())
+    similarity = int8.embed_images(images) @ int8.embed_texts(captions).T
+    assert list(similarity.argmax(axis=1)) == list(range(len(images)))
