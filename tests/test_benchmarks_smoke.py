@@ -120,3 +120,16 @@ def test_hold_avx2_holds_the_kernels_and_what_auto_sees(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {**seen, "level": "avx2", "probe": "1"}  # auto may probe, on the held kernels
+
+
+def test_serve_threads_run_asks_both_servers_every_kind_of_request(tmp_path):
+    out = tmp_path / "serve_threads.json"
+    cmd = [sys.executable, str(BENCH / "bench_serve_threads.py"), "--quick", "--requests", "2", "--json", str(out),
+           "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"1 caption", "8 captions", "1 image"}
+    for row in rows.values():
+        assert set(row["ms"]) == {"compute thread (default)", "CLIP_COMPUTE_THREAD=0"}
+        assert min(row["ms"].values()) > 0 and row["ratio"] > 0

@@ -36,6 +36,7 @@ from ..core.loading import check_model_reference, default_model
 from ..core.tokenizer import get_tokenizer, prefix_worth_sharing, token_windows
 from ..errors import ClipError, ConfigError, ImageLoadError, ModelLoadError, ModelMismatchError, ServerError
 from ..inputs.options import DEFAULT_OPTIONS, ImageLike, LoaderOptions
+from ..runtime import compute
 from .cache import CacheWarning, EmbeddingCache
 from .loaded import LoadedModel, shared_model
 from .pipeline import ImagePipeline, SkippedItem, l2_normalize
@@ -335,6 +336,9 @@ class ClipEF:
         return l2_normalize(out)
 
     def _encode_token_sequences(self, lm: LoadedModel, sequences: list[list[int]]) -> np.ndarray:
+        return compute.run(self._encode_token_sequences_here, lm, sequences)
+
+    def _encode_token_sequences_here(self, lm: LoadedModel, sequences: list[list[int]]) -> np.ndarray:
         out = np.empty((len(sequences), lm.dim), dtype=np.float32)
         # By length, then by ids: texts from one prompt template land side by side and share a prefix.
         order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), sequences[i]))

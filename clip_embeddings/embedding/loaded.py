@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from ..core.download import cache_dir
-from ..core.loading import default_device, load
+from ..core.loading import default_device, load, resolve_checkpoint
 from ..core.model import CLIP, cast_weights
 from ..core.preprocess import Preprocess
+from ..runtime import compute
 
 # "int8": fp32 activations with int8 linear layers (runtime.int8), on a CPU only
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
@@ -116,10 +117,6 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
         True
     """
     global _load_count
-    from ..runtime import auto as runtime
-    from ..runtime.inference import applicable_rewrites
-    from ..runtime.refine import auto_start, build_inference_model, start_refinement
-
     device = torch.device(device or default_device())
     auto = dtype in (None, "auto") and device.type == "cpu"
     torch_dtype = None if auto else resolve_dtype(dtype, device)
@@ -130,42 +127,55 @@ def shared_model(model: str, device: str | torch.device | None = None, dtype: st
     key = (source, str(device), "auto" if auto else torch_dtype, str(download_root))
     with _registry_lock:
         if key not in _registry:
-            clip, preprocess = load(model, device="cpu", download_root=download_root, dtype=torch.float32)
-            fp = fingerprint(clip.state_dict(), preprocess)
-            caps = runtime.detect_capabilities()
-            onnx_file = _onnx_file(fp, download_root)
-            pending: dict[str, Any] = {}
-            if torch_dtype is None:  # auto
-                decision, pending = auto_start(clip, caps, onnx_file)
-            elif device.type == "cpu" and torch_dtype == torch.int8:
-                convolutions = tuple(r for r in applicable_rewrites(clip) if r in runtime.IMAGE_ONLY_REWRITES)
-                decision = runtime.Decision("int8", convolutions, f"dtype={dtype!r} asked for: int8 linear layers",
-                                            caps, source="asked")
-            elif device.type == "cpu" and torch_dtype in (torch.float32, torch.bfloat16):
-                name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype]
-                decision = runtime.Decision(name, applicable_rewrites(clip, torch_dtype),
-                                            f"dtype={dtype!r} asked for: every rewrite that applies", caps, source="asked")
-            else:  # CUDA, MPS, or fp16 on a CPU: cast only (SDPA attention is the model's own)
-                name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[torch_dtype]
-                reason = "CUDA: fp16 weights with SDPA attention" if device.type == "cuda" and name == "fp16" \
-                    else f"dtype={dtype!r} on {device.type}: weights cast, no CPU rewrite"
-                decision = runtime.Decision(name, (), reason, caps, source="asked")
-            if device.type == "cpu":
-                # Inference only from here on: the shared model is never trained or saved.
-                clip = build_inference_model(clip, decision, onnx_file)
-            else:
-                if decision.torch_dtype != torch.float32:
-                    cast_weights(clip, decision.torch_dtype)
-                clip = clip.to(device).eval()
-            info = decision.as_dict(str(device))
-            lm = LoadedModel(clip, preprocess, device, decision.torch_dtype, fp, clip.embed_dim, decision.precision, info)
-            if pending:
-                lm.refinement = start_refinement(pending["pristine"], caps, pending["target"], onnx_file=onnx_file,
-                                                 swap=lm.install, first_use=lm.used, export=pending["export"],
-                                                 probe=pending["probe"], name=str(model))
-            _registry[key] = lm
+            # Downloaded in the caller's thread (Ctrl-C stops a download there), built on the compute
+            # thread that will run it (runtime.compute: a model used from another thread runs slower).
+            checkpoint = resolve_checkpoint(model, download_root)
+            _registry[key] = compute.run(_build, checkpoint, str(model), device, dtype, torch_dtype, download_root)
             _load_count += 1
         return _registry[key]
+
+
+def _build(checkpoint: Path, label: str, device: torch.device, dtype: str | None, torch_dtype: torch.dtype | None,
+           download_root: str | os.PathLike | None) -> LoadedModel:
+    """The registry's model for these settings (``torch_dtype=None``: ``auto``), with its background work started."""
+    from ..runtime import auto as runtime
+    from ..runtime.inference import applicable_rewrites
+    from ..runtime.refine import auto_start, build_inference_model, start_refinement
+
+    clip, preprocess = load(checkpoint, device="cpu", download_root=download_root, dtype=torch.float32)
+    fp = fingerprint(clip.state_dict(), preprocess)
+    caps = runtime.detect_capabilities()
+    onnx_file = _onnx_file(fp, download_root)
+    pending: dict[str, Any] = {}
+    if torch_dtype is None:  # auto
+        decision, pending = auto_start(clip, caps, onnx_file)
+    elif device.type == "cpu" and torch_dtype == torch.int8:
+        convolutions = tuple(r for r in applicable_rewrites(clip) if r in runtime.IMAGE_ONLY_REWRITES)
+        decision = runtime.Decision("int8", convolutions, f"dtype={dtype!r} asked for: int8 linear layers",
+                                    caps, source="asked")
+    elif device.type == "cpu" and torch_dtype in (torch.float32, torch.bfloat16):
+        name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[torch_dtype]
+        decision = runtime.Decision(name, applicable_rewrites(clip, torch_dtype),
+                                    f"dtype={dtype!r} asked for: every rewrite that applies", caps, source="asked")
+    else:  # CUDA, MPS, or fp16 on a CPU: cast only (SDPA attention is the model's own)
+        name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[torch_dtype]
+        reason = "CUDA: fp16 weights with SDPA attention" if device.type == "cuda" and name == "fp16" \
+            else f"dtype={dtype!r} on {device.type}: weights cast, no CPU rewrite"
+        decision = runtime.Decision(name, (), reason, caps, source="asked")
+    if device.type == "cpu":
+        # Inference only from here on: the shared model is never trained or saved.
+        clip = build_inference_model(clip, decision, onnx_file)
+    else:
+        if decision.torch_dtype != torch.float32:
+            cast_weights(clip, decision.torch_dtype)
+        clip = clip.to(device).eval()
+    info = decision.as_dict(str(device))
+    lm = LoadedModel(clip, preprocess, device, decision.torch_dtype, fp, clip.embed_dim, decision.precision, info)
+    if pending:
+        lm.refinement = start_refinement(pending["pristine"], caps, pending["target"], onnx_file=onnx_file,
+                                         swap=lm.install, first_use=lm.used, export=pending["export"],
+                                         probe=pending["probe"], name=label)
+    return lm
 
 
 def _onnx_file(fingerprint_: str, download_root: str | os.PathLike | None) -> Path | None:

@@ -34,6 +34,7 @@ from ..inputs.decode import decode_image
 from ..inputs.names import stored_name
 from ..inputs.options import DEFAULT_OPTIONS, LoaderOptions, RawImage, describe
 from ..inputs.sources import read_image_source
+from ..runtime import compute
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs  # typing's own from Python 3.13
@@ -274,11 +275,14 @@ class LocalEncoder:
         return preprocess_one(item, self.loaded.preprocess, self.options, fast_decode=self.fast_decode, raw=raw)
 
     def encode(self, payloads: list[torch.Tensor]) -> tuple[np.ndarray, dict[int, str]]:
+        return l2_normalize(compute.run(self._features, payloads)), {}
+
+    def _features(self, payloads: list[torch.Tensor]) -> np.ndarray:
         lm = self.loaded
         with torch.inference_mode():
             features = lm.model.encode_image(torch.stack(payloads).to(lm.device)).float().cpu().numpy()
-            lm.used.set()  # dtype="auto"'s background work waits for the first forward pass
-        return l2_normalize(features), {}
+        lm.used.set()  # dtype="auto"'s background work waits for the first forward pass
+        return features
 
 
 # --- the embedding pipeline -----------------------------------------------------------------------

@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"serve needs the serve extra ({e.name} is missing): pip install 'clip-embeddings[serve]'") from None
     if (args.location is None) != (args.collection is None):
         raise UsageError("serve takes --location and --collection together (or neither, to serve only /embed and /classify)")
+    from ...runtime.compute import use_one_thread
+
+    use_one_thread()  # before the store's model loads: this process's torch work all runs on one thread
     store = None
     if args.collection is not None:
         store = open_search_store(args)  # the collection's own model unless --model says otherwise

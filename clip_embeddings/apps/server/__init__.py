@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any
 
 from ...embedding.function import ClipEF
+from ...runtime.compute import use_one_thread
 from .app import create_app
 from .batcher import Batcher, QueueFull
 from .limits import LOOPBACK_NAMES, ServeLimits, default_allowed_hosts
@@ -40,6 +41,7 @@ def serve(ef: ClipEF, store: Any = None, limits: ServeLimits = ServeLimits(), ho
     """
     import uvicorn
 
+    use_one_thread()  # a server's requests come from other threads: all its torch work runs on one
     # The model loads before the port opens: the first request must not pay for it.
     ef.fingerprint  # noqa: B018
     if limits.allowed_hosts == LOOPBACK_NAMES:
