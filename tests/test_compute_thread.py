@@ -89,9 +89,9 @@ def load(*args, **kwargs):
 loaded.load = load
 ef = ClipEF(model=sys.argv[1], dtype="fp32", cache=False)
 model = ef.loaded_model().model
-model.register_forward_pre_hook(lambda *_: threads.add(("pass", threading.current_thread().name)))
-for tower in (model.visual, model.transformer):
-    tower.register_forward_pre_hook(lambda *_: threads.add(("pass", threading.current_thread().name)))
+# Both text paths (packed and padded) start at the token embedding; every image pass is the visual tower's.
+model.token_embedding.register_forward_pre_hook(lambda *_: threads.add(("text", threading.current_thread().name)))
+model.visual.register_forward_pre_hook(lambda *_: threads.add(("image", threading.current_thread().name)))
 texts, images = ["a red square", "a blue circle"], [np.full((40, 30, 3), 200, np.uint8)]
 out = {}
 def embed(tag):
@@ -109,7 +109,7 @@ def test_after_use_one_thread_loading_and_every_pass_run_on_the_compute_thread(t
                           timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["threads"] == [["load", "clip-compute"], ["pass", "clip-compute"]]
+    assert report["threads"] == [["image", "clip-compute"], ["load", "clip-compute"], ["text", "clip-compute"]]
     # The same vectors as this process computes in its own thread (compute thread off here).
     ef = ClipEF(model=str(tiny_model_path), dtype="fp32", cache=False)
     texts = ef.embed_texts(["a red square", "a blue circle"])
