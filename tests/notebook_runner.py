@@ -33,7 +33,10 @@ def execute(nb, scratch: Path):
 
     os.environ.update(write_kernelspec(scratch))
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=300,
+    # coalesce_streams: one print() can reach us as two stream messages when the kernel's output
+    # thread flushes between its pieces (CI saw "image embeddings:" and " (7, 64)" apart under load);
+    # Jupyter shows them as one text, and so do we.
+    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=300, coalesce_streams=True,
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute()
     return nb
