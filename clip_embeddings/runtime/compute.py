@@ -57,7 +57,8 @@ def use_one_thread() -> None:
         'clip-compute'
     """
     global _enabled
-    _enabled = os.environ.get("CLIP_COMPUTE_THREAD", "1").strip() != "0"
+    if os.environ.get("CLIP_COMPUTE_THREAD", "1").strip() != "0":
+        _enabled = True
 
 
 def on_compute_thread() -> bool:
@@ -99,9 +100,7 @@ def _started() -> queue.SimpleQueue:
 
 def _work(jobs: queue.SimpleQueue) -> None:
     while True:
-        future, threads, fn, args, kwargs = jobs.get()
-        if not future.set_running_or_notify_cancel():
-            continue
+        future, threads, fn, args, kwargs = jobs.get()  # run() never hands out its future: none is cancelled
         if torch.get_num_threads() != threads:  # the caller's setting, as if it had run the job itself
             torch.set_num_threads(threads)
         try:
